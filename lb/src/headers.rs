@@ -1,0 +1,123 @@
+//! Header rewriting for a proxied request and its response.
+//!
+//! Hop-by-hop headers (RFC 9110 §7.6.1) describe *one* connection, so a proxy
+//! must not pass them on: `Connection`, `Keep-Alive`, `Proxy-Authenticate`,
+//! `Proxy-Authorization`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`, and
+//! every header the `Connection` header itself names (a client can declare
+//! any header hop-by-hop, e.g. `Connection: close, X-Secret`).
+//!
+//! The `X-Forwarded-*` headers tell the backend who really asked:
+//! `X-Forwarded-For` gets the client's address *appended* (earlier proxies'
+//! entries are kept, as nginx's `$proxy_add_x_forwarded_for` does),
+//! `X-Forwarded-Proto` and `X-Forwarded-Host` are *set*, since only this hop
+//! knows what the client used. (The standardised `Forwarded` header of RFC
+//! 7239 carries the same facts; the `X-` trio is what frameworks read.)
+
+use std::net::IpAddr;
+
+use hyper::HeaderMap;
+use hyper::header::{self, HeaderName, HeaderValue};
+
+/// The fixed hop-by-hop headers.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Removes every hop-by-hop header, including those named in `Connection`.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Collect the names listed in `Connection` first: removing `Connection`
+    // would lose them.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+/// Adds the `X-Forwarded-*` headers for a request from `client` over plain
+/// HTTP whose `Host` header was `host`.
+pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr) {
+    let client = client.to_string();
+    // Join any earlier values into one comma-separated list and append ours.
+    let earlier: Vec<&str> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect();
+    let value = if earlier.is_empty() {
+        client
+    } else {
+        format!("{}, {client}", earlier.join(", "))
+    };
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        headers.insert(X_FORWARDED_FOR, value);
+    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    match headers.get(header::HOST).cloned() {
+        Some(host) => {
+            headers.insert(X_FORWARDED_HOST, host);
+        }
+        None => {
+            headers.remove(X_FORWARDED_HOST);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(*name, HeaderValue::from_static(value));
+        }
+        headers
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go_the_rest_stay() {
+        let mut headers = map(&[
+            ("connection", "close, X-Secret"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("x-secret", "hunter2"),
+            ("upgrade", "websocket"),
+            ("accept", "application/json"),
+        ]);
+        remove_hop_by_hop(&mut headers);
+        let left: Vec<_> = headers.keys().map(|k| k.as_str().to_owned()).collect();
+        assert_eq!(left, ["accept"]);
+    }
+
+    #[test]
+    fn forwarded_for_appends_and_proto_host_are_set() {
+        let mut headers = map(&[
+            ("x-forwarded-for", "203.0.113.7"),
+            ("x-forwarded-proto", "https"),
+            ("host", "shop.example:8080"),
+        ]);
+        add_forwarded(&mut headers, "127.0.0.1".parse().expect("ip"));
+        assert_eq!(headers[&X_FORWARDED_FOR], "203.0.113.7, 127.0.0.1");
+        assert_eq!(headers[&X_FORWARDED_PROTO], "http");
+        assert_eq!(headers[&X_FORWARDED_HOST], "shop.example:8080");
+    }
+}

@@ -1,0 +1,112 @@
+//! `lb`: the small reverse-proxy load balancer every MyClothes stage runs behind.
+//!
+//! Run with
+//! `cargo run -p lb -- --listen 127.0.0.1:8080 --backend i1=http://127.0.0.1:3001 --backend i2=http://127.0.0.1:3002`
+//! then `curl -i http://127.0.0.1:8080/healthz` a few times and watch
+//! `X-Served-By` change.
+//!
+//! It does what the shop needs a balancer to do, and shows how:
+//!
+//! * [`backend`]: the configured backends and their live counters; requests
+//!   only ever go to one of them.
+//! * [`policy`]: round-robin or least-connections.
+//! * [`proxy`]: the hyper server and pooled hyper client, with streamed
+//!   bodies, hop-by-hop header removal, `X-Forwarded-*`, timeouts.
+//! * [`errors`]: JSON 502/503/504 when no backend can answer.
+//!
+//! In production this job is done by nginx, HAProxy, Envoy or a cloud load
+//! balancer (an AWS ALB). This one is small enough to read in one sitting,
+//! and fast enough to be measured against them (`scripts/bench-lb`).
+
+pub mod backend;
+pub mod body;
+pub mod errors;
+pub mod headers;
+pub mod policy;
+pub mod proxy;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+pub use backend::{Backend, BackendSet, BackendSpec, BackendState};
+pub use policy::Policy;
+pub use proxy::Balancer;
+
+/// Everything a balancer needs to start.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub backends: Vec<BackendSpec>,
+    pub policy: Policy,
+    /// How long to wait for a TCP connection to a backend.
+    pub connect_timeout: Duration,
+    /// How long to wait for a backend's response head once the request is sent.
+    pub request_timeout: Duration,
+}
+
+impl Config {
+    /// The defaults used by the stages' launcher: short timeouts, because the
+    /// backends are on this machine.
+    pub fn new(backends: Vec<BackendSpec>, policy: Policy) -> Self {
+        Self {
+            backends,
+            policy,
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The `lb` command line.
+#[derive(Debug, clap::Parser)]
+#[command(name = "lb", version, about = "A small reverse-proxy load balancer")]
+pub struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080", env = "LB_LISTEN")]
+    pub listen: SocketAddr,
+    /// A backend as NAME=http://HOST:PORT; repeat for each backend.
+    #[arg(long = "backend", value_name = "NAME=URL", required = true)]
+    pub backends: Vec<BackendSpec>,
+    /// How the next backend is chosen.
+    #[arg(long, value_enum, default_value_t = Policy::RoundRobin)]
+    pub policy: Policy,
+    /// Time allowed to connect to a backend (e.g. 500ms, 2s).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+    /// Time allowed for a backend's response head (e.g. 30s).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+}
+
+impl Args {
+    pub fn config(&self) -> Config {
+        Config {
+            backends: self.backends.clone(),
+            policy: self.policy,
+            connect_timeout: self.connect_timeout,
+            request_timeout: self.request_timeout,
+        }
+    }
+}
+
+/// Why the balancer could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Backends(#[from] backend::BackendSetError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Runs a balancer on `listener` until `shutdown` completes.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    let balancer = Balancer::new(config)?;
+    balancer.serve(listener, shutdown).await?;
+    Ok(())
+}
