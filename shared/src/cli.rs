@@ -1,0 +1,181 @@
+//! The command line every stage binary shares: `up` (the default), `serve`
+//! and `demo`.
+//!
+//! ```text
+//! stage1 [up] [--port 8080] [--instances 3] [--instance-port-base 3001]
+//! stage1 serve --port 3001 --id i1 [--host 127.0.0.1]
+//! stage1 demo
+//! ```
+//!
+//! A stage's `main` is one line: `shop::cli::main::<Stage1>()`.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+use tokio::net::TcpListener;
+
+use crate::http::{Instance, Shop};
+use crate::stage::{BoxError, Stage};
+use crate::topology::{READY_MARKER, Topology, TopologyConfig};
+
+/// `stageN [COMMAND]`
+#[derive(Debug, Parser)]
+#[command(version, args_conflicts_with_subcommands = true)]
+pub struct Cli<A: Args> {
+    #[command(subcommand)]
+    pub command: Option<Command<A>>,
+    /// With no command, `up` with these flags.
+    #[command(flatten)]
+    pub up: UpArgs<A>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command<A: Args> {
+    /// Start the whole stage: its instances behind the balancer (the default).
+    Up(UpArgs<A>),
+    /// Run one instance, to put behind any balancer.
+    Serve(ServeArgs<A>),
+    /// A narrated walkthrough of this stage's lesson, then exit.
+    Demo(DemoArgs<A>),
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct UpArgs<A: Args> {
+    /// The balancer's port on 127.0.0.1.
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// How many instances to start.
+    #[arg(long, default_value_t = 3)]
+    pub instances: usize,
+    /// The first instance's port; the others follow. 0 picks free ports.
+    #[arg(long, default_value_t = 3001)]
+    pub instance_port_base: u16,
+    #[command(flatten)]
+    pub stage: A,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct ServeArgs<A: Args> {
+    /// Port to listen on. 0 picks a free one (printed on start).
+    #[arg(long)]
+    pub port: u16,
+    /// This instance's name, shown in `X-Served-By` and on the page.
+    #[arg(long)]
+    pub id: String,
+    /// Address to listen on.
+    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    pub host: IpAddr,
+    #[command(flatten)]
+    pub stage: A,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct DemoArgs<A: Args> {
+    #[command(flatten)]
+    pub stage: A,
+}
+
+/// Parses the command line, starts logging, runs the command.
+pub fn main<S: Stage>() -> ExitCode {
+    let cli = Cli::<S::Args>::parse();
+    let serving = matches!(cli.command, Some(Command::Serve(_)));
+    crate::telemetry::init(if serving { "info" } else { "warn" });
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async {
+        match cli.command {
+            None => up::<S>(cli.up).await,
+            Some(Command::Up(args)) => up::<S>(args).await,
+            Some(Command::Serve(args)) => serve::<S>(args).await,
+            Some(Command::Demo(args)) => {
+                let exe = std::env::current_exe()?;
+                S::demo(args.stage, exe).await
+            }
+        }
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `stageN serve`: one instance until SIGINT/SIGTERM.
+pub async fn serve<S: Stage>(args: ServeArgs<S::Args>) -> Result<(), BoxError> {
+    crate::parent::die_with_launcher()?;
+    let instance = Instance::new(&args.id)?;
+    let store = S::store(&args.stage).await?;
+    let listener = TcpListener::bind((args.host, args.port)).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            format!("port {} is already in use; choose another with --port", args.port)
+        } else {
+            format!("cannot listen on {}:{}: {e}", args.host, args.port)
+        }
+    })?;
+    let address = listener.local_addr()?;
+    let shop = Arc::new(Shop {
+        stage: S::INFO,
+        instance,
+        store,
+    });
+    // The launcher waits for this line (see `topology`); keep its shape.
+    println!("{} instance {} {READY_MARKER}http://{address}", S::INFO.package, args.id);
+    tracing::info!(instance = %args.id, %address, "serving");
+    crate::instance::run(listener, shop, crate::signals::terminate()).await?;
+    tracing::info!(instance = %args.id, "stopped");
+    Ok(())
+}
+
+/// `stageN up`: the whole topology until Ctrl-C or SIGTERM.
+pub async fn up<S: Stage>(args: UpArgs<S::Args>) -> Result<(), BoxError> {
+    let info = S::INFO;
+    let topology = Topology::start(TopologyConfig {
+        exe: std::env::current_exe()?,
+        instances: args.instances,
+        instance_port_base: args.instance_port_base,
+        lb_port: args.port,
+        policy: info.policy,
+        env: S::instance_env(&args.stage),
+        show_logs: true,
+    })
+    .await?;
+    print_banner(info, &topology);
+    crate::signals::terminate().await;
+    println!("\nstopping {} instance(s) and the balancer…", topology.instances().len());
+    topology.stop().await;
+    println!("stopped.");
+    Ok(())
+}
+
+fn print_banner(info: &crate::stage::StageInfo, topology: &Topology) {
+    let url = topology.url();
+    println!("\nMyClothes · {}", info.title);
+    println!("  {}\n", info.lesson);
+    println!("  Shop:       {url}   (balancer, {})", policy_name(info.policy));
+    for instance in topology.instances() {
+        println!("  Instance {}: {}", instance.name(), instance.url());
+    }
+    if !info.try_this.is_empty() {
+        println!("\n  Try:");
+        for line in info.try_this {
+            println!("    - {}", line.replace("{url}", &url));
+        }
+    }
+    println!("\n  Ctrl-C stops everything.\n");
+}
+
+fn policy_name(policy: lb::Policy) -> &'static str {
+    match policy {
+        lb::Policy::RoundRobin => "round-robin",
+        lb::Policy::LeastConn => "least-connections",
+    }
+}

@@ -1,0 +1,119 @@
+// The shop page's script: every action is one call to the JSON API, and every
+// answer re-draws the cart and the "served by" badge, so the learner sees which
+// instance answered and what that instance knew.
+"use strict";
+const $ = (sel) => document.querySelector(sel);
+const money = (c) => "€" + Math.floor(c / 100) + "." + String(c % 100).padStart(2, "0");
+
+// One stable colour per instance id (a hash of the name picks the hue).
+function colour(id) {
+  let h = 0;
+  for (const ch of id) h = (h * 31 + ch.charCodeAt(0)) % 360;
+  return `hsl(${(h * 47) % 360} 65% 42%)`;
+}
+
+function paintBadge(id) {
+  const badge = $("#badge");
+  badge.textContent = id;
+  badge.style.background = colour(id);
+}
+
+function logRequest(method, path, status, servedBy, summary) {
+  const li = document.createElement("li");
+  const dot = document.createElement("span");
+  dot.className = "dot";
+  dot.style.background = colour(servedBy || "?");
+  li.append(dot, `${method} ${path} → ${status} by ${servedBy || "?"}: ${summary}`);
+  $("#log").prepend(li);
+}
+
+function showNotices(notices, isError) {
+  const list = $("#notices");
+  list.replaceChildren();
+  for (const text of notices || []) {
+    const li = document.createElement("li");
+    if (isError) li.className = "error";
+    li.textContent = text;
+    list.append(li);
+  }
+}
+
+function drawCart(cart) {
+  const list = $("#cart");
+  list.replaceChildren();
+  for (const line of cart.lines) {
+    const li = document.createElement("li");
+    li.dataset.sku = line.sku;
+    const name = document.createElement("span");
+    name.className = "name";
+    name.textContent = line.name;
+    const qty = document.createElement("span");
+    qty.className = "qty";
+    const dec = Object.assign(document.createElement("button"), { className: "dec", textContent: "−" });
+    const inc = Object.assign(document.createElement("button"), { className: "inc", textContent: "+" });
+    qty.append(dec, String(line.qty), inc);
+    const total = Object.assign(document.createElement("span"), { className: "line-total", textContent: money(line.line_total_cents) });
+    const remove = Object.assign(document.createElement("button"), { className: "remove", textContent: "×" });
+    li.append(name, qty, total, remove);
+    list.append(li);
+  }
+  $("#total").textContent = money(cart.total_cents);
+}
+
+async function call(method, path, body) {
+  const options = { method, headers: { Accept: "application/json" }, credentials: "same-origin" };
+  if (body !== undefined) {
+    options.headers["Content-Type"] = "application/json";
+    options.body = JSON.stringify(body);
+  }
+  let response;
+  try {
+    response = await fetch(path, options);
+  } catch (e) {
+    showNotices(["The shop could not be reached: " + e.message], true);
+    return;
+  }
+  const servedBy = response.headers.get("X-Served-By");
+  if (servedBy) paintBadge(servedBy);
+  let data = {};
+  try { data = await response.json(); } catch (e) { /* not JSON */ }
+  if (!response.ok) {
+    showNotices([data.message || `HTTP ${response.status}`], true);
+    logRequest(method, path, response.status, servedBy, data.error || "error");
+    return;
+  }
+  drawCart(data);
+  const notices = data.notices || [];
+  const cookieNote = response.headers.get("X-Cart-Cookie");
+  showNotices(notices, false);
+  const items = data.lines.reduce((n, l) => n + l.qty, 0);
+  logRequest(method, path, response.status, servedBy, `${items} item(s)${cookieNote ? " · " + cookieNote : ""}`);
+}
+
+document.addEventListener("click", (event) => {
+  const button = event.target.closest("button");
+  if (!button) return;
+  const line = button.closest("#cart li");
+  const sku = button.dataset.sku || (line && line.dataset.sku);
+  if (button.classList.contains("size")) call("POST", "/api/cart/items", { sku, qty: 1 });
+  else if (button.classList.contains("inc")) call("POST", "/api/cart/items", { sku, qty: 1 });
+  else if (button.classList.contains("dec")) {
+    const qty = parseInt(line.querySelector(".qty").textContent.replace(/[^0-9]/g, ""), 10) - 1;
+    if (qty > 0) call("PUT", `/api/cart/items/${encodeURIComponent(sku)}`, { qty });
+    else call("DELETE", `/api/cart/items/${encodeURIComponent(sku)}`);
+  } else if (button.classList.contains("remove")) call("DELETE", `/api/cart/items/${encodeURIComponent(sku)}`);
+  else if (button.id === "clear") call("DELETE", "/api/cart");
+  else if (button.id === "refresh") call("GET", "/api/cart");
+});
+
+function applyFilter() {
+  const text = $("#filter").value.trim().toLowerCase();
+  const garment = $("#garment").value;
+  for (const card of document.querySelectorAll(".card")) {
+    const show = (!garment || card.dataset.garment === garment) && (!text || card.dataset.text.includes(text));
+    card.hidden = !show;
+  }
+}
+$("#filter").addEventListener("input", applyFilter);
+$("#garment").addEventListener("change", applyFilter);
+paintBadge($("#badge").dataset.instance);

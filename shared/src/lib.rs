@@ -1,0 +1,38 @@
+//! `shop`: MyClothes, everything the five stages share.
+//!
+//! A stage differs from its neighbours in one thing: where the shopper's cart
+//! lives. So this crate holds all the rest, written once:
+//!
+//! * the domain: [`catalog`] (270 SKUs, prices in cents) and [`cart`] (the
+//!   rules: 1..=99 per line, at most 200 lines, server-side totals);
+//! * the HTTP surface: [`http`] (routes, JSON API, shop page, health,
+//!   `X-Served-By`), with [`error::ApiError`] for every failure;
+//! * the seam a stage fills: [`store::CartStore`], and [`stage::Stage`] for
+//!   its name, lesson, flags and demo;
+//! * running it: [`cli`] (`up`, `serve`, `demo`), [`topology`] (instances
+//!   behind the `lb` balancer), [`instance`] (one server);
+//! * shopping it: [`shopper`] (a client with a cookie jar) and [`narrate`]
+//!   (the demos' terminal story), used by demos and tests alike.
+
+pub mod cart;
+pub mod catalog;
+pub mod cli;
+pub mod cookies;
+pub mod error;
+pub mod http;
+pub mod ids;
+pub mod instance;
+pub mod narrate;
+pub mod parent;
+pub mod shopper;
+pub mod signals;
+pub mod stage;
+pub mod store;
+pub mod telemetry;
+pub mod topology;
+
+pub use cart::{Cart, CartError, CartLine, CartOp};
+pub use catalog::{Catalog, Product};
+pub use error::ApiError;
+pub use stage::{BoxError, NoArgs, Stage, StageInfo};
+pub use store::{CartReply, CartStore};
