@@ -29,6 +29,7 @@ pub mod signals;
 pub mod stage;
 pub mod store;
 pub mod telemetry;
+pub mod testing;
 pub mod topology;
 
 pub use cart::{Cart, CartError, CartLine, CartOp};

@@ -5,6 +5,8 @@
 //! logs captured and only show them when a test fails to start something or
 //! when `TEST_LOG=1` is set.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber. Calling it twice is harmless.
@@ -13,6 +15,7 @@ pub fn init(default_filter: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .compact()
         .try_init();

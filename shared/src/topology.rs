@@ -306,6 +306,8 @@ fn spawn_instance(config: &TopologyConfig, name: &str, port: u16) -> Result<Star
         .arg(name)
         .env(LAUNCHER_PID_ENV, std::process::id().to_string())
         .envs(config.env.iter().map(|(k, v)| (k, v)))
+        // Instances log warnings only, unless the user asked for more.
+        .env("RUST_LOG", std::env::var_os("RUST_LOG").unwrap_or_else(|| "warn".into()))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -387,6 +389,8 @@ async fn watch_stdout(
                 if let Some(url) = line.split(READY_MARKER).nth(1) {
                     if let Some(tx) = ready.take() {
                         let _ = tx.send(Ok(url.trim().to_owned()));
+                        // The banner lists the instances; no need to echo.
+                        continue;
                     }
                 }
                 if show {
