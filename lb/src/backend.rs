@@ -98,7 +98,11 @@ impl BackendSpec {
         }
         let base = Uri::builder()
             .scheme("http")
-            .authority(uri.authority().cloned().ok_or_else(|| BackendSpecError::Url(url.to_owned()))?)
+            .authority(
+                uri.authority()
+                    .cloned()
+                    .ok_or_else(|| BackendSpecError::Url(url.to_owned()))?,
+            )
             .path_and_query("/")
             .build()
             .map_err(|_| BackendSpecError::Url(url.to_owned()))?;
@@ -316,7 +320,8 @@ mod tests {
         ])
         .expect("set");
         assert_eq!(
-            set.add(BackendSpec::new("a", "http://127.0.0.1:3").expect("spec")).map(|_| ()),
+            set.add(BackendSpec::new("a", "http://127.0.0.1:3").expect("spec"))
+                .map(|_| ()),
             Err(BackendSetError::DuplicateName("a".into()))
         );
         set.remove("a").expect("remove a");
@@ -326,7 +331,9 @@ mod tests {
 
     #[test]
     fn in_flight_guard_counts_until_dropped() {
-        let backend = Arc::new(Backend::new(BackendSpec::new("a", "http://127.0.0.1:1").expect("spec")));
+        let backend = Arc::new(Backend::new(
+            BackendSpec::new("a", "http://127.0.0.1:1").expect("spec"),
+        ));
         let first = backend.start_request();
         let second = backend.start_request();
         assert_eq!(backend.in_flight(), 2);

@@ -56,7 +56,11 @@ impl LbError {
 /// A JSON `{"error","message"}` response.
 pub fn json_response(status: StatusCode, code: &str, message: &str) -> Response<ProxyBody> {
     let body = serde_json::json!({ "error": code, "message": message }).to_string();
-    let mut response = Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed());
+    let mut response = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -17,7 +17,10 @@ async fn main() -> ExitCode {
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
         Ok(listener) => listener,
         Err(error) => {
-            eprintln!("error: cannot listen on {}: {error} (choose another address with --listen)", args.listen);
+            eprintln!(
+                "error: cannot listen on {}: {error} (choose another address with --listen)",
+                args.listen
+            );
             return ExitCode::FAILURE;
         }
     };

@@ -92,7 +92,11 @@ mod tests {
     #[test]
     fn least_conn_avoids_the_busy_backend() {
         let set = backends(3);
-        let _busy = (set[0].start_request(), set[0].start_request(), set[1].start_request());
+        let _busy = (
+            set[0].start_request(),
+            set[0].start_request(),
+            set[1].start_request(),
+        );
         let picker = Picker::new(Policy::LeastConn);
         for _ in 0..5 {
             assert_eq!(picker.pick(&set).expect("a backend").name(), "b2");

@@ -125,7 +125,11 @@ impl Balancer {
     }
 
     /// Serves one request: forward it, or answer with a JSON error.
-    pub async fn handle(&self, client_addr: SocketAddr, request: Request<Incoming>) -> Response<ProxyBody> {
+    pub async fn handle(
+        &self,
+        client_addr: SocketAddr,
+        request: Request<Incoming>,
+    ) -> Response<ProxyBody> {
         let Some(backend) = self.picker.pick(&self.backends.available()) else {
             return LbError::NoBackendAvailable.into_response();
         };
@@ -170,7 +174,10 @@ impl Balancer {
         backend.count_served();
         let (mut parts, body) = response.into_parts();
         headers::remove_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(parts, Tracked::new(body.boxed(), in_flight).boxed()))
+        Ok(Response::from_parts(
+            parts,
+            Tracked::new(body.boxed(), in_flight).boxed(),
+        ))
     }
 }
 
@@ -178,15 +185,12 @@ impl Balancer {
 /// path and query of the client's request line. Nothing else from the
 /// request's URI is used.
 fn upstream_uri(base: &Uri, requested: &Uri) -> Result<Uri, LbError> {
-    let path_and_query = requested
-        .path_and_query()
-        .map_or("/", |pq| pq.as_str());
+    let path_and_query = requested.path_and_query().map_or("/", |pq| pq.as_str());
     let mut parts = base.clone().into_parts();
-    parts.path_and_query = Some(
-        path_and_query
-            .parse()
-            .map_err(|_| LbError::BadRequest(format!("cannot forward the path `{path_and_query}`")))?,
-    );
+    parts.path_and_query =
+        Some(path_and_query.parse().map_err(|_| {
+            LbError::BadRequest(format!("cannot forward the path `{path_and_query}`"))
+        })?);
     Uri::from_parts(parts).map_err(|e| LbError::BadRequest(e.to_string()))
 }
 

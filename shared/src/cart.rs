@@ -255,17 +255,25 @@ mod tests {
     #[test]
     fn adding_merges_into_the_existing_line_and_keeps_order() {
         let mut cart = Cart::new();
-        cart.apply(CartOp::Add(sku("TEE-RED-M"), qty(2))).expect("add");
-        cart.apply(CartOp::Add(sku("SOCK-GREY-L"), qty(1))).expect("add");
-        cart.apply(CartOp::Add(sku("TEE-RED-M"), qty(3))).expect("add");
-        let lines: Vec<_> = cart.lines().iter().map(|l| (l.sku.as_str(), l.qty)).collect();
+        cart.apply(CartOp::Add(sku("TEE-RED-M"), qty(2)))
+            .expect("add");
+        cart.apply(CartOp::Add(sku("SOCK-GREY-L"), qty(1)))
+            .expect("add");
+        cart.apply(CartOp::Add(sku("TEE-RED-M"), qty(3)))
+            .expect("add");
+        let lines: Vec<_> = cart
+            .lines()
+            .iter()
+            .map(|l| (l.sku.as_str(), l.qty))
+            .collect();
         assert_eq!(lines, [("TEE-RED-M", 5), ("SOCK-GREY-L", 1)]);
     }
 
     #[test]
     fn a_line_never_exceeds_ninety_nine_and_a_refused_change_leaves_the_cart() {
         let mut cart = Cart::new();
-        cart.apply(CartOp::Add(sku("TEE-RED-M"), qty(90))).expect("add");
+        cart.apply(CartOp::Add(sku("TEE-RED-M"), qty(90)))
+            .expect("add");
         let before = cart.clone();
         assert!(matches!(
             cart.apply(CartOp::Add(sku("TEE-RED-M"), qty(10))),
@@ -287,8 +295,10 @@ mod tests {
     #[test]
     fn totals_are_computed_from_catalog_prices() {
         let mut cart = Cart::new();
-        cart.apply(CartOp::Add(sku("TEE-RED-M"), qty(2))).expect("add");
-        cart.apply(CartOp::Set(sku("JKT-NAVY-XL"), qty(1))).expect("set");
+        cart.apply(CartOp::Add(sku("TEE-RED-M"), qty(2)))
+            .expect("add");
+        cart.apply(CartOp::Set(sku("JKT-NAVY-XL"), qty(1)))
+            .expect("set");
         let priced = cart.priced();
         assert_eq!(priced.lines[0].line_total_cents, 3_800);
         assert_eq!(priced.total_cents, 3_800 + 15_100);
@@ -297,10 +307,14 @@ mod tests {
     #[test]
     fn remove_and_clear() {
         let mut cart = Cart::new();
-        cart.apply(CartOp::Add(sku("TEE-RED-M"), qty(2))).expect("add");
-        cart.apply(CartOp::Add(sku("TEE-RED-L"), qty(2))).expect("add");
-        cart.apply(CartOp::Remove(sku("TEE-RED-M"))).expect("remove");
-        cart.apply(CartOp::Remove(sku("TEE-RED-M"))).expect("removing twice is fine");
+        cart.apply(CartOp::Add(sku("TEE-RED-M"), qty(2)))
+            .expect("add");
+        cart.apply(CartOp::Add(sku("TEE-RED-L"), qty(2)))
+            .expect("add");
+        cart.apply(CartOp::Remove(sku("TEE-RED-M")))
+            .expect("remove");
+        cart.apply(CartOp::Remove(sku("TEE-RED-M")))
+            .expect("removing twice is fine");
         assert_eq!(cart.qty_of("TEE-RED-L"), 2);
         cart.apply(CartOp::Clear).expect("clear");
         assert!(cart.is_empty());

@@ -123,8 +123,16 @@ mod tests {
     #[test]
     fn catalog_has_hundreds_of_unique_skus_with_positive_prices() {
         let catalog = Catalog::get();
-        assert!(catalog.products().len() >= 200, "{} SKUs", catalog.products().len());
-        assert_eq!(catalog.by_sku.len(), catalog.products().len(), "SKUs are unique");
+        assert!(
+            catalog.products().len() >= 200,
+            "{} SKUs",
+            catalog.products().len()
+        );
+        assert_eq!(
+            catalog.by_sku.len(),
+            catalog.products().len(),
+            "SKUs are unique"
+        );
         assert!(catalog.products().iter().all(|p| p.price_cents > 0));
     }
 
@@ -133,7 +141,10 @@ mod tests {
         let tee = Catalog::get().find("TEE-RED-M").expect("TEE-RED-M exists");
         assert_eq!((tee.colour.as_str(), tee.size.as_str()), ("Red", "M"));
         assert_eq!(tee.price_cents, 1_900);
-        assert_eq!(Catalog::get().find("JKT-NAVY-XL").map(|p| p.price_cents), Some(15_100));
+        assert_eq!(
+            Catalog::get().find("JKT-NAVY-XL").map(|p| p.price_cents),
+            Some(15_100)
+        );
         assert!(Catalog::get().find("tee-red-m").is_none());
     }
 }

@@ -82,7 +82,10 @@ pub fn main<S: Stage>() -> ExitCode {
     let cli = Cli::<S::Args>::parse();
     let serving = matches!(cli.command, Some(Command::Serve(_)));
     crate::telemetry::init(if serving { "info" } else { "warn" });
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");
@@ -114,13 +117,18 @@ pub async fn serve<S: Stage>(args: ServeArgs<S::Args>) -> Result<(), BoxError> {
     crate::parent::die_with_launcher()?;
     let instance = Instance::new(&args.id)?;
     let store = S::store(&args.stage).await?;
-    let listener = TcpListener::bind((args.host, args.port)).await.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::AddrInUse {
-            format!("port {} is already in use; choose another with --port", args.port)
-        } else {
-            format!("cannot listen on {}:{}: {e}", args.host, args.port)
-        }
-    })?;
+    let listener = TcpListener::bind((args.host, args.port))
+        .await
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AddrInUse {
+                format!(
+                    "port {} is already in use; choose another with --port",
+                    args.port
+                )
+            } else {
+                format!("cannot listen on {}:{}: {e}", args.host, args.port)
+            }
+        })?;
     let address = listener.local_addr()?;
     let shop = Arc::new(Shop {
         stage: S::INFO,
@@ -128,7 +136,11 @@ pub async fn serve<S: Stage>(args: ServeArgs<S::Args>) -> Result<(), BoxError> {
         store,
     });
     // The launcher waits for this line (see `topology`); keep its shape.
-    println!("{} instance {} {READY_MARKER}http://{address}", S::INFO.package, args.id);
+    println!(
+        "{} instance {} {READY_MARKER}http://{address}",
+        S::INFO.package,
+        args.id
+    );
     tracing::info!(instance = %args.id, %address, "serving");
     crate::instance::run(listener, shop, crate::signals::terminate()).await?;
     tracing::info!(instance = %args.id, "stopped");
@@ -150,7 +162,10 @@ pub async fn up<S: Stage>(args: UpArgs<S::Args>) -> Result<(), BoxError> {
     .await?;
     print_banner(info, &topology);
     crate::signals::terminate().await;
-    println!("\nstopping {} instance(s) and the balancer…", topology.instances().len());
+    println!(
+        "\nstopping {} instance(s) and the balancer…",
+        topology.instances().len()
+    );
     topology.stop().await;
     println!("stopped.");
     Ok(())
@@ -160,7 +175,10 @@ fn print_banner(info: &crate::stage::StageInfo, topology: &Topology) {
     let url = topology.url();
     println!("\nMyClothes · {}", info.title);
     println!("  {}\n", info.lesson);
-    println!("  Shop:       {url}   (balancer, {})", policy_name(info.policy));
+    println!(
+        "  Shop:       {url}   (balancer, {})",
+        policy_name(info.policy)
+    );
     for instance in topology.instances() {
         println!("  Instance {}: {}", instance.name(), instance.url());
     }

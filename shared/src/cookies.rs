@@ -15,7 +15,9 @@ use cookie::{Cookie, CookieJar, SameSite};
 pub fn request_jar(headers: &HeaderMap) -> CookieJar {
     let mut jar = CookieJar::new();
     for header in headers.get_all(COOKIE) {
-        let Ok(header) = header.to_str() else { continue };
+        let Ok(header) = header.to_str() else {
+            continue;
+        };
         for cookie in Cookie::split_parse(header.to_owned()).flatten() {
             jar.add_original(cookie.into_owned());
         }
@@ -48,14 +50,23 @@ mod tests {
             .iter()
             .map(|n| jar.get(n).map(|c| c.value().to_owned()))
             .collect();
-        assert_eq!(values, [Some("1".into()), Some("2".into()), Some("3".into())]);
+        assert_eq!(
+            values,
+            [Some("1".into()), Some("2".into()), Some("3".into())]
+        );
     }
 
     #[test]
     fn shop_cookies_are_http_only_and_same_site_lax() {
         let text = shop_cookie("sid", "x".into(), false).to_string();
-        assert!(text.contains("HttpOnly") && text.contains("SameSite=Lax") && text.contains("Path=/"));
+        assert!(
+            text.contains("HttpOnly") && text.contains("SameSite=Lax") && text.contains("Path=/")
+        );
         assert!(!text.contains("Secure"));
-        assert!(shop_cookie("sid", "x".into(), true).to_string().contains("Secure"));
+        assert!(
+            shop_cookie("sid", "x".into(), true)
+                .to_string()
+                .contains("Secure")
+        );
     }
 }

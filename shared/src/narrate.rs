@@ -45,7 +45,10 @@ impl Narrator {
     /// A numbered step: what the shopper does next.
     pub fn step(&mut self, text: &str) {
         self.step += 1;
-        println!("{} {text}", self.paint("1;36", &format!("{:>2}.", self.step)));
+        println!(
+            "{} {text}",
+            self.paint("1;36", &format!("{:>2}.", self.step))
+        );
     }
 
     /// What the shop answered, with the instance that answered.

@@ -135,8 +135,11 @@ impl Shopper {
     }
 
     pub async fn remove(&self, sku: &str) -> Result<CartSeen, ShopperError> {
-        self.send(self.http.delete(self.url(&format!("/api/cart/items/{sku}"))))
-            .await
+        self.send(
+            self.http
+                .delete(self.url(&format!("/api/cart/items/{sku}"))),
+        )
+        .await
     }
 
     pub async fn clear(&self) -> Result<CartSeen, ShopperError> {

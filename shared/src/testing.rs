@@ -13,7 +13,7 @@
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use lb::{Balancer, BackendSpec, Policy};
+use lb::{BackendSpec, Balancer, Policy};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
@@ -47,7 +47,11 @@ impl LocalShop {
             let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
             let url = format!("http://{}", listener.local_addr()?);
             let instance = Instance::new(&name).map_err(std::io::Error::other)?;
-            let shop = Arc::new(Shop { stage, instance, store });
+            let shop = Arc::new(Shop {
+                stage,
+                instance,
+                store,
+            });
             let (stop, stopped) = oneshot::channel::<()>();
             tokio::spawn(crate::instance::run(listener, shop, async {
                 let _ = stopped.await;
@@ -58,7 +62,8 @@ impl LocalShop {
         }
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         let url = format!("http://{}", listener.local_addr()?);
-        let balancer = Balancer::new(lb::Config::new(specs, policy)).map_err(std::io::Error::other)?;
+        let balancer =
+            Balancer::new(lb::Config::new(specs, policy)).map_err(std::io::Error::other)?;
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(Arc::clone(&balancer).serve(listener, async {
             let _ = stopped.await;

@@ -24,7 +24,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lb::{Balancer, BackendSpec, Policy};
+use lb::{BackendSpec, Balancer, Policy};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
@@ -84,7 +84,11 @@ pub enum LaunchError {
     #[error("cannot start {exe}: {source}")]
     Spawn { exe: String, source: std::io::Error },
     #[error("instance {name} did not start: {reason}{}", tail(.stderr))]
-    NotReady { name: String, reason: String, stderr: Vec<String> },
+    NotReady {
+        name: String,
+        reason: String,
+        stderr: Vec<String>,
+    },
     #[error("{0}")]
     Balancer(String),
     #[error("{0}")]
@@ -142,12 +146,17 @@ pub struct Topology {
 impl Topology {
     pub async fn start(config: TopologyConfig) -> Result<Self, LaunchError> {
         if config.instances == 0 {
-            return Err(LaunchError::Config("--instances must be at least 1".to_owned()));
+            return Err(LaunchError::Config(
+                "--instances must be at least 1".to_owned(),
+            ));
         }
         let lb_listener = bind_local(config.lb_port, "--port").await?;
         let lb_addr = lb_listener
             .local_addr()
-            .map_err(|source| LaunchError::Listen { port: config.lb_port, source })?;
+            .map_err(|source| LaunchError::Listen {
+                port: config.lb_port,
+                source,
+            })?;
         let ports = instance_ports(&config)?;
 
         let mut starting = Vec::with_capacity(ports.len());
@@ -161,7 +170,9 @@ impl Topology {
 
         let backends = instances
             .iter()
-            .map(|i| BackendSpec::new(&i.name, &i.url).map_err(|e| LaunchError::Balancer(e.to_string())))
+            .map(|i| {
+                BackendSpec::new(&i.name, &i.url).map_err(|e| LaunchError::Balancer(e.to_string()))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let balancer = Balancer::new(lb::Config::new(backends, config.policy))
             .map_err(|e| LaunchError::Balancer(e.to_string()))?;
@@ -217,7 +228,10 @@ impl Topology {
             .child
             .kill()
             .await
-            .map_err(|source| LaunchError::Spawn { exe: name.to_owned(), source })
+            .map_err(|source| LaunchError::Spawn {
+                exe: name.to_owned(),
+                source,
+            })
     }
 
     /// Stops everything gracefully: SIGTERM to each instance (SIGKILL after
@@ -246,7 +260,10 @@ impl Drop for Topology {
 
 async fn stop_child(child: &mut Child) {
     if let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok()) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
         if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_ok() {
             return;
         }
@@ -275,13 +292,19 @@ fn instance_ports(config: &TopologyConfig) -> Result<Vec<u16>, LaunchError> {
             let port = u16::try_from(i)
                 .ok()
                 .and_then(|i| config.instance_port_base.checked_add(i))
-                .ok_or_else(|| LaunchError::Config("--instance-port-base is too high for that many instances".to_owned()))?;
+                .ok_or_else(|| {
+                    LaunchError::Config(
+                        "--instance-port-base is too high for that many instances".to_owned(),
+                    )
+                })?;
             match StdTcpListener::bind((Ipv4Addr::LOCALHOST, port)) {
                 Ok(_probe) => Ok(port),
-                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(LaunchError::PortInUse {
-                    port,
-                    flag: "--instance-port-base (0 picks free ports)",
-                }),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                    Err(LaunchError::PortInUse {
+                        port,
+                        flag: "--instance-port-base (0 picks free ports)",
+                    })
+                }
                 Err(source) => Err(LaunchError::Listen { port, source }),
             }
         })
@@ -307,7 +330,10 @@ fn spawn_instance(config: &TopologyConfig, name: &str, port: u16) -> Result<Star
         .env(LAUNCHER_PID_ENV, std::process::id().to_string())
         .envs(config.env.iter().map(|(k, v)| (k, v)))
         // Instances log warnings only, unless the user asked for more.
-        .env("RUST_LOG", std::env::var_os("RUST_LOG").unwrap_or_else(|| "warn".into()))
+        .env(
+            "RUST_LOG",
+            std::env::var_os("RUST_LOG").unwrap_or_else(|| "warn".into()),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -343,7 +369,9 @@ impl Starting {
         let url = match outcome {
             Ok(Ok(Ok(url))) => url,
             Ok(Ok(Err(reason))) => return Err(self.failed(reason).await),
-            Ok(Err(_closed)) => return Err(self.failed("it stopped unexpectedly".to_owned()).await),
+            Ok(Err(_closed)) => {
+                return Err(self.failed("it stopped unexpectedly".to_owned()).await);
+            }
             Err(_elapsed) => {
                 return Err(self
                     .failed(format!("not ready after {} s", READY_TIMEOUT.as_secs()))

@@ -24,9 +24,13 @@ static TEST_STAGE: StageInfo = StageInfo {
 
 /// One instance behind the balancer, and a shopper with two T-shirts in the cart.
 async fn shop_with_a_cart() -> (LocalShop, Shopper) {
-    let shop = LocalShop::start(&TEST_STAGE, vec![MemoryCarts::default()], lb::Policy::RoundRobin)
-        .await
-        .expect("shop starts");
+    let shop = LocalShop::start(
+        &TEST_STAGE,
+        vec![MemoryCarts::default()],
+        lb::Policy::RoundRobin,
+    )
+    .await
+    .expect("shop starts");
     let shopper = Shopper::new(shop.url()).expect("client");
     shopper.add("TEE-RED-M", 2).await.expect("first add works");
     (shop, shopper)
@@ -35,16 +39,24 @@ async fn shop_with_a_cart() -> (LocalShop, Shopper) {
 async fn error_of(response: reqwest::Response) -> (StatusCode, ErrorBody) {
     let status = response.status();
     assert_eq!(
-        response.headers()["content-type"], "application/json",
+        response.headers()["content-type"],
+        "application/json",
         "errors are JSON"
     );
-    assert!(response.headers().contains_key("x-served-by"), "errors name the instance too");
+    assert!(
+        response.headers().contains_key("x-served-by"),
+        "errors name the instance too"
+    );
     (status, response.json().await.expect("a JSON error body"))
 }
 
 async fn assert_cart_unchanged(shopper: &Shopper) {
     let cart = shopper.cart().await.expect("cart");
-    assert_eq!(cart.summary(), "2 × TEE-RED-M", "a refused request changes nothing");
+    assert_eq!(
+        cart.summary(),
+        "2 × TEE-RED-M",
+        "a refused request changes nothing"
+    );
 }
 
 #[tokio::test]
@@ -59,7 +71,10 @@ async fn malformed_json_is_400_and_loses_nothing() {
         .await
         .expect("response");
     let (status, body) = error_of(response).await;
-    assert_eq!((status, body.error.as_str()), (StatusCode::BAD_REQUEST, "malformed_json"));
+    assert_eq!(
+        (status, body.error.as_str()),
+        (StatusCode::BAD_REQUEST, "malformed_json")
+    );
     assert_cart_unchanged(&shopper).await;
 }
 
@@ -68,15 +83,24 @@ async fn unknown_sku_is_404_everywhere_and_loses_nothing() {
     let (_shop, shopper) = shop_with_a_cart().await;
     let http = shopper.http();
     let attempts = [
-        http.post(shopper.url("/api/cart/items")).json(&json!({"sku": "TEE-GOLD-M", "qty": 1})),
-        http.put(shopper.url("/api/cart/items/TEE-GOLD-M")).json(&json!({"qty": 1})),
+        http.post(shopper.url("/api/cart/items"))
+            .json(&json!({"sku": "TEE-GOLD-M", "qty": 1})),
+        http.put(shopper.url("/api/cart/items/TEE-GOLD-M"))
+            .json(&json!({"qty": 1})),
         http.delete(shopper.url("/api/cart/items/TEE-GOLD-M")),
         http.get(shopper.url("/api/products/TEE-GOLD-M")),
     ];
     for attempt in attempts {
         let (status, body) = error_of(attempt.send().await.expect("response")).await;
-        assert_eq!((status, body.error.as_str()), (StatusCode::NOT_FOUND, "unknown_sku"));
-        assert!(body.message.contains("TEE-GOLD-M"), "the message names the SKU: {}", body.message);
+        assert_eq!(
+            (status, body.error.as_str()),
+            (StatusCode::NOT_FOUND, "unknown_sku")
+        );
+        assert!(
+            body.message.contains("TEE-GOLD-M"),
+            "the message names the SKU: {}",
+            body.message
+        );
     }
     assert_cart_unchanged(&shopper).await;
 }
@@ -84,17 +108,33 @@ async fn unknown_sku_is_404_everywhere_and_loses_nothing() {
 #[tokio::test]
 async fn unknown_route_is_a_json_404() {
     let (_shop, shopper) = shop_with_a_cart().await;
-    let response = shopper.http().get(shopper.url("/api/basket")).send().await.expect("response");
+    let response = shopper
+        .http()
+        .get(shopper.url("/api/basket"))
+        .send()
+        .await
+        .expect("response");
     let (status, body) = error_of(response).await;
-    assert_eq!((status, body.error.as_str()), (StatusCode::NOT_FOUND, "not_found"));
+    assert_eq!(
+        (status, body.error.as_str()),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
 }
 
 #[tokio::test]
 async fn wrong_method_is_a_json_405() {
     let (_shop, shopper) = shop_with_a_cart().await;
-    let response = shopper.http().patch(shopper.url("/api/cart")).send().await.expect("response");
+    let response = shopper
+        .http()
+        .patch(shopper.url("/api/cart"))
+        .send()
+        .await
+        .expect("response");
     let (status, body) = error_of(response).await;
-    assert_eq!((status, body.error.as_str()), (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"));
+    assert_eq!(
+        (status, body.error.as_str()),
+        (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+    );
     assert_cart_unchanged(&shopper).await;
 }
 
@@ -106,12 +146,17 @@ async fn body_over_16_kib_is_413_and_loses_nothing() {
         .http()
         .post(shopper.url("/api/cart/items"))
         .header("content-type", "application/json")
-        .body(format!(r#"{{"sku": "TEE-RED-M", "qty": 1, "padding": "{padding}"}}"#))
+        .body(format!(
+            r#"{{"sku": "TEE-RED-M", "qty": 1, "padding": "{padding}"}}"#
+        ))
         .send()
         .await
         .expect("response");
     let (status, body) = error_of(response).await;
-    assert_eq!((status, body.error.as_str()), (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"));
+    assert_eq!(
+        (status, body.error.as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
+    );
     assert_cart_unchanged(&shopper).await;
 }
 
@@ -139,9 +184,17 @@ async fn quantity_outside_one_to_ninety_nine_is_422_and_loses_nothing() {
     let (_shop, shopper) = shop_with_a_cart().await;
     for qty in [0, 100, -3, 1_000_000] {
         let add = shopper.add("TEE-RED-M", qty).await.expect_err("refused");
-        assert_eq!(add.status(), Some(StatusCode::UNPROCESSABLE_ENTITY), "add qty {qty}");
+        assert_eq!(
+            add.status(),
+            Some(StatusCode::UNPROCESSABLE_ENTITY),
+            "add qty {qty}"
+        );
         let set = shopper.set("TEE-RED-M", qty).await.expect_err("refused");
-        assert_eq!(set.status(), Some(StatusCode::UNPROCESSABLE_ENTITY), "set qty {qty}");
+        assert_eq!(
+            set.status(),
+            Some(StatusCode::UNPROCESSABLE_ENTITY),
+            "set qty {qty}"
+        );
     }
     // 2 already in the cart: adding 98 would make 100.
     let over = shopper
@@ -152,7 +205,10 @@ async fn quantity_outside_one_to_ninety_nine_is_422_and_loses_nothing() {
         .await
         .expect("response");
     let (status, body) = error_of(over).await;
-    assert_eq!((status, body.error.as_str()), (StatusCode::UNPROCESSABLE_ENTITY, "bad_quantity"));
+    assert_eq!(
+        (status, body.error.as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "bad_quantity")
+    );
     assert_cart_unchanged(&shopper).await;
 }
 
@@ -167,8 +223,15 @@ async fn a_price_sent_by_the_client_is_refused_not_trusted() {
         .await
         .expect("response");
     let (status, body) = error_of(response).await;
-    assert_eq!((status, body.error.as_str()), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"));
-    assert!(body.message.contains("price_cents"), "names the field: {}", body.message);
+    assert_eq!(
+        (status, body.error.as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_body")
+    );
+    assert!(
+        body.message.contains("price_cents"),
+        "names the field: {}",
+        body.message
+    );
     assert_cart_unchanged(&shopper).await;
 }
 
@@ -193,7 +256,10 @@ async fn the_cart_refuses_a_line_beyond_its_limit() {
         .await
         .expect("response");
     let (status, body) = error_of(refused).await;
-    assert_eq!((status, body.error.as_str()), (StatusCode::UNPROCESSABLE_ENTITY, "cart_full"));
+    assert_eq!(
+        (status, body.error.as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "cart_full")
+    );
     let cart = shopper.cart().await.expect("cart");
     assert_eq!(cart.body.lines.len(), MAX_LINES);
     assert_eq!(cart.qty_of(skus[MAX_LINES - 1]), 0);
@@ -204,13 +270,23 @@ async fn totals_are_computed_on_the_server_in_cents() {
     let (_shop, shopper) = shop_with_a_cart().await;
     let cart = shopper.add("JKT-NAVY-XL", 1).await.expect("add");
     let tee = Catalog::get().find("TEE-RED-M").expect("tee").price_cents;
-    let jacket = Catalog::get().find("JKT-NAVY-XL").expect("jacket").price_cents;
+    let jacket = Catalog::get()
+        .find("JKT-NAVY-XL")
+        .expect("jacket")
+        .price_cents;
     assert_eq!(cart.body.total_cents, u64::from(2 * tee + jacket));
     let lines: Vec<_> = cart
         .body
         .lines
         .iter()
-        .map(|l| (l.sku.as_str(), l.qty, l.unit_price_cents, l.line_total_cents))
+        .map(|l| {
+            (
+                l.sku.as_str(),
+                l.qty,
+                l.unit_price_cents,
+                l.line_total_cents,
+            )
+        })
         .collect();
     assert_eq!(
         lines,
@@ -225,7 +301,14 @@ async fn totals_are_computed_on_the_server_in_cents() {
 async fn set_remove_and_clear_change_the_cart() {
     let (_shop, shopper) = shop_with_a_cart().await;
     shopper.add("SOCK-GREY-L", 1).await.expect("add");
-    assert_eq!(shopper.set("TEE-RED-M", 5).await.expect("set").qty_of("TEE-RED-M"), 5);
+    assert_eq!(
+        shopper
+            .set("TEE-RED-M", 5)
+            .await
+            .expect("set")
+            .qty_of("TEE-RED-M"),
+        5
+    );
     let removed = shopper.remove("TEE-RED-M").await.expect("remove");
     assert_eq!(removed.summary(), "1 × SOCK-GREY-L");
     assert!(shopper.clear().await.expect("clear").is_empty());
@@ -235,7 +318,12 @@ async fn set_remove_and_clear_change_the_cart() {
 async fn every_response_names_the_instance_that_served_it() {
     let (_shop, shopper) = shop_with_a_cart().await;
     for path in ["/", "/api/products", "/api/cart", "/healthz", "/nowhere"] {
-        let response = shopper.http().get(shopper.url(path)).send().await.expect("response");
+        let response = shopper
+            .http()
+            .get(shopper.url(path))
+            .send()
+            .await
+            .expect("response");
         assert_eq!(response.headers()["x-served-by"], "i1", "{path}");
     }
 }
@@ -288,22 +376,50 @@ async fn products_lists_the_whole_catalog_and_finds_one() {
 #[tokio::test]
 async fn shop_page_shows_the_stage_the_instance_and_the_cart() {
     let (_shop, shopper) = shop_with_a_cart().await;
-    let response = shopper.http().get(shopper.url("/")).send().await.expect("response");
-    assert!(response.headers()["content-type"].to_str().expect("ascii").starts_with("text/html"));
+    let response = shopper
+        .http()
+        .get(shopper.url("/"))
+        .send()
+        .await
+        .expect("response");
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("text/html")
+    );
     let page = response.text().await.expect("html");
     assert!(page.contains(&escape(TEST_STAGE.title)) && page.contains(&escape(TEST_STAGE.lesson)));
     assert!(page.contains(r#"data-instance="i1""#), "served-by badge");
-    assert!(page.contains(r#"<li data-sku="TEE-RED-M">"#), "the cart is rendered on the server");
-    assert!(page.contains(r#"data-sku="JKT-NAVY-XL""#), "the catalog is on the page");
+    assert!(
+        page.contains(r#"<li data-sku="TEE-RED-M">"#),
+        "the cart is rendered on the server"
+    );
+    assert!(
+        page.contains(r#"data-sku="JKT-NAVY-XL""#),
+        "the catalog is on the page"
+    );
 }
 
 #[tokio::test]
 async fn client_id_cookie_is_http_only_and_same_site() {
-    let shop = LocalShop::start(&TEST_STAGE, vec![MemoryCarts::default()], lb::Policy::RoundRobin)
+    let shop = LocalShop::start(
+        &TEST_STAGE,
+        vec![MemoryCarts::default()],
+        lb::Policy::RoundRobin,
+    )
+    .await
+    .expect("shop starts");
+    let response = reqwest::get(format!("{}/api/cart", shop.url()))
         .await
-        .expect("shop starts");
-    let response = reqwest::get(format!("{}/api/cart", shop.url())).await.expect("response");
-    let cookie = response.headers()["set-cookie"].to_str().expect("ascii").to_owned();
+        .expect("response");
+    let cookie = response.headers()["set-cookie"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
     assert!(cookie.starts_with("client_id="), "{cookie}");
-    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"), "{cookie}");
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"),
+        "{cookie}"
+    );
 }

@@ -64,7 +64,9 @@ pub async fn run(exe: PathBuf) -> Result<(), BoxError> {
         .instance(&home)
         .map(|i| i.url().to_owned())
         .ok_or("the home instance disappeared")?;
-    say.step(&format!("Alice skips the balancer and talks to {home} directly ({direct})."));
+    say.step(&format!(
+        "Alice skips the balancer and talks to {home} directly ({direct})."
+    ));
     let pinned = alice.at(direct);
     for _ in 0..3 {
         say.saw(&pinned.cart().await?);

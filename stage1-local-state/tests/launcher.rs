@@ -48,16 +48,26 @@ fn wait_until(deadline: Duration, mut done: impl FnMut() -> bool) -> bool {
 }
 
 fn signal(child: &Child, signal: Signal) {
-    kill(Pid::from_raw(i32::try_from(child.id()).expect("pid")), signal).expect("signal sent");
+    kill(
+        Pid::from_raw(i32::try_from(child.id()).expect("pid")),
+        signal,
+    )
+    .expect("signal sent");
 }
 
 #[tokio::test]
 async fn up_serves_the_shop_through_the_balancer_and_ctrl_c_leaves_no_process() {
     let (mut launcher, url) = start_up();
     let instances = children_of(launcher.id());
-    assert_eq!(instances.len(), 3, "three instance processes: {instances:?}");
+    assert_eq!(
+        instances.len(),
+        3,
+        "three instance processes: {instances:?}"
+    );
 
-    let page = reqwest::get(&url).await.expect("the shop page through the balancer");
+    let page = reqwest::get(&url)
+        .await
+        .expect("the shop page through the balancer");
     assert!(page.status().is_success());
     assert!(page.headers().contains_key("x-served-by"));
     let html = page.text().await.expect("html");
@@ -67,10 +77,15 @@ async fn up_serves_the_shop_through_the_balancer_and_ctrl_c_leaves_no_process() 
     let status = launcher.wait().expect("launcher exits");
     assert!(status.success(), "Ctrl-C is a clean stop: {status}");
     assert!(
-        wait_until(Duration::from_secs(5), || instances.iter().all(|&pid| !is_alive(pid))),
+        wait_until(Duration::from_secs(5), || instances
+            .iter()
+            .all(|&pid| !is_alive(pid))),
         "no instance outlives the launcher"
     );
-    assert!(reqwest::get(&url).await.is_err(), "the balancer is gone too");
+    assert!(
+        reqwest::get(&url).await.is_err(),
+        "the balancer is gone too"
+    );
 }
 
 #[tokio::test]
@@ -82,7 +97,9 @@ async fn killing_the_launcher_takes_its_instances_with_it() {
     signal(&launcher, Signal::SIGKILL);
     launcher.wait().expect("launcher reaped");
     assert!(
-        wait_until(Duration::from_secs(5), || instances.iter().all(|&pid| !is_alive(pid))),
+        wait_until(Duration::from_secs(5), || instances
+            .iter()
+            .all(|&pid| !is_alive(pid))),
         "the parent-death signal stops every instance"
     );
 }
@@ -99,7 +116,10 @@ fn a_busy_port_gives_one_line_naming_the_flag() {
     assert!(!lb_busy.status.success());
     let stderr = String::from_utf8_lossy(&lb_busy.stderr);
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
-    assert!(stderr.contains(&port) && stderr.contains("--port"), "{stderr}");
+    assert!(
+        stderr.contains(&port) && stderr.contains("--port"),
+        "{stderr}"
+    );
 
     let instance_busy = Command::new(STAGE1)
         .args(["up", "--port", "0", "--instance-port-base", &port])
@@ -113,11 +133,24 @@ fn a_busy_port_gives_one_line_naming_the_flag() {
 
 #[test]
 fn demo_narrates_the_vanishing_cart_and_exits() {
-    let output = Command::new(STAGE1).arg("demo").output().expect("demo runs");
+    let output = Command::new(STAGE1)
+        .arg("demo")
+        .output()
+        .expect("demo runs");
     let story = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{story}\n{}", String::from_utf8_lossy(&output.stderr));
-    assert!(story.contains("served by i1") && story.contains("served by i2"), "{story}");
+    assert!(
+        output.status.success(),
+        "{story}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        story.contains("served by i1") && story.contains("served by i2"),
+        "{story}"
+    );
     assert!(story.contains("cart empty"), "the cart vanishes: {story}");
-    assert!(story.contains("cart 2 × TEE-RED-M"), "and comes back: {story}");
+    assert!(
+        story.contains("cart 2 × TEE-RED-M"),
+        "and comes back: {story}"
+    );
     assert!(story.contains("Lesson:"), "{story}");
 }

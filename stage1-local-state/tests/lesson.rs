@@ -8,9 +8,13 @@ use shop::shopper::Shopper;
 use shop::topology::{Topology, TopologyConfig};
 
 async fn three_instances_round_robin() -> Topology {
-    Topology::start(TopologyConfig::for_tests(env!("CARGO_BIN_EXE_stage1"), 3, Policy::RoundRobin))
-        .await
-        .expect("stage 1 starts")
+    Topology::start(TopologyConfig::for_tests(
+        env!("CARGO_BIN_EXE_stage1"),
+        3,
+        Policy::RoundRobin,
+    ))
+    .await
+    .expect("stage 1 starts")
 }
 
 #[tokio::test]
@@ -19,11 +23,24 @@ async fn cart_is_lost_when_round_robin_moves_the_shopper() {
     let shopper = Shopper::new(topology.url()).expect("client");
 
     let added = shopper.add("TEE-RED-M", 2).await.expect("add");
-    assert_eq!(added.qty_of("TEE-RED-M"), 2, "the instance that took the add has it");
+    assert_eq!(
+        added.qty_of("TEE-RED-M"),
+        2,
+        "the instance that took the add has it"
+    );
 
     let next = shopper.cart().await.expect("cart");
-    assert_ne!(next.served_by(), added.served_by(), "round-robin moved the shopper");
-    assert!(next.is_empty(), "{} has no cart for this shopper: {}", next.served_by(), next.summary());
+    assert_ne!(
+        next.served_by(),
+        added.served_by(),
+        "round-robin moved the shopper"
+    );
+    assert!(
+        next.is_empty(),
+        "{} has no cart for this shopper: {}",
+        next.served_by(),
+        next.summary()
+    );
 }
 
 #[tokio::test]
@@ -37,9 +54,19 @@ async fn cart_comes_back_when_round_robin_returns_to_its_instance() {
     for _ in 0..3 {
         views.push(shopper.cart().await.expect("cart"));
     }
-    let (home, away): (Vec<_>, Vec<_>) = views.iter().partition(|v| v.served_by() == added.served_by());
-    assert_eq!(home.len(), 1, "one look in three lands on the instance that has the cart");
-    assert_eq!(home[0].qty_of("HOOD-NAVY-L"), 1, "and there the cart is whole");
+    let (home, away): (Vec<_>, Vec<_>) = views
+        .iter()
+        .partition(|v| v.served_by() == added.served_by());
+    assert_eq!(
+        home.len(),
+        1,
+        "one look in three lands on the instance that has the cart"
+    );
+    assert_eq!(
+        home[0].qty_of("HOOD-NAVY-L"),
+        1,
+        "and there the cart is whole"
+    );
     assert!(away.iter().all(|v| v.is_empty()), "elsewhere it is empty");
 }
 
@@ -66,7 +93,11 @@ async fn instances_do_not_share_memory_even_with_the_same_cookie() {
     let mut served_by = Vec::new();
     for _ in 0..3 {
         let cart = shopper.add("TEE-WHITE-S", 1).await.expect("add");
-        assert_eq!(cart.qty_of("TEE-WHITE-S"), 1, "each instance starts its own cart");
+        assert_eq!(
+            cart.qty_of("TEE-WHITE-S"),
+            1,
+            "each instance starts its own cart"
+        );
         served_by.push(cart.served_by().to_owned());
     }
     served_by.sort();

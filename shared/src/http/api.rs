@@ -8,11 +8,11 @@
 
 use std::sync::{Arc, LazyLock};
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::header::{CONTENT_TYPE, SET_COOKIE};
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use crate::cart::{CartOp, KnownSku, PricedLine, Quantity};
@@ -124,7 +124,11 @@ pub async fn clear_cart<S: CartStore>(
     run(&shop, &headers, CartOp::Clear).await
 }
 
-async fn run<S: CartStore>(shop: &Shop<S>, headers: &HeaderMap, op: CartOp) -> Result<Response, ApiError> {
+async fn run<S: CartStore>(
+    shop: &Shop<S>,
+    headers: &HeaderMap,
+    op: CartOp,
+) -> Result<Response, ApiError> {
     let reply = shop.store.apply(&request_jar(headers), op).await?;
     Ok(cart_response(shop.instance.id(), reply))
 }

@@ -91,7 +91,10 @@ pub fn router<S: CartStore>(shop: Arc<Shop<S>>) -> Router {
         .route("/", get(page::shop_page::<S>))
         .route("/api/products", get(api::list_products))
         .route("/api/products/{sku}", get(api::get_product))
-        .route("/api/cart", get(api::view_cart::<S>).delete(api::clear_cart::<S>))
+        .route(
+            "/api/cart",
+            get(api::view_cart::<S>).delete(api::clear_cart::<S>),
+        )
         .route("/api/cart/items", post(api::add_item::<S>))
         .route(
             "/api/cart/items/{sku}",
@@ -101,7 +104,10 @@ pub fn router<S: CartStore>(shop: Arc<Shop<S>>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(middleware::from_fn_with_state(Arc::clone(&shop), mark_served_by::<S>))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&shop),
+            mark_served_by::<S>,
+        ))
         .with_state(shop)
 }
 

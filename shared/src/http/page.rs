@@ -28,13 +28,22 @@ const TEMPLATE: &str = include_str!("page.html");
 const SCRIPT: &str = include_str!("shop.js");
 
 /// `GET /`
-pub async fn shop_page<S: CartStore>(State(shop): State<Arc<Shop<S>>>, headers: HeaderMap) -> Response {
+pub async fn shop_page<S: CartStore>(
+    State(shop): State<Arc<Shop<S>>>,
+    headers: HeaderMap,
+) -> Response {
     // The page still renders when the store fails: it says so instead of
     // showing an empty cart as if nothing were wrong.
-    let (cart, notices, cookies, extra) = match shop.store.apply(&request_jar(&headers), CartOp::View).await {
-        Ok(reply) => (Some(reply.cart.priced()), reply.notices, reply.cookies, reply.headers),
-        Err(error) => (None, vec![error.to_string()], Vec::new(), HeaderMap::new()),
-    };
+    let (cart, notices, cookies, extra) =
+        match shop.store.apply(&request_jar(&headers), CartOp::View).await {
+            Ok(reply) => (
+                Some(reply.cart.priced()),
+                reply.notices,
+                reply.cookies,
+                reply.headers,
+            ),
+            Err(error) => (None, vec![error.to_string()], Vec::new(), HeaderMap::new()),
+        };
     let stage = shop.stage;
     let html = TEMPLATE
         .replace("{{title}}", &escape(stage.title))
@@ -42,8 +51,16 @@ pub async fn shop_page<S: CartStore>(State(shop): State<Arc<Shop<S>>>, headers: 
         .replace("{{instance}}", &escape(shop.instance.id()))
         .replace("{{filters}}", &garment_filter())
         .replace("{{catalog}}", &catalog_cards())
-        .replace("{{cart}}", &cart.as_ref().map_or_else(String::new, cart_lines))
-        .replace("{{total}}", &cart.as_ref().map_or_else(|| "—".to_owned(), |c| money(c.total_cents)))
+        .replace(
+            "{{cart}}",
+            &cart.as_ref().map_or_else(String::new, cart_lines),
+        )
+        .replace(
+            "{{total}}",
+            &cart
+                .as_ref()
+                .map_or_else(|| "—".to_owned(), |c| money(c.total_cents)),
+        )
         .replace("{{notices}}", &notice_items(&notices))
         .replace("{{script}}", SCRIPT);
     let mut response = Html(html).into_response();
@@ -75,7 +92,12 @@ pub fn escape(text: &str) -> String {
 fn garment_filter() -> String {
     let mut html = String::from(r#"<option value="">All garments</option>"#);
     for (code, name) in Catalog::get().garments() {
-        let _ = write!(html, r#"<option value="{}">{}</option>"#, escape(code), escape(name));
+        let _ = write!(
+            html,
+            r#"<option value="{}">{}</option>"#,
+            escape(code),
+            escape(name)
+        );
     }
     html
 }
@@ -86,7 +108,10 @@ fn catalog_cards() -> String {
     let products = Catalog::get().products();
     for group in products.chunk_by(|a, b| a.garment == b.garment && a.colour == b.colour) {
         let Some(first) = group.first() else { continue };
-        let title = first.name.rsplit_once(", ").map_or(first.name.as_str(), |(t, _)| t);
+        let title = first
+            .name
+            .rsplit_once(", ")
+            .map_or(first.name.as_str(), |(t, _)| t);
         let _ = write!(
             html,
             r#"<article class="card" data-garment="{garment}" data-text="{text}"><div class="swatch swatch-{colour}"></div><h3>{title}</h3><p class="price">from {price}</p><div class="sizes">"#,
@@ -138,7 +163,10 @@ mod tests {
 
     #[test]
     fn escape_neutralises_markup() {
-        assert_eq!(escape(r#"<a href="x">'&'</a>"#), "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;");
+        assert_eq!(
+            escape(r#"<a href="x">'&'</a>"#),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
     }
 
     #[test]

@@ -168,7 +168,13 @@ mod tests {
         store.apply_to("a", add("TEE-RED-M", 1)).expect("touch a");
         store.apply_to("c", add("TEE-RED-M", 1)).expect("add");
         assert_eq!(store.len(), 2);
-        assert_eq!(store.apply_to("a", CartOp::View).expect("view").qty_of("TEE-RED-M"), 2);
+        assert_eq!(
+            store
+                .apply_to("a", CartOp::View)
+                .expect("view")
+                .qty_of("TEE-RED-M"),
+            2
+        );
         assert!(store.apply_to("b", CartOp::View).expect("view").is_empty());
     }
 }

@@ -1,0 +1,367 @@
+//! The balancer over real HTTP: what it forwards, what it strips, how it
+//! streams, how it fails, and how it spreads load.
+
+mod support;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::channel::Channel;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use lb::{BackendSpec, BackendState, Policy};
+use reqwest::StatusCode;
+use serde_json::Value;
+use support::{backend, balancer, balancer_with, closed_port};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A deadline for steps that wait on the balancer passing data along. If it
+/// passes, the balancer buffered (or lost) what it should have streamed.
+const STREAM_STEP: Duration = Duration::from_secs(10);
+
+async fn error_body(response: reqwest::Response) -> (StatusCode, Value) {
+    let status = response.status();
+    assert_eq!(response.headers()["content-type"], "application/json");
+    (status, response.json().await.expect("JSON error body"))
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_removed_both_ways() {
+    let b = backend("b1").await;
+    let lb = balancer(&[&b], Policy::RoundRobin).await;
+    let echoed: Value = reqwest::Client::new()
+        .get(lb.url("/echo"))
+        .header("connection", "keep-alive, x-secret")
+        .header("x-secret", "hunter2")
+        .header("keep-alive", "timeout=5")
+        .header("te", "trailers")
+        .header("proxy-authorization", "Basic Zm9vOmJhcg==")
+        .header("x-kept", "yes")
+        .send()
+        .await
+        .expect("response")
+        .json()
+        .await
+        .expect("json");
+    let headers = echoed["headers"].as_object().expect("headers");
+    for gone in [
+        "x-secret",
+        "keep-alive",
+        "te",
+        "proxy-authorization",
+        "connection",
+    ] {
+        assert!(
+            !headers.contains_key(gone),
+            "{gone} reached the backend: {headers:?}"
+        );
+    }
+    assert_eq!(headers["x-kept"], "yes", "end-to-end headers pass");
+
+    let response = reqwest::get(lb.url("/hop")).await.expect("response");
+    assert!(
+        !response.headers().contains_key("x-hop"),
+        "a header the backend named in Connection is dropped"
+    );
+    assert_eq!(response.headers()["x-kept"], "1");
+}
+
+#[tokio::test]
+async fn x_forwarded_for_is_appended_and_proto_and_host_are_set() {
+    let b = backend("b1").await;
+    let lb = balancer(&[&b], Policy::RoundRobin).await;
+    let echoed: Value = reqwest::Client::new()
+        .get(lb.url("/echo?x=1"))
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("x-forwarded-proto", "https")
+        .send()
+        .await
+        .expect("response")
+        .json()
+        .await
+        .expect("json");
+    let headers = &echoed["headers"];
+    assert_eq!(headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(
+        headers["x-forwarded-proto"], "http",
+        "this hop spoke plain HTTP"
+    );
+    assert_eq!(headers["x-forwarded-host"], lb.addr.to_string());
+    assert_eq!(echoed["uri"], "/echo?x=1", "path and query pass unchanged");
+}
+
+#[tokio::test]
+async fn response_body_streams_through_without_buffering() {
+    let b = backend("b1").await;
+    let lb = balancer(&[&b], Policy::RoundRobin).await;
+    let mut response = reqwest::get(lb.url("/stream"))
+        .await
+        .expect("response head");
+    // The backend sends "first;" and then waits. A buffering proxy would
+    // wait for the whole body, and this chunk would never come.
+    let first = tokio::time::timeout(STREAM_STEP, response.chunk())
+        .await
+        .expect("the first chunk arrives while the backend is still sending")
+        .expect("chunk")
+        .expect("some data");
+    assert_eq!(&first[..], b"first;");
+    b.gates.release.notify_one();
+    let rest = response.bytes().await.expect("rest");
+    assert_eq!(&rest[..], b"second");
+}
+
+#[tokio::test]
+async fn request_body_streams_through_without_buffering() {
+    let b = backend("b1").await;
+    let lb = balancer(&[&b], Policy::RoundRobin).await;
+    let (mut tx, body) = Channel::<Bytes, Infallible>::new(1);
+    let client = Client::builder(TokioExecutor::new()).build_http::<Channel<Bytes, Infallible>>();
+    let request = hyper::Request::post(lb.url("/upload-gated"))
+        .body(body)
+        .expect("request");
+    let sent = tokio::spawn(client.request(request));
+    tx.send_data(Bytes::from_static(b"chunk-one"))
+        .await
+        .expect("send");
+    // The rest of the body is not sent until the backend has the first chunk:
+    // a buffering proxy would wait for the end, and this would never come.
+    tokio::time::timeout(STREAM_STEP, b.gates.first_chunk_arrived.notified())
+        .await
+        .expect("the backend sees the first chunk before the body ends");
+    tx.send_data(Bytes::from_static(b"chunk-two"))
+        .await
+        .expect("send");
+    drop(tx);
+    let response = sent.await.expect("task").expect("response");
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    assert_eq!(&body[..], b"18");
+}
+
+#[tokio::test]
+async fn large_bodies_pass_through_intact() {
+    let b = backend("b1").await;
+    let lb = balancer(&[&b], Policy::RoundRobin).await;
+    let upload = vec![7u8; 32 * 1024 * 1024];
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let response = client
+        .request(
+            hyper::Request::post(lb.url("/count"))
+                .body(Full::new(Bytes::from(upload)))
+                .expect("request"),
+        )
+        .await
+        .expect("response");
+    let counted = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    assert_eq!(&counted[..], (32 * 1024 * 1024).to_string().as_bytes());
+
+    let download = reqwest::get(lb.url("/big?mib=64")).await.expect("response");
+    let bytes = download.bytes().await.expect("body");
+    assert_eq!(bytes.len(), 64 * 1024 * 1024);
+}
+
+#[tokio::test]
+async fn dead_backend_gives_a_json_502() {
+    let dead =
+        BackendSpec::new("dead", &format!("http://127.0.0.1:{}", closed_port())).expect("spec");
+    let lb = balancer_with(vec![dead], Policy::RoundRobin, Duration::from_secs(5)).await;
+    let (status, body) = error_body(reqwest::get(lb.url("/")).await.expect("response")).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(body["error"], "bad_gateway");
+    assert!(
+        body["message"].as_str().expect("message").contains("dead"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn no_available_backend_gives_a_json_503() {
+    let b = backend("b1").await;
+    let lb = balancer(&[&b], Policy::RoundRobin).await;
+    lb.balancer
+        .backends()
+        .get("b1")
+        .expect("b1")
+        .set_state(BackendState::Down);
+    let (status, body) = error_body(reqwest::get(lb.url("/whoami")).await.expect("response")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["error"], "no_backend_available");
+    assert_eq!(b.hits(), 0, "nothing reached the backend that is down");
+}
+
+#[tokio::test]
+async fn backend_slower_than_the_request_timeout_gives_a_json_504() {
+    let b = backend("slow").await;
+    let lb = balancer_with(
+        vec![b.spec()],
+        Policy::RoundRobin,
+        Duration::from_millis(200),
+    )
+    .await;
+    let (status, body) = error_body(reqwest::get(lb.url("/hold")).await.expect("response")).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(body["error"], "gateway_timeout");
+    b.gates.release.notify_waiters();
+}
+
+#[tokio::test]
+async fn round_robin_spreads_requests_evenly() {
+    let (b1, b2, b3) = (
+        backend("b1").await,
+        backend("b2").await,
+        backend("b3").await,
+    );
+    let lb = balancer(&[&b1, &b2, &b3], Policy::RoundRobin).await;
+    let client = reqwest::Client::new();
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for _ in 0..30 {
+        let name = client
+            .get(lb.url("/whoami"))
+            .send()
+            .await
+            .expect("response")
+            .text()
+            .await
+            .expect("text");
+        *counts.entry(name).or_default() += 1;
+    }
+    assert_eq!(
+        counts,
+        HashMap::from([("b1".into(), 10), ("b2".into(), 10), ("b3".into(), 10)])
+    );
+}
+
+#[tokio::test]
+async fn least_conn_sends_new_requests_away_from_a_busy_backend() {
+    let (b1, b2) = (backend("b1").await, backend("b2").await);
+    let lb = balancer(&[&b1, &b2], Policy::LeastConn).await;
+    let client = reqwest::Client::new();
+    // Park one request on whichever backend takes it.
+    let parked = tokio::spawn(client.get(lb.url("/hold")).send());
+    let busy = loop {
+        if b1.gates.holding.load(Ordering::SeqCst) == 1 {
+            break &b1;
+        }
+        if b2.gates.holding.load(Ordering::SeqCst) == 1 {
+            break &b2;
+        }
+        tokio::task::yield_now().await;
+    };
+    let idle_name = if busy.name == "b1" { "b2" } else { "b1" };
+    for _ in 0..10 {
+        let name = client
+            .get(lb.url("/whoami"))
+            .send()
+            .await
+            .expect("response")
+            .text()
+            .await
+            .expect("text");
+        assert_eq!(
+            name, idle_name,
+            "least-connections avoids the backend with a request in flight"
+        );
+    }
+    busy.gates.release.notify_waiters();
+    let released = parked
+        .await
+        .expect("task")
+        .expect("response")
+        .text()
+        .await
+        .expect("text");
+    assert_eq!(released, format!("{} released", busy.name));
+    assert_eq!(
+        lb.balancer
+            .backends()
+            .get(&busy.name)
+            .expect("backend")
+            .in_flight(),
+        0
+    );
+}
+
+#[tokio::test]
+async fn absolute_form_request_goes_only_to_a_configured_backend() {
+    let configured = backend("configured").await;
+    let elsewhere = backend("elsewhere").await;
+    let lb = balancer(&[&configured], Policy::RoundRobin).await;
+    let mut stream = tokio::net::TcpStream::connect(lb.addr)
+        .await
+        .expect("connect");
+    let request = format!(
+        "GET http://{0}/whoami HTTP/1.1\r\nHost: {0}\r\nConnection: close\r\n\r\n",
+        elsewhere.addr
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    assert!(response.ends_with("configured"), "{response}");
+    assert_eq!(elsewhere.hits(), 0, "the balancer is not an open proxy");
+}
+
+#[test]
+fn lb_binary_refuses_a_backend_it_cannot_use() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_lb"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--backend",
+            "a=https://127.0.0.1:1",
+        ])
+        .output()
+        .expect("lb runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("http://"), "says what it accepts: {stderr}");
+}
+
+#[tokio::test]
+async fn lb_binary_balances_across_its_backends() {
+    let (b1, b2) = (backend("b1").await, backend("b2").await);
+    let port = closed_port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_lb"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--backend", &format!("b1={}", b1.url())])
+        .args(["--backend", &format!("b2={}", b2.url())])
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("lb starts");
+    let url = format!("http://127.0.0.1:{port}/whoami");
+    let client = reqwest::Client::new();
+    let mut first = None;
+    for _ in 0..200 {
+        if let Ok(response) = client.get(&url).send().await {
+            first = Some(response.text().await.expect("text"));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let first = first.expect("the lb binary came up");
+    let second = client
+        .get(&url)
+        .send()
+        .await
+        .expect("response")
+        .text()
+        .await
+        .expect("text");
+    let mut seen = [first, second];
+    seen.sort();
+    assert_eq!(seen, ["b1", "b2"]);
+    child.kill().await.expect("stopped");
+}
