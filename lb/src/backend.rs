@@ -15,40 +15,26 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use hyper::Uri;
 
-/// Whether a backend takes traffic.
+/// What the balancer does with a backend, as the admin API shows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendState {
-    /// Takes new shoppers.
+    /// Healthy and taking new shoppers.
     Up,
-    /// Known to be failing: takes nothing.
+    /// Failing its health checks (or just refused a connection): takes nothing.
     Down,
-    /// Finishing what it has, taking no new shoppers (scale-in).
+    /// Healthy, finishing with the shoppers pinned to it, taking no new ones
+    /// (scale-in; an ALB's "deregistration delay", HAProxy's `drain`).
     Draining,
 }
 
-impl BackendState {
-    fn from_u8(value: u8) -> Self {
-        match value {
-            0 => Self::Up,
-            1 => Self::Down,
-            _ => Self::Draining,
-        }
-    }
-
-    fn as_u8(self) -> u8 {
-        match self {
-            Self::Up => 0,
-            Self::Down => 1,
-            Self::Draining => 2,
-        }
-    }
-}
+/// The status classes counted per backend: 1xx … 5xx.
+pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// A backend as given on the command line: `NAME=http://HOST:PORT`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -125,12 +111,38 @@ impl FromStr for BackendSpec {
 }
 
 /// One configured backend and its live counters.
+///
+/// Two independent facts make its [`BackendState`]: *health* (set by the
+/// health checks and by failed connections) and *draining* (set by an
+/// operator). Keeping them apart means a draining backend that blips and
+/// recovers is still draining afterwards.
 pub struct Backend {
     name: String,
     url: Uri,
-    state: AtomicU8,
+    healthy: AtomicBool,
+    draining: AtomicBool,
     in_flight: AtomicUsize,
     served: AtomicU64,
+    by_class: [AtomicU64; 5],
+    health: Mutex<HealthRun>,
+    health_check_failures: AtomicU64,
+    /// Duration of the last health check in ms; `u64::MAX` = none yet.
+    last_check_ms: AtomicU64,
+}
+
+/// Consecutive health check outcomes, for the rise/fall thresholds.
+#[derive(Debug, Default)]
+struct HealthRun {
+    successes: u32,
+    failures: u32,
+}
+
+/// What one health check outcome changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HealthChange {
+    None,
+    WentUp,
+    WentDown,
 }
 
 impl fmt::Debug for Backend {
@@ -149,9 +161,14 @@ impl Backend {
         Self {
             name: spec.name,
             url: spec.url,
-            state: AtomicU8::new(BackendState::Up.as_u8()),
+            healthy: AtomicBool::new(true),
+            draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             served: AtomicU64::new(0),
+            by_class: Default::default(),
+            health: Mutex::new(HealthRun::default()),
+            health_check_failures: AtomicU64::new(0),
+            last_check_ms: AtomicU64::new(u64::MAX),
         }
     }
 
@@ -165,11 +182,76 @@ impl Backend {
     }
 
     pub fn state(&self) -> BackendState {
-        BackendState::from_u8(self.state.load(Ordering::Acquire))
+        if !self.is_healthy() {
+            BackendState::Down
+        } else if self.draining.load(Ordering::Acquire) {
+            BackendState::Draining
+        } else {
+            BackendState::Up
+        }
     }
 
-    pub fn set_state(&self, state: BackendState) {
-        self.state.store(state.as_u8(), Ordering::Release);
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Acquire)
+    }
+
+    /// Whether this backend may be given a shopper it has not seen.
+    pub fn takes_new(&self) -> bool {
+        self.state() == BackendState::Up
+    }
+
+    /// Whether this backend may keep serving shoppers pinned to it.
+    pub fn takes_pinned(&self) -> bool {
+        self.is_healthy()
+    }
+
+    /// Stops giving this backend new shoppers; its pinned ones stay.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Forces the health state, as a test or an operator would.
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::Release);
+        let mut run = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        *run = HealthRun::default();
+    }
+
+    /// A connection to this backend failed: out of rotation at once
+    /// (passive health checking, like nginx's `max_fails=1`). The active
+    /// checks bring it back after `rise` good checks.
+    pub fn mark_failed(&self) -> HealthChange {
+        let was_healthy = self.healthy.swap(false, Ordering::AcqRel);
+        let mut run = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        run.successes = 0;
+        if was_healthy {
+            HealthChange::WentDown
+        } else {
+            HealthChange::None
+        }
+    }
+
+    /// Records one active health check and applies the rise/fall thresholds.
+    pub fn record_check(&self, ok: bool, took_ms: u64, rise: u32, fall: u32) -> HealthChange {
+        self.last_check_ms.store(took_ms, Ordering::Relaxed);
+        let mut run = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        if ok {
+            run.successes = run.successes.saturating_add(1);
+            run.failures = 0;
+            if !self.is_healthy() && run.successes >= rise {
+                self.healthy.store(true, Ordering::Release);
+                return HealthChange::WentUp;
+            }
+        } else {
+            self.health_check_failures.fetch_add(1, Ordering::Relaxed);
+            run.failures = run.failures.saturating_add(1);
+            run.successes = 0;
+            if self.is_healthy() && run.failures >= fall {
+                self.healthy.store(false, Ordering::Release);
+                return HealthChange::WentDown;
+            }
+        }
+        HealthChange::None
     }
 
     /// Requests forwarded to this backend whose response has not finished
@@ -183,6 +265,23 @@ impl Backend {
         self.served.load(Ordering::Relaxed)
     }
 
+    /// Responses by status class, in the order of [`STATUS_CLASSES`].
+    pub fn served_by_class(&self) -> [u64; 5] {
+        std::array::from_fn(|i| self.by_class[i].load(Ordering::Relaxed))
+    }
+
+    pub fn health_check_failures(&self) -> u64 {
+        self.health_check_failures.load(Ordering::Relaxed)
+    }
+
+    /// How long the last health check took, if there was one.
+    pub fn last_check_ms(&self) -> Option<u64> {
+        match self.last_check_ms.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            ms => Some(ms),
+        }
+    }
+
     /// Counts a request as in flight until the returned guard is dropped.
     pub fn start_request(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
@@ -191,8 +290,11 @@ impl Backend {
         }
     }
 
-    pub(crate) fn count_served(&self) {
+    /// Counts a response (or a balancer error on this backend's behalf).
+    pub(crate) fn count_served(&self, status: u16) {
         self.served.fetch_add(1, Ordering::Relaxed);
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.by_class[class].fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -271,11 +373,11 @@ impl BackendSet {
         self.read().clone()
     }
 
-    /// A snapshot of the backends that take new requests.
+    /// A snapshot of the backends that take new shoppers.
     pub fn available(&self) -> Vec<Arc<Backend>> {
         self.read()
             .iter()
-            .filter(|b| b.state() == BackendState::Up)
+            .filter(|b| b.takes_new())
             .cloned()
             .collect()
     }
@@ -327,6 +429,41 @@ mod tests {
         set.remove("a").expect("remove a");
         let names: Vec<_> = set.all().iter().map(|b| b.name().to_owned()).collect();
         assert_eq!(names, ["b"]);
+    }
+
+    #[test]
+    fn health_follows_rise_and_fall_thresholds() {
+        let backend = Backend::new(BackendSpec::new("a", "http://127.0.0.1:1").expect("spec"));
+        assert_eq!(
+            backend.record_check(false, 1, 2, 2),
+            HealthChange::None,
+            "one failure is not enough"
+        );
+        assert_eq!(backend.record_check(false, 1, 2, 2), HealthChange::WentDown);
+        assert_eq!(backend.state(), BackendState::Down);
+        assert_eq!(
+            backend.record_check(true, 1, 2, 2),
+            HealthChange::None,
+            "one success is not enough"
+        );
+        assert_eq!(backend.record_check(true, 1, 2, 2), HealthChange::WentUp);
+        assert_eq!(backend.health_check_failures(), 2);
+        assert_eq!(
+            backend.mark_failed(),
+            HealthChange::WentDown,
+            "a refused connection is down at once"
+        );
+    }
+
+    #[test]
+    fn draining_keeps_pinned_shoppers_only_while_healthy() {
+        let backend = Backend::new(BackendSpec::new("a", "http://127.0.0.1:1").expect("spec"));
+        backend.drain();
+        assert_eq!(backend.state(), BackendState::Draining);
+        assert!(!backend.takes_new() && backend.takes_pinned());
+        backend.mark_failed();
+        assert_eq!(backend.state(), BackendState::Down);
+        assert!(!backend.takes_pinned());
     }
 
     #[test]

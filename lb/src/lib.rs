@@ -13,17 +13,28 @@
 //! * [`proxy`]: the hyper server and pooled hyper client, with streamed
 //!   bodies, hop-by-hop header removal, `X-Forwarded-*`, timeouts.
 //! * [`errors`]: JSON 502/503/504 when no backend can answer.
+//! * [`sticky`]: the `lb_sticky` cookie that pins a shopper to a backend.
+//! * [`health`]: active checks of `/healthz` with rise/fall thresholds;
+//!   [`proxy`] adds passive marking and one retry elsewhere.
+//! * [`admin`], [`metrics`], [`supervisor`]: `/_lb/` — the dashboard, the
+//!   runtime API (add, drain, remove), Prometheus metrics, and instance
+//!   controls when a launcher supervises the backends.
 //!
 //! In production this job is done by nginx, HAProxy, Envoy or a cloud load
 //! balancer (an AWS ALB). This one is small enough to read in one sitting,
 //! and fast enough to be measured against them (`scripts/bench-lb`).
 
+pub mod admin;
 pub mod backend;
 pub mod body;
 pub mod errors;
 pub mod headers;
+pub mod health;
+pub mod metrics;
 pub mod policy;
 pub mod proxy;
+pub mod sticky;
+pub mod supervisor;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -32,8 +43,11 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 pub use backend::{Backend, BackendSet, BackendSpec, BackendState};
+pub use health::HealthConfig;
 pub use policy::Policy;
 pub use proxy::Balancer;
+pub use sticky::Sticky;
+pub use supervisor::Supervisor;
 
 /// Everything a balancer needs to start.
 #[derive(Clone, Debug)]
@@ -44,6 +58,12 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// How long to wait for a backend's response head once the request is sent.
     pub request_timeout: Duration,
+    /// Pin shoppers to backends with the `lb_sticky` cookie.
+    pub sticky: Option<Sticky>,
+    /// Active health checks; `None` turns them off.
+    pub health: Option<HealthConfig>,
+    /// Serve the dashboard and admin API under `/_lb/`.
+    pub admin: bool,
 }
 
 impl Config {
@@ -55,6 +75,9 @@ impl Config {
             policy,
             connect_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(30),
+            sticky: None,
+            health: Some(HealthConfig::default()),
+            admin: false,
         }
     }
 }
@@ -78,16 +101,57 @@ pub struct Args {
     /// Time allowed for a backend's response head (e.g. 30s).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
+    /// Pin each shopper to one backend with the `lb_sticky` cookie.
+    #[arg(long)]
+    pub sticky: bool,
+    /// How long an idle shopper stays pinned (sliding; e.g. 30m, 1day).
+    #[arg(long, default_value = "1day", value_parser = humantime::parse_duration)]
+    pub sticky_ttl: Duration,
+    /// Key for the sticky cookie's HMAC, hex, at least 32 bytes. Give every
+    /// balancer of a fleet the same key. Default: random per process.
+    #[arg(long, env = "LB_STICKY_KEY", hide_env_values = true)]
+    pub sticky_key: Option<String>,
+    /// Time between two health checks of a backend.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub health_interval: Duration,
+    /// Time a health check may take.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub health_timeout: Duration,
+    /// Good checks in a row that bring a backend back.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rise: u32,
+    /// Failed checks in a row that take a backend out.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    pub fall: u32,
+    /// Turn active health checks off (passive marking stays).
+    #[arg(long)]
+    pub no_health_checks: bool,
+    /// Serve the dashboard and admin API under /_lb/ (to loopback clients only).
+    #[arg(long)]
+    pub admin: bool,
 }
 
 impl Args {
-    pub fn config(&self) -> Config {
-        Config {
+    pub fn config(&self) -> Result<Config, sticky::StickyKeyError> {
+        let sticky = match (self.sticky, &self.sticky_key) {
+            (false, _) => None,
+            (true, Some(key)) => Some(Sticky::with_hex_key(key, self.sticky_ttl)?),
+            (true, None) => Some(Sticky::random(self.sticky_ttl)?),
+        };
+        Ok(Config {
             backends: self.backends.clone(),
             policy: self.policy,
             connect_timeout: self.connect_timeout,
             request_timeout: self.request_timeout,
-        }
+            sticky,
+            health: (!self.no_health_checks).then_some(HealthConfig {
+                interval: self.health_interval,
+                timeout: self.health_timeout,
+                rise: self.rise,
+                fall: self.fall,
+            }),
+            admin: self.admin,
+        })
     }
 }
 

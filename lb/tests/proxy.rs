@@ -13,7 +13,7 @@ use http_body_util::channel::Channel;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use lb::{BackendSpec, BackendState, Policy};
+use lb::{BackendSpec, Policy};
 use reqwest::StatusCode;
 use serde_json::Value;
 use support::{backend, balancer, balancer_with, closed_port};
@@ -195,7 +195,7 @@ async fn no_available_backend_gives_a_json_503() {
         .backends()
         .get("b1")
         .expect("b1")
-        .set_state(BackendState::Down);
+        .set_healthy(false);
     let (status, body) = error_body(reqwest::get(lb.url("/whoami")).await.expect("response")).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(body["error"], "no_backend_available");

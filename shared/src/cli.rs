@@ -151,13 +151,11 @@ pub async fn serve<S: Stage>(args: ServeArgs<S::Args>) -> Result<(), BoxError> {
 pub async fn up<S: Stage>(args: UpArgs<S::Args>) -> Result<(), BoxError> {
     let info = S::INFO;
     let topology = Topology::start(TopologyConfig {
-        exe: std::env::current_exe()?,
         instances: args.instances,
         instance_port_base: args.instance_port_base,
         lb_port: args.port,
-        policy: info.policy,
         env: S::instance_env(&args.stage),
-        show_logs: true,
+        ..TopologyConfig::for_stage(std::env::current_exe()?, info)
     })
     .await?;
     print_banner(info, &topology);
@@ -175,12 +173,14 @@ fn print_banner(info: &crate::stage::StageInfo, topology: &Topology) {
     let url = topology.url();
     println!("\nMyClothes · {}", info.title);
     println!("  {}\n", info.lesson);
+    let sticky = if info.sticky { ", sticky" } else { "" };
     println!(
-        "  Shop:       {url}   (balancer, {})",
+        "  Shop:       {url}   (balancer, {}{sticky})",
         policy_name(info.policy)
     );
+    println!("  Dashboard:  {url}/_lb/   (health, load; kill, restart and add instances)");
     for instance in topology.instances() {
-        println!("  Instance {}: {}", instance.name(), instance.url());
+        println!("  Instance {}: {}", instance.name, instance.url);
     }
     if !info.try_this.is_empty() {
         println!("\n  Try:");

@@ -28,6 +28,8 @@ pub struct StageInfo {
     pub try_this: &'static [&'static str],
     /// The balancing policy `up` uses for this stage.
     pub policy: lb::Policy,
+    /// Whether the balancer pins shoppers to instances (stage 2).
+    pub sticky: bool,
 }
 
 /// One evolution step of the shop.

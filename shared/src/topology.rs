@@ -24,7 +24,8 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lb::{BackendSpec, Balancer, Policy};
+use lb::supervisor::SupervisorFuture;
+use lb::{BackendSpec, Balancer, HealthConfig, Policy, Sticky, Supervisor};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
@@ -32,6 +33,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::parent::LAUNCHER_PID_ENV;
+use crate::stage::StageInfo;
 
 /// What the instances print once they accept connections.
 pub const READY_MARKER: &str = "listening on ";
@@ -53,24 +55,63 @@ pub struct TopologyConfig {
     /// The balancer's port on 127.0.0.1. 0 = any free port.
     pub lb_port: u16,
     pub policy: Policy,
+    /// Pin shoppers to instances with the balancer's cookie.
+    pub sticky: bool,
+    /// Health checks of the instances; `None` turns them off.
+    pub health: Option<HealthConfig>,
+    /// Serve the balancer's dashboard and admin API under `/_lb/`.
+    pub admin: bool,
     /// Extra environment for every instance.
     pub env: Vec<(OsString, OsString)>,
     /// Pass the instances' logs through to this process's stderr.
     pub show_logs: bool,
 }
 
+/// Health checks for a topology on one machine: every second, two strikes.
+pub const TEACHING_HEALTH: HealthConfig = HealthConfig {
+    interval: Duration::from_secs(1),
+    timeout: Duration::from_millis(500),
+    rise: 2,
+    fall: 2,
+};
+
 impl TopologyConfig {
-    /// Free ports everywhere, logs only with `TEST_LOG=1`: what tests want.
-    pub fn for_tests(exe: impl Into<PathBuf>, instances: usize, policy: Policy) -> Self {
+    /// A stage as `up` starts it: its policy and stickiness, three instances
+    /// from port 3001, the balancer on 8080, health checks, the dashboard.
+    pub fn for_stage(exe: impl Into<PathBuf>, stage: &StageInfo) -> Self {
         Self {
             exe: exe.into(),
-            instances,
+            instances: 3,
+            instance_port_base: 3001,
+            lb_port: 8080,
+            policy: stage.policy,
+            sticky: stage.sticky,
+            health: Some(TEACHING_HEALTH),
+            admin: true,
+            env: Vec::new(),
+            show_logs: true,
+        }
+    }
+
+    /// The same, on free ports, with logs only when `TEST_LOG=1`: what tests
+    /// and demos want.
+    pub fn for_tests(exe: impl Into<PathBuf>, stage: &StageInfo) -> Self {
+        Self {
             instance_port_base: 0,
             lb_port: 0,
-            policy,
-            env: Vec::new(),
             show_logs: crate::telemetry::test_logs_wanted(),
+            ..Self::for_stage(exe, stage)
         }
+    }
+
+    pub fn instances(mut self, instances: usize) -> Self {
+        self.instances = instances;
+        self
+    }
+
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
     }
 }
 
@@ -103,31 +144,117 @@ fn tail(lines: &[String]) -> String {
     }
 }
 
-/// One running instance process.
+/// One instance: a name, an address, and (while it runs) a process.
 #[derive(Debug)]
-pub struct InstanceProcess {
+struct Slot {
     name: String,
     url: String,
-    child: Child,
+    port: u16,
+    child: Option<Child>,
 }
 
-impl InstanceProcess {
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
+/// An instance as the topology shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstanceInfo {
+    pub name: String,
     /// `http://127.0.0.1:PORT`, to talk to this instance directly.
-    pub fn url(&self) -> &str {
-        &self.url
+    pub url: String,
+    /// The process id, while it runs.
+    pub pid: Option<u32>,
+}
+
+/// The instance processes, shared by the topology and the balancer's
+/// dashboard (as its [`Supervisor`]).
+#[derive(Debug)]
+struct Fleet {
+    config: TopologyConfig,
+    /// Never held across an `.await`: a child is taken out to be killed.
+    slots: Mutex<Vec<Slot>>,
+}
+
+impl Fleet {
+    fn slots(&self) -> std::sync::MutexGuard<'_, Vec<Slot>> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn pid(&self) -> Option<u32> {
-        self.child.id()
+    fn take_child(&self, name: &str) -> Result<Option<Child>, String> {
+        let mut slots = self.slots();
+        let slot = slots
+            .iter_mut()
+            .find(|s| s.name == name)
+            .ok_or_else(|| format!("no instance named {name}"))?;
+        Ok(slot.child.take())
     }
 
-    /// Whether the process is still running.
-    pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+    async fn kill(&self, name: &str) -> Result<(), String> {
+        let mut child = self
+            .take_child(name)?
+            .ok_or_else(|| format!("instance {name} is not running"))?;
+        child
+            .kill()
+            .await
+            .map_err(|e| format!("cannot kill {name}: {e}"))
+    }
+
+    async fn restart(&self, name: &str) -> Result<(), String> {
+        if let Some(mut old) = self.take_child(name)? {
+            stop_child(&mut old).await;
+        }
+        let port = self
+            .slots()
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| s.port)
+            .ok_or_else(|| format!("no instance named {name}"))?;
+        let started = spawn_instance(&self.config, name, port)
+            .map_err(|e| e.to_string())?
+            .ready()
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut slots = self.slots();
+        if let Some(slot) = slots.iter_mut().find(|s| s.name == name) {
+            slot.child = Some(started.child);
+        }
+        Ok(())
+    }
+
+    async fn add(&self) -> Result<BackendSpec, String> {
+        let (name, port) = {
+            let slots = self.slots();
+            let index = slots.len();
+            let port = match self.config.instance_port_base {
+                0 => 0,
+                base => u16::try_from(index)
+                    .ok()
+                    .and_then(|i| base.checked_add(i))
+                    .ok_or("no port left for another instance")?,
+            };
+            (format!("i{}", index + 1), port)
+        };
+        let started = spawn_instance(&self.config, &name, port)
+            .map_err(|e| e.to_string())?
+            .ready()
+            .await
+            .map_err(|e| e.to_string())?;
+        let spec = BackendSpec::new(&started.name, &started.url).map_err(|e| e.to_string())?;
+        self.slots().push(started.into_slot());
+        Ok(spec)
+    }
+}
+
+impl Supervisor for Fleet {
+    fn kill(&self, name: &str) -> SupervisorFuture<'_, ()> {
+        let name = name.to_owned();
+        Box::pin(async move { Fleet::kill(self, &name).await })
+    }
+
+    fn restart(&self, name: &str) -> SupervisorFuture<'_, ()> {
+        let name = name.to_owned();
+        Box::pin(async move { Fleet::restart(self, &name).await })
+    }
+
+    fn add(&self) -> SupervisorFuture<'_, BackendSpec> {
+        Box::pin(Fleet::add(self))
     }
 }
 
@@ -138,9 +265,9 @@ impl InstanceProcess {
 pub struct Topology {
     lb_addr: SocketAddr,
     balancer: Arc<Balancer>,
+    fleet: Arc<Fleet>,
     lb_stop: Option<oneshot::Sender<()>>,
     lb_task: Option<JoinHandle<()>>,
-    instances: Vec<InstanceProcess>,
 }
 
 impl Topology {
@@ -163,19 +290,33 @@ impl Topology {
         for (index, port) in ports.into_iter().enumerate() {
             starting.push(spawn_instance(&config, &format!("i{}", index + 1), port)?);
         }
-        let mut instances = Vec::with_capacity(starting.len());
+        let mut slots = Vec::with_capacity(starting.len());
         for pending in starting {
-            instances.push(pending.ready().await?);
+            slots.push(pending.ready().await?.into_slot());
         }
 
-        let backends = instances
+        let backends = slots
             .iter()
-            .map(|i| {
-                BackendSpec::new(&i.name, &i.url).map_err(|e| LaunchError::Balancer(e.to_string()))
+            .map(|s| {
+                BackendSpec::new(&s.name, &s.url).map_err(|e| LaunchError::Balancer(e.to_string()))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let balancer = Balancer::new(lb::Config::new(backends, config.policy))
-            .map_err(|e| LaunchError::Balancer(e.to_string()))?;
+        let mut lb_config = lb::Config::new(backends, config.policy);
+        lb_config.health = config.health;
+        lb_config.admin = config.admin;
+        if config.sticky {
+            lb_config.sticky = Some(
+                Sticky::random(Duration::from_secs(24 * 60 * 60))
+                    .map_err(|e| LaunchError::Balancer(e.to_string()))?,
+            );
+        }
+        let balancer =
+            Balancer::new(lb_config).map_err(|e| LaunchError::Balancer(e.to_string()))?;
+        let fleet = Arc::new(Fleet {
+            config,
+            slots: Mutex::new(slots),
+        });
+        balancer.set_supervisor(Arc::clone(&fleet) as Arc<dyn Supervisor>);
         let (lb_stop, stopped) = oneshot::channel::<()>();
         let serving = Arc::clone(&balancer);
         let lb_task = tokio::spawn(async move {
@@ -189,9 +330,9 @@ impl Topology {
         Ok(Self {
             lb_addr,
             balancer,
+            fleet,
             lb_stop: Some(lb_stop),
             lb_task: Some(lb_task),
-            instances,
         })
     }
 
@@ -208,37 +349,56 @@ impl Topology {
         &self.balancer
     }
 
-    pub fn instances(&self) -> &[InstanceProcess] {
-        &self.instances
+    /// Every instance, running or not, in start order.
+    pub fn instances(&self) -> Vec<InstanceInfo> {
+        self.fleet
+            .slots()
+            .iter()
+            .map(|s| InstanceInfo {
+                name: s.name.clone(),
+                url: s.url.clone(),
+                pid: s.child.as_ref().and_then(Child::id),
+            })
+            .collect()
     }
 
-    pub fn instance(&self, name: &str) -> Option<&InstanceProcess> {
-        self.instances.iter().find(|i| i.name == name)
+    pub fn instance(&self, name: &str) -> Option<InstanceInfo> {
+        self.instances().into_iter().find(|i| i.name == name)
     }
 
     /// Kills an instance with SIGKILL, as a crash or a pulled plug would:
     /// it gets no chance to finish anything. Returns once it is gone.
-    pub async fn kill_instance(&mut self, name: &str) -> Result<(), LaunchError> {
-        let instance = self
-            .instances
-            .iter_mut()
-            .find(|i| i.name == name)
-            .ok_or_else(|| LaunchError::Config(format!("no instance named {name}")))?;
-        instance
-            .child
-            .kill()
-            .await
-            .map_err(|source| LaunchError::Spawn {
-                exe: name.to_owned(),
-                source,
-            })
+    pub async fn kill_instance(&self, name: &str) -> Result<(), LaunchError> {
+        self.fleet.kill(name).await.map_err(LaunchError::Config)
+    }
+
+    /// Starts a (killed or running) instance again on its own port.
+    pub async fn restart_instance(&self, name: &str) -> Result<(), LaunchError> {
+        self.fleet.restart(name).await.map_err(LaunchError::Config)
+    }
+
+    /// Starts one more instance and adds it to the balancer (scale out).
+    pub async fn add_instance(&self) -> Result<InstanceInfo, LaunchError> {
+        let spec = self.fleet.add().await.map_err(LaunchError::Config)?;
+        self.balancer
+            .backends()
+            .add(spec.clone())
+            .map_err(|e| LaunchError::Balancer(e.to_string()))?;
+        self.instance(&spec.name)
+            .ok_or_else(|| LaunchError::Config(format!("instance {} vanished", spec.name)))
     }
 
     /// Stops everything gracefully: SIGTERM to each instance (SIGKILL after
     /// a grace period), then the balancer.
     pub async fn stop(mut self) {
-        for instance in &mut self.instances {
-            stop_child(&mut instance.child).await;
+        let children: Vec<Child> = self
+            .fleet
+            .slots()
+            .iter_mut()
+            .filter_map(|s| s.child.take())
+            .collect();
+        for mut child in children {
+            stop_child(&mut child).await;
         }
         if let Some(stop) = self.lb_stop.take() {
             let _ = stop.send(());
@@ -254,7 +414,13 @@ impl Drop for Topology {
         if let Some(task) = self.lb_task.take() {
             task.abort();
         }
-        // The instances' `kill_on_drop` does the rest.
+        // The balancer holds the fleet too (as its supervisor); make sure the
+        // instances go now, not when the last reference does.
+        for slot in self.fleet.slots().iter_mut() {
+            if let Some(mut child) = slot.child.take() {
+                let _ = child.start_kill();
+            }
+        }
     }
 }
 
@@ -363,8 +529,27 @@ fn spawn_instance(config: &TopologyConfig, name: &str, port: u16) -> Result<Star
     })
 }
 
+/// An instance process that said it is ready.
+struct Started {
+    name: String,
+    url: String,
+    port: u16,
+    child: Child,
+}
+
+impl Started {
+    fn into_slot(self) -> Slot {
+        Slot {
+            name: self.name,
+            url: self.url,
+            port: self.port,
+            child: Some(self.child),
+        }
+    }
+}
+
 impl Starting {
-    async fn ready(mut self) -> Result<InstanceProcess, LaunchError> {
+    async fn ready(mut self) -> Result<Started, LaunchError> {
         let outcome = tokio::time::timeout(READY_TIMEOUT, &mut self.ready).await;
         let url = match outcome {
             Ok(Ok(Ok(url))) => url,
@@ -378,9 +563,15 @@ impl Starting {
                     .await);
             }
         };
-        Ok(InstanceProcess {
+        let port = url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.trim_end_matches('/').parse().ok())
+            .unwrap_or(0);
+        Ok(Started {
             name: self.name,
             url,
+            port,
             child: self.child,
         })
     }

@@ -20,6 +20,7 @@ static TEST_STAGE: StageInfo = StageInfo {
     lesson: "A stage that exists for the shared crate's tests.",
     try_this: &[],
     policy: lb::Policy::RoundRobin,
+    sticky: false,
 };
 
 /// One instance behind the balancer, and a shopper with two T-shirts in the cart.

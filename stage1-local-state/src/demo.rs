@@ -6,7 +6,6 @@
 
 use std::path::PathBuf;
 
-use lb::Policy;
 use shop::BoxError;
 use shop::narrate::Narrator;
 use shop::shopper::Shopper;
@@ -15,13 +14,13 @@ use shop::topology::{Topology, TopologyConfig};
 pub async fn run(exe: PathBuf) -> Result<(), BoxError> {
     let mut say = Narrator::new();
     say.title("Stage 1 · Local state: the cart that vanishes");
-    let topology = Topology::start(TopologyConfig::for_tests(exe, 3, Policy::RoundRobin)).await?;
+    let topology = Topology::start(TopologyConfig::for_tests(exe, &crate::INFO)).await?;
     say.note(&format!(
         "Started 3 instances ({}) behind a round-robin balancer at {}.",
         topology
             .instances()
             .iter()
-            .map(|i| i.name())
+            .map(|i| i.name.clone())
             .collect::<Vec<_>>()
             .join(", "),
         topology.url()
@@ -62,7 +61,7 @@ pub async fn run(exe: PathBuf) -> Result<(), BoxError> {
 
     let direct = topology
         .instance(&home)
-        .map(|i| i.url().to_owned())
+        .map(|i| i.url)
         .ok_or("the home instance disappeared")?;
     say.step(&format!(
         "Alice skips the balancer and talks to {home} directly ({direct})."

@@ -42,6 +42,7 @@ pub static INFO: StageInfo = StageInfo {
         "cargo run -p stage1 -- demo   (the same story, narrated)",
     ],
     policy: lb::Policy::RoundRobin,
+    sticky: false,
 };
 
 impl Stage for Stage1 {

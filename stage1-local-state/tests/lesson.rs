@@ -3,15 +3,13 @@
 //!
 //! Real `stage1` processes behind the real balancer, round-robin.
 
-use lb::Policy;
 use shop::shopper::Shopper;
 use shop::topology::{Topology, TopologyConfig};
 
 async fn three_instances_round_robin() -> Topology {
     Topology::start(TopologyConfig::for_tests(
         env!("CARGO_BIN_EXE_stage1"),
-        3,
-        Policy::RoundRobin,
+        &stage1::INFO,
     ))
     .await
     .expect("stage 1 starts")
@@ -73,7 +71,7 @@ async fn cart_comes_back_when_round_robin_returns_to_its_instance() {
 #[tokio::test]
 async fn same_instance_keeps_the_cart() {
     let topology = three_instances_round_robin().await;
-    let direct = topology.instances()[0].url().to_owned();
+    let direct = topology.instances()[0].url.clone();
     let shopper = Shopper::new(direct).expect("client");
 
     shopper.add("TEE-RED-M", 2).await.expect("add");

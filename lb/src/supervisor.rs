@@ -1,0 +1,26 @@
+//! Hooks that let the dashboard act on instances, not just on backends.
+//!
+//! The balancer knows backends as URLs; it cannot start or kill a process.
+//! Whoever started the instances (the stages' launcher, `stageN up`) can,
+//! and hands the balancer a [`Supervisor`]. The dashboard then shows kill,
+//! restart and add buttons, and the admin API answers
+//! `POST /_lb/instances`, `POST /_lb/instances/{name}/kill|restart`.
+//! A plain `lb` binary has no supervisor and shows no such buttons.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::backend::BackendSpec;
+
+/// A boxed future, so the trait can be used as `dyn Supervisor`.
+pub type SupervisorFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, String>> + Send + 'a>>;
+
+/// Controls the processes behind the backends.
+pub trait Supervisor: Send + Sync + 'static {
+    /// Kills the instance behind backend `name` (SIGKILL: a crash).
+    fn kill(&self, name: &str) -> SupervisorFuture<'_, ()>;
+    /// Starts the instance behind backend `name` again, on the same address.
+    fn restart(&self, name: &str) -> SupervisorFuture<'_, ()>;
+    /// Starts one more instance and returns it as a backend to add.
+    fn add(&self) -> SupervisorFuture<'_, BackendSpec>;
+}
