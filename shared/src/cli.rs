@@ -81,7 +81,13 @@ pub struct DemoArgs<A: Args> {
 pub fn main<S: Stage>() -> ExitCode {
     let cli = Cli::<S::Args>::parse();
     let serving = matches!(cli.command, Some(Command::Serve(_)));
-    crate::telemetry::init(if serving { "info" } else { "warn" });
+    let demo = matches!(cli.command, Some(Command::Demo(_)));
+    // A demo tells its own story; the balancer's warnings would interrupt it.
+    crate::telemetry::init(match (serving, demo) {
+        (true, _) => "info",
+        (_, true) => "error",
+        _ => "warn",
+    });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -70,7 +70,7 @@ pub struct TopologyConfig {
 /// Health checks for a topology on one machine: every second, two strikes.
 pub const TEACHING_HEALTH: HealthConfig = HealthConfig {
     interval: Duration::from_secs(1),
-    timeout: Duration::from_millis(500),
+    timeout: Duration::from_secs(1),
     rise: 2,
     fall: 2,
 };
@@ -386,6 +386,30 @@ impl Topology {
             .map_err(|e| LaunchError::Balancer(e.to_string()))?;
         self.instance(&spec.name)
             .ok_or_else(|| LaunchError::Config(format!("instance {} vanished", spec.name)))
+    }
+
+    /// Waits until the balancer reports `name` in `state` (the health checks
+    /// take a couple of intervals to notice a change), or fails after `within`.
+    pub async fn wait_for_backend(
+        &self,
+        name: &str,
+        state: lb::BackendState,
+        within: Duration,
+    ) -> Result<(), LaunchError> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let now = self.balancer.backends().get(name).map(|b| b.state());
+            if now == Some(state) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(LaunchError::Config(format!(
+                    "backend {name} is {now:?}, not {state:?}, after {} s",
+                    within.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Stops everything gracefully: SIGTERM to each instance (SIGKILL after

@@ -1,0 +1,25 @@
+//! `stage2 demo` tells the whole story and exits.
+
+#[test]
+fn demo_narrates_pinning_the_crash_the_drain_and_the_skew() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_stage2"))
+        .arg("demo")
+        .output()
+        .expect("demo runs");
+    let story = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{story}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        story.contains("cart 2 × TEE-RED-M"),
+        "the pinned cart holds: {story}"
+    );
+    assert!(
+        story.contains("crashes (SIGKILL)") && story.contains("cart empty"),
+        "then it is lost: {story}"
+    );
+    assert!(story.contains("drained") && story.contains("i4"), "{story}");
+    assert!(story.contains("Lesson:"), "{story}");
+}
