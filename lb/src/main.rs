@@ -4,8 +4,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -21,22 +23,19 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let listener = match tokio::net::TcpListener::bind(args.listen).await {
-        Ok(listener) => listener,
-        Err(error) => {
+    let workers = args
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    tracing::info!(listen = %args.listen, backends = args.backends.len(), policy = ?args.policy, workers, "balancing");
+    match lb::run_threaded(args.listen, config, workers) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(lb::RunError::Io(error)) if error.kind() == std::io::ErrorKind::AddrInUse => {
             eprintln!(
-                "error: cannot listen on {}: {error} (choose another address with --listen)",
+                "error: {} is already in use; choose another address with --listen",
                 args.listen
             );
-            return ExitCode::FAILURE;
+            ExitCode::FAILURE
         }
-    };
-    tracing::info!(listen = %args.listen, backends = args.backends.len(), policy = ?args.policy, "balancing");
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    match lb::run(listener, config, shutdown).await {
-        Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error}");
             ExitCode::FAILURE

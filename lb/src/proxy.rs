@@ -1,10 +1,10 @@
 //! The proxy itself: accept connections, pick a backend, forward, stream back.
 //!
-//! One [`Balancer`] holds the backend set, the policy, the sticky settings
-//! and one pooled HTTP client. The client keeps idle keep-alive connections
-//! to each backend (hyper-util's pool), so a busy balancer does not pay a
-//! TCP handshake per request: what nginx's `keepalive` in an `upstream`
-//! block buys.
+//! One [`Balancer`] holds the backend set, the policy and the sticky
+//! settings. Each thread that serves requests has its own pooled HTTP client
+//! (see [`Balancer::client`]); the pool keeps idle keep-alive connections to
+//! each backend, so a busy balancer does not pay a TCP handshake per
+//! request: what nginx's `keepalive` in an `upstream` block buys.
 //!
 //! Per request:
 //! 1. `/_lb/…` with `--admin`: the balancer's own API ([`crate::admin`]);
@@ -24,10 +24,13 @@
 //!    request in flight until its last byte, and (when sticky) a refreshed
 //!    `lb_sticky` cookie.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -60,9 +63,11 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// A running balancer's shared state.
 pub struct Balancer {
+    /// Tells this balancer's per-thread clients apart from another's.
+    id: usize,
     backends: BackendSet,
     picker: Picker,
-    client: Client<HttpConnector, ProxyBody>,
+    connect_timeout: Duration,
     request_timeout: Duration,
     sticky: Option<Sticky>,
     health: Option<HealthConfig>,
@@ -101,17 +106,12 @@ enum Attempt {
 
 impl Balancer {
     pub fn new(config: Config) -> Result<Arc<Self>, BackendSetError> {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_timer(TokioTimer::new())
-            .build(connector);
+        static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
         Ok(Arc::new(Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             backends: BackendSet::new(config.backends)?,
             picker: Picker::new(config.policy),
-            client,
+            connect_timeout: config.connect_timeout,
             request_timeout: config.request_timeout,
             sticky: config.sticky,
             health: config.health,
@@ -147,6 +147,37 @@ impl Balancer {
         self.supervisor.get()
     }
 
+    /// This thread's pooled client to the backends.
+    ///
+    /// Why per thread: a pooled connection belongs to the runtime that
+    /// opened it, and its task runs there. With one runtime per core (the
+    /// `lb` binary, like nginx's worker processes), a per-thread pool keeps
+    /// each request, its client connection and its backend connection on
+    /// one thread: no cross-thread wake-ups, which were the largest cost in
+    /// a profile of a shared pool. On a multi-threaded runtime it is simply
+    /// a pool per worker thread.
+    fn client(&self) -> Client<HttpConnector, ProxyBody> {
+        type Clients = RefCell<HashMap<usize, Client<HttpConnector, ProxyBody>>>;
+        thread_local! {
+            static CLIENTS: Clients = RefCell::new(HashMap::new());
+        }
+        CLIENTS.with(|clients| {
+            clients
+                .borrow_mut()
+                .entry(self.id)
+                .or_insert_with(|| {
+                    let mut connector = HttpConnector::new();
+                    connector.set_connect_timeout(Some(self.connect_timeout));
+                    connector.set_nodelay(true);
+                    Client::builder(TokioExecutor::new())
+                        .pool_idle_timeout(Duration::from_secs(60))
+                        .pool_timer(TokioTimer::new())
+                        .build(connector)
+                })
+                .clone()
+        })
+    }
+
     /// Accepts connections on `listener` until `shutdown` completes, then
     /// lets open connections finish their current request (for a few seconds
     /// at most). Runs the health checks meanwhile.
@@ -155,11 +186,26 @@ impl Balancer {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> io::Result<()> {
-        let graceful = GracefulShutdown::new();
         // Aborted when `serve` returns *or* is itself dropped (aborted).
-        let _checks = self
-            .health
-            .map(|config| AbortOnDrop(tokio::spawn(health::run_checks(Arc::clone(&self), config))));
+        let _checks = self.start_health_checks();
+        self.accept(listener, shutdown).await
+    }
+
+    /// Starts the active health checks (if configured) on this runtime;
+    /// they stop when the returned guard is dropped.
+    pub fn start_health_checks(self: &Arc<Self>) -> Option<AbortOnDrop> {
+        self.health
+            .map(|config| AbortOnDrop(tokio::spawn(health::run_checks(Arc::clone(self), config))))
+    }
+
+    /// [`Balancer::serve`] without the health checks: one of several accept
+    /// loops sharing this balancer (see [`crate::run_threaded`]).
+    pub async fn accept(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> io::Result<()> {
+        let graceful = GracefulShutdown::new();
         tokio::pin!(shutdown);
         loop {
             let (stream, client_addr) = tokio::select! {
@@ -292,7 +338,8 @@ impl Balancer {
         };
         let upstream = Request::from_parts(parts.clone(), body.sendable());
         let in_flight = backend.start_request();
-        let sent = tokio::time::timeout(self.request_timeout, self.client.request(upstream)).await;
+        let sent =
+            tokio::time::timeout(self.request_timeout, self.client().request(upstream)).await;
         match sent {
             Ok(Ok(response)) => {
                 let (mut head, body) = response.into_parts();
@@ -359,7 +406,8 @@ impl Balancer {
 }
 
 /// Aborts a background task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+#[derive(Debug)]
+pub struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
