@@ -119,6 +119,8 @@ impl FromStr for BackendSpec {
 pub struct Backend {
     name: String,
     url: Uri,
+    /// `host:port`, what a connection is opened to.
+    address: String,
     healthy: AtomicBool,
     draining: AtomicBool,
     in_flight: AtomicUsize,
@@ -158,9 +160,13 @@ impl fmt::Debug for Backend {
 
 impl Backend {
     pub fn new(spec: BackendSpec) -> Self {
+        let address = spec.url.authority().map_or_else(String::new, |a| {
+            format!("{}:{}", a.host(), a.port_u16().unwrap_or(80))
+        });
         Self {
             name: spec.name,
             url: spec.url,
+            address,
             healthy: AtomicBool::new(true),
             draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
@@ -179,6 +185,11 @@ impl Backend {
     /// `http://host:port/`: the only place a request to this backend may go.
     pub fn url(&self) -> &Uri {
         &self.url
+    }
+
+    /// `host:port` of the backend (the port made explicit).
+    pub fn address(&self) -> &str {
+        &self.address
     }
 
     pub fn state(&self) -> BackendState {

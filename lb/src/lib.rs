@@ -32,6 +32,7 @@ pub mod headers;
 pub mod health;
 pub mod metrics;
 pub mod policy;
+pub mod pool;
 pub mod proxy;
 pub mod sticky;
 pub mod supervisor;

@@ -1,31 +1,29 @@
 //! The proxy itself: accept connections, pick a backend, forward, stream back.
 //!
 //! One [`Balancer`] holds the backend set, the policy and the sticky
-//! settings. Each thread that serves requests has its own pooled HTTP client
-//! (see [`Balancer::client`]); the pool keeps idle keep-alive connections to
-//! each backend, so a busy balancer does not pay a TCP handshake per
-//! request: what nginx's `keepalive` in an `upstream` block buys.
+//! settings; [`crate::pool`] keeps idle keep-alive connections to each
+//! backend, so a busy balancer does not pay a TCP handshake per request.
 //!
 //! Per request:
 //! 1. `/_lb/…` with `--admin`: the balancer's own API ([`crate::admin`]);
 //! 2. choose a backend: the one the `lb_sticky` cookie names, if it can
 //!    still take this shopper, else one the policy picks among those taking
 //!    new shoppers (none → 503);
-//! 3. rebuild the URI from *that backend's* base URL and the request's path
-//!    (an absolute-form request line like `GET http://elsewhere/ HTTP/1.1`
-//!    keeps only its path: the balancer is not an open proxy);
+//! 3. keep only the path and query of the request's URI and connect to
+//!    *that backend's* address (an absolute-form request line like
+//!    `GET http://elsewhere/ HTTP/1.1` goes to the backend all the same:
+//!    the balancer is not an open proxy);
 //! 4. drop hop-by-hop headers and the sticky cookie, add `X-Forwarded-*`;
 //! 5. send with the request body streaming through; wait for the response
 //!    head at most `request_timeout` (→ 504);
-//! 6. if the connection failed, mark the backend down and, when the request
-//!    can be sent again unchanged, retry it once on another backend;
-//!    otherwise answer 502;
+//! 6. if nothing reached the backend (its connection failed: mark it down),
+//!    send the request, still whole, to one other backend; if the exchange
+//!    failed after the request went out, answer 502 (it may have been acted
+//!    on: sending it again could, say, add an item twice);
 //! 7. return the response with its body streaming through, counting the
 //!    request in flight until its last byte, and (when sticky) a refreshed
 //!    `lb_sticky` cookie.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
@@ -36,25 +34,23 @@ use std::time::Duration;
 
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::header::SET_COOKIE;
-use hyper::http::request::Parts;
+use hyper::header::{HOST, HeaderValue, SET_COOKIE};
 use hyper::service::service_fn;
-use hyper::{Method, Request, Response, Uri};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper::{Request, Response, Uri};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::Config;
 use crate::admin;
 use crate::backend::{Backend, BackendSet, BackendSetError, HealthChange};
-use crate::body::{ProxyBody, Replayable, Tracked};
+use crate::body::{ProxyBody, Tracked};
 use crate::errors::LbError;
 use crate::headers;
 use crate::health::{self, HealthConfig};
 use crate::metrics::Counters;
 use crate::policy::{Picker, Policy};
+use crate::pool::{self, PoolKey, SendError};
 use crate::sticky::{self, Sticky};
 use crate::supervisor::Supervisor;
 
@@ -99,8 +95,8 @@ struct Route {
 /// What one attempt to forward came to.
 enum Attempt {
     Done(Response<ProxyBody>),
-    /// The backend could not be reached; the request can be sent again.
-    Retry(Parts, Replayable, LbError),
+    /// Nothing reached the backend; the request, whole, can go elsewhere.
+    Retry(Request<ProxyBody>, LbError),
     Failed(LbError),
 }
 
@@ -145,37 +141,6 @@ impl Balancer {
 
     pub fn supervisor(&self) -> Option<&Arc<dyn Supervisor>> {
         self.supervisor.get()
-    }
-
-    /// This thread's pooled client to the backends.
-    ///
-    /// Why per thread: a pooled connection belongs to the runtime that
-    /// opened it, and its task runs there. With one runtime per core (the
-    /// `lb` binary, like nginx's worker processes), a per-thread pool keeps
-    /// each request, its client connection and its backend connection on
-    /// one thread: no cross-thread wake-ups, which were the largest cost in
-    /// a profile of a shared pool. On a multi-threaded runtime it is simply
-    /// a pool per worker thread.
-    fn client(&self) -> Client<HttpConnector, ProxyBody> {
-        type Clients = RefCell<HashMap<usize, Client<HttpConnector, ProxyBody>>>;
-        thread_local! {
-            static CLIENTS: Clients = RefCell::new(HashMap::new());
-        }
-        CLIENTS.with(|clients| {
-            clients
-                .borrow_mut()
-                .entry(self.id)
-                .or_insert_with(|| {
-                    let mut connector = HttpConnector::new();
-                    connector.set_connect_timeout(Some(self.connect_timeout));
-                    connector.set_nodelay(true);
-                    Client::builder(TokioExecutor::new())
-                        .pool_idle_timeout(Duration::from_secs(60))
-                        .pool_timer(TokioTimer::new())
-                        .build(connector)
-                })
-                .clone()
-        })
     }
 
     /// Accepts connections on `listener` until `shutdown` completes, then
@@ -262,16 +227,18 @@ impl Balancer {
             Counters::bump(&self.counters.no_backend);
             return LbError::NoBackendAvailable.into_response();
         };
+        parts.uri = match origin_form(&parts.uri) {
+            Ok(uri) => uri,
+            Err(error) => return error.into_response(),
+        };
         headers::remove_hop_by_hop(&mut parts.headers);
         headers::add_forwarded(&mut parts.headers, client_addr.ip());
+        let upstream = Request::from_parts(parts, body.boxed());
 
-        let (response, backend, pin) = match self
-            .forward(&route.backend, parts, Replayable::new(body))
-            .await
-        {
+        let (response, backend, pin) = match self.forward(&route.backend, upstream).await {
             Attempt::Done(response) => (response, route.backend, route.pin),
             Attempt::Failed(error) => return self.failure(&route.backend, error),
-            Attempt::Retry(parts, body, error) => {
+            Attempt::Retry(upstream, error) => {
                 // One retry, elsewhere. The shopper is re-pinned there.
                 let Some(second) = self.route(None, Some(&route.backend)) else {
                     return self.failure(&route.backend, error);
@@ -285,9 +252,9 @@ impl Balancer {
                     to = second.backend.name(),
                     "retrying on another backend"
                 );
-                match self.forward(&second.backend, parts, body).await {
+                match self.forward(&second.backend, upstream).await {
                     Attempt::Done(response) => (response, second.backend, true),
-                    Attempt::Failed(error) | Attempt::Retry(_, _, error) => {
+                    Attempt::Failed(error) | Attempt::Retry(_, error) => {
                         return self.failure(&second.backend, error);
                     }
                 }
@@ -331,49 +298,53 @@ impl Balancer {
         })
     }
 
-    async fn forward(&self, backend: &Arc<Backend>, mut parts: Parts, body: Replayable) -> Attempt {
-        parts.uri = match upstream_uri(backend.url(), &parts.uri) {
-            Ok(uri) => uri,
-            Err(error) => return Attempt::Failed(error),
+    async fn forward(&self, backend: &Arc<Backend>, mut upstream: Request<ProxyBody>) -> Attempt {
+        if !upstream.headers().contains_key(HOST) {
+            // HTTP/1.0 clients may send no Host; HTTP/1.1 backends need one.
+            if let Ok(host) = HeaderValue::from_str(backend.address()) {
+                upstream.headers_mut().insert(HOST, host);
+            }
+        }
+        let key = PoolKey {
+            balancer: self.id,
+            address: backend.address().to_owned(),
         };
-        let upstream = Request::from_parts(parts.clone(), body.sendable());
         let in_flight = backend.start_request();
-        let sent =
-            tokio::time::timeout(self.request_timeout, self.client().request(upstream)).await;
+        let sent = tokio::time::timeout(
+            self.request_timeout,
+            pool::send(key, self.connect_timeout, upstream),
+        )
+        .await;
         match sent {
-            Ok(Ok(response)) => {
+            Ok(Ok((response, connection))) => {
                 let (mut head, body) = response.into_parts();
                 headers::remove_hop_by_hop(&mut head.headers);
-                Attempt::Done(Response::from_parts(
-                    head,
-                    Tracked::new(body.boxed(), in_flight).boxed(),
-                ))
+                let body = Tracked::new(body.boxed(), in_flight, connection);
+                Attempt::Done(Response::from_parts(head, body.boxed()))
             }
+            Ok(Err(SendError::NotSent {
+                request,
+                reason,
+                connect_failed,
+            })) => {
+                if connect_failed && backend.mark_failed() == HealthChange::WentDown {
+                    // Nobody answered: passive health check, down at once.
+                    tracing::warn!(backend = backend.name(), %reason, "backend is down: connection failed");
+                }
+                let error = LbError::BadGateway {
+                    backend: backend.name().to_owned(),
+                    reason,
+                };
+                Attempt::Retry(*request, error)
+            }
+            Ok(Err(SendError::Failed(error))) => Attempt::Failed(LbError::BadGateway {
+                backend: backend.name().to_owned(),
+                reason: error_chain(&error),
+            }),
             Err(_elapsed) => Attempt::Failed(LbError::GatewayTimeout {
                 backend: backend.name().to_owned(),
                 timeout_ms: self.request_timeout.as_millis(),
             }),
-            Ok(Err(error)) => {
-                let error_text = error_chain(&error);
-                if error.is_connect() {
-                    // Nobody answered: passive health check, down at once.
-                    if backend.mark_failed() == HealthChange::WentDown {
-                        tracing::warn!(backend = backend.name(), error = %error_text, "backend is down: connection failed");
-                    }
-                }
-                let lb_error = LbError::BadGateway {
-                    backend: backend.name().to_owned(),
-                    reason: error_text,
-                };
-                // Safe to send again when nothing reached the backend (the
-                // connection failed), or when the method is idempotent and
-                // the body was never read (a stale pooled connection).
-                let resendable = error.is_connect() || is_idempotent(&parts.method);
-                match body.take_back() {
-                    Some(body) if resendable => Attempt::Retry(parts, body, lb_error),
-                    _ => Attempt::Failed(lb_error),
-                }
-            }
         }
     }
 
@@ -415,24 +386,15 @@ impl Drop for AbortOnDrop {
     }
 }
 
-fn is_idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
-    )
-}
-
-/// `base` (scheme and authority of a configured backend) joined with the
-/// path and query of the client's request line. Nothing else from the
-/// request's URI is used.
-fn upstream_uri(base: &Uri, requested: &Uri) -> Result<Uri, LbError> {
+/// The path and query of the client's request line, as an origin-form URI
+/// (`/api/cart?x=1`). Nothing else from the request's URI is used: the
+/// connection goes to the chosen backend's address, whatever the client
+/// wrote.
+fn origin_form(requested: &Uri) -> Result<Uri, LbError> {
     let path_and_query = requested.path_and_query().map_or("/", |pq| pq.as_str());
-    let mut parts = base.clone().into_parts();
-    parts.path_and_query =
-        Some(path_and_query.parse().map_err(|_| {
-            LbError::BadRequest(format!("cannot forward the path `{path_and_query}`"))
-        })?);
-    Uri::from_parts(parts).map_err(|e| LbError::BadRequest(e.to_string()))
+    path_and_query
+        .parse()
+        .map_err(|_| LbError::BadRequest(format!("cannot forward the path `{path_and_query}`")))
 }
 
 /// "connection refused" is more use to a learner than "client error
@@ -453,17 +415,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn upstream_uri_keeps_only_the_path_and_query_of_the_request() {
-        let base: Uri = "http://127.0.0.1:3001/".parse().expect("uri");
+    fn origin_form_keeps_only_the_path_and_query_of_the_request() {
         let absolute: Uri = "http://evil.example/steal?x=1".parse().expect("uri");
         assert_eq!(
-            upstream_uri(&base, &absolute).expect("uri").to_string(),
-            "http://127.0.0.1:3001/steal?x=1"
+            origin_form(&absolute).expect("uri").to_string(),
+            "/steal?x=1"
         );
         let origin: Uri = "/api/cart".parse().expect("uri");
-        assert_eq!(
-            upstream_uri(&base, &origin).expect("uri").to_string(),
-            "http://127.0.0.1:3001/api/cart"
-        );
+        assert_eq!(origin_form(&origin).expect("uri").to_string(), "/api/cart");
     }
 }
