@@ -26,7 +26,11 @@ pub fn request_jar(headers: &HeaderMap) -> CookieJar {
 }
 
 /// A cookie with the shop's safe defaults.
-pub fn shop_cookie(name: &'static str, value: String, secure: bool) -> Cookie<'static> {
+pub fn shop_cookie(
+    name: impl Into<std::borrow::Cow<'static, str>>,
+    value: String,
+    secure: bool,
+) -> Cookie<'static> {
     Cookie::build((name, value))
         .http_only(true)
         .same_site(SameSite::Lax)

@@ -51,6 +51,12 @@ pub enum ApiError {
     /// 422 `cart_full`: the cart already has the most lines it may hold.
     #[error("{0}")]
     CartFull(String),
+    /// 413 `cart_too_large_for_cookie`: the cart's cookie would pass the
+    /// 4096-byte limit browsers guarantee (stage 3); the cart is unchanged.
+    #[error(
+        "that change would make your cart's cookie {bytes} bytes; the limit is {limit} bytes, so the cart was left as it was"
+    )]
+    CartTooLargeForCookie { bytes: usize, limit: usize },
     /// 500 `internal`: a bug; the details are logged, not shown.
     #[error("something went wrong on our side")]
     Internal,
@@ -62,7 +68,9 @@ impl ApiError {
             Self::MalformedJson(_) => StatusCode::BAD_REQUEST,
             Self::UnknownSku(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTooLarge { .. } | Self::CartTooLargeForCookie { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::InvalidBody(_) | Self::BadQuantity(_) | Self::CartFull(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
@@ -82,6 +90,7 @@ impl ApiError {
             Self::InvalidBody(_) => "invalid_body",
             Self::BadQuantity(_) => "bad_quantity",
             Self::CartFull(_) => "cart_full",
+            Self::CartTooLargeForCookie { .. } => "cart_too_large_for_cookie",
             Self::Internal => "internal",
         }
     }

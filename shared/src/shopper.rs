@@ -36,6 +36,17 @@ impl ShopperError {
     }
 }
 
+/// The value a response's `Set-Cookie` headers give cookie `name`, if any.
+pub fn set_cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| v.split(';').next()?.split_once('='))
+        .find(|(n, _)| n.trim() == name)
+        .map(|(_, value)| value.trim().to_owned())
+}
+
 /// A cart as one response showed it.
 #[derive(Clone, Debug)]
 pub struct CartSeen {

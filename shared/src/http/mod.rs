@@ -38,6 +38,12 @@ pub const BODY_LIMIT: usize = 16 * 1024;
 
 /// Names the instance that produced a response.
 pub const SERVED_BY: HeaderName = HeaderName::from_static("x-served-by");
+/// Stage 3: the size of the cart's `Set-Cookie` header, in bytes.
+pub const CART_COOKIE_BYTES: HeaderName = HeaderName::from_static("x-cart-cookie-bytes");
+/// Stage 3: what happened to the cart cookie, e.g. `rejected; reason=expired`.
+pub const CART_COOKIE: HeaderName = HeaderName::from_static("x-cart-cookie");
+/// Stage 3: the size browsers guarantee a cookie, attributes included.
+pub const COOKIE_LIMIT: usize = 4096;
 
 /// Who this instance is, and how busy.
 #[derive(Debug)]

@@ -20,8 +20,8 @@ use axum::response::{Html, IntoResponse, Response};
 use crate::cart::{CartOp, PricedCart};
 use crate::catalog::Catalog;
 use crate::cookies::request_jar;
-use crate::http::Shop;
 use crate::http::api::append_reply_headers;
+use crate::http::{CART_COOKIE_BYTES, COOKIE_LIMIT, Shop};
 use crate::store::CartStore;
 
 const TEMPLATE: &str = include_str!("page.html");
@@ -62,6 +62,7 @@ pub async fn shop_page<S: CartStore>(
                 .map_or_else(|| "—".to_owned(), |c| money(c.total_cents)),
         )
         .replace("{{notices}}", &notice_items(&notices))
+        .replace("{{meter}}", &cookie_meter(&extra))
         .replace("{{script}}", SCRIPT);
     let mut response = Html(html).into_response();
     append_reply_headers(response.headers_mut(), cookies, extra);
@@ -148,6 +149,21 @@ fn cart_lines(cart: &PricedCart) -> String {
         );
     }
     html
+}
+
+/// Stage 3's cookie budget: how much of the 4096 bytes the cart uses.
+fn cookie_meter(headers: &HeaderMap) -> String {
+    let bytes = headers
+        .get(CART_COOKIE_BYTES)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    match bytes {
+        Some(bytes) => format!(
+            r#"<div id="meter" data-bytes="{bytes}"><span>Cookie: {bytes} / {COOKIE_LIMIT} bytes</span><div class="bar"><div style="width:{:.1}%"></div></div></div>"#,
+            (bytes.min(COOKIE_LIMIT) as f64) * 100.0 / COOKIE_LIMIT as f64
+        ),
+        None => r#"<div id="meter" hidden></div>"#.to_owned(),
+    }
 }
 
 fn notice_items(notices: &[String]) -> String {

@@ -38,6 +38,24 @@ function showNotices(notices, isError) {
   }
 }
 
+// Stage 3: how much of the 4096-byte cookie budget the cart uses.
+function drawMeter(bytesHeader) {
+  const meter = $("#meter");
+  if (!meter || bytesHeader === null) return;
+  const bytes = parseInt(bytesHeader, 10);
+  meter.hidden = false;
+  meter.classList.toggle("full", bytes > 3600);
+  meter.innerHTML = "";
+  const label = document.createElement("span");
+  label.textContent = `Cookie: ${bytes} / 4096 bytes`;
+  const bar = document.createElement("div");
+  bar.className = "bar";
+  const fill = document.createElement("div");
+  fill.style.width = `${Math.min(100, (100 * bytes) / 4096).toFixed(1)}%`;
+  bar.append(fill);
+  meter.append(label, bar);
+}
+
 function drawCart(cart) {
   const list = $("#cart");
   list.replaceChildren();
@@ -83,6 +101,7 @@ async function call(method, path, body) {
     return;
   }
   drawCart(data);
+  drawMeter(response.headers.get("X-Cart-Cookie-Bytes"));
   const notices = data.notices || [];
   const cookieNote = response.headers.get("X-Cart-Cookie");
   showNotices(notices, false);

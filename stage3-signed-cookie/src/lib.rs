@@ -1,0 +1,121 @@
+//! # Stage 3 · Signed cookie
+//!
+//! **The lesson:** the cart leaves the server. It travels in the shopper's
+//! own `cart` cookie, signed with HMAC-SHA256, so any instance can serve any
+//! request and an instance dying loses nothing. But the cookie must be
+//! verified on every request, it can be tampered with (and the signature
+//! catches that), it rides along with every request, it must fit in 4096
+//! bytes, an old copy can be replayed, and two concurrent changes race:
+//! the last response to arrive wins.
+//!
+//! **What changed since stage 2:** the cart store ([`store::CookieCarts`]
+//! instead of `MemoryCarts`), and the balancer is plain round-robin again:
+//! stickiness is no longer needed. One piece of state is still shared by
+//! the instances: the signing secret (`SHOP_COOKIE_SECRET`). `stage3 up`
+//! makes one and hands it to every instance it starts.
+//!
+//! **Run it:** `cargo run -p stage3`, open <http://127.0.0.1:8080> and watch
+//! the cookie meter under the cart grow; or `cargo run -p stage3 -- demo`.
+//!
+//! ```text
+//! curl -s -c jar -b jar -H 'content-type: application/json' \
+//!      -d '{"sku":"TEE-RED-M","qty":2}' http://127.0.0.1:8080/api/cart/items
+//! grep cart jar        # the cart itself, base64 JSON, plus its signature
+//! ```
+//!
+//! The modules: [`keys`] (secrets and rotation), [`token`] (the signed
+//! format, by hand), [`store`] (the cart store that uses them).
+
+mod demo;
+pub mod keys;
+pub mod store;
+pub mod token;
+
+use std::ffi::OsString;
+use std::time::Duration;
+
+use shop::{BoxError, Stage, StageInfo};
+
+use crate::keys::{Key, Keys, SECRET_ENV};
+use crate::store::CookieCarts;
+use crate::token::Codec;
+
+/// Stage 3: carts in signed cookies, behind round-robin.
+#[derive(Debug)]
+pub struct Stage3;
+
+/// Stage 3's name and lesson, as the banner and the page show them.
+pub static INFO: StageInfo = StageInfo {
+    package: "stage3",
+    title: "Stage 3 · Signed cookie",
+    lesson: "Your cart travels in a signed cookie: any instance serves you, tampering is caught, and the cart must fit in 4 KB.",
+    try_this: &[
+        "open {url}, add items and watch the cookie meter under the cart; round-robin moves you and nothing is lost",
+        "fill the cart (a few dozen lines) until the shop refuses with 413 cart_too_large_for_cookie",
+        "curl -s -c jar -b jar {url}/api/cart ; edit one character of the cart cookie in jar ; curl -si -b jar {url}/api/cart | grep -i x-cart-cookie",
+        "cargo run -p stage3 -- demo   (tampering, the 4 KB wall, replay and the last-writer-wins race, narrated)",
+    ],
+    policy: lb::Policy::RoundRobin,
+    sticky: false,
+};
+
+/// Stage 3's flags. Each has an environment fallback, which is also how
+/// `up` hands them to its instances.
+#[derive(Clone, Debug, clap::Args)]
+pub struct CookieArgs {
+    /// The cart cookie's name.
+    #[arg(long, env = "SHOP_CART_COOKIE", default_value = "cart")]
+    pub cart_cookie: String,
+    /// How long a cart cookie stays valid after its last change (enforced by
+    /// the server through `exp`, not only by the browser's `Max-Age`).
+    #[arg(long, env = "SHOP_CART_TTL", default_value = "7days", value_parser = humantime::parse_duration)]
+    pub cart_ttl: Duration,
+    /// Mark the cookie `Secure` (only sent over HTTPS).
+    #[arg(long, env = "SHOP_SECURE_COOKIES")]
+    pub secure_cookies: bool,
+}
+
+impl Stage for Stage3 {
+    const INFO: &'static StageInfo = &INFO;
+    type Args = CookieArgs;
+    type Store = CookieCarts;
+
+    async fn store(args: &CookieArgs) -> Result<CookieCarts, BoxError> {
+        // No secret, or a short one: refuse to start rather than sign with
+        // something guessable.
+        let keys = Keys::from_env()?;
+        tracing::info!(key_id = keys.current().id(), "signing cart cookies");
+        Ok(CookieCarts::new(
+            Codec::new(keys, args.cart_ttl.as_secs()),
+            args.cart_cookie.clone(),
+            args.cart_ttl,
+            args.secure_cookies,
+        ))
+    }
+
+    fn instance_env(args: &CookieArgs) -> Vec<(OsString, OsString)> {
+        let mut env = vec![
+            ("SHOP_CART_COOKIE".into(), args.cart_cookie.clone().into()),
+            (
+                "SHOP_CART_TTL".into(),
+                humantime::format_duration(args.cart_ttl).to_string().into(),
+            ),
+        ];
+        if args.secure_cookies {
+            env.push(("SHOP_SECURE_COOKIES".into(), "true".into()));
+        }
+        // The key is the one piece of state the instances still share: with
+        // different keys, each would reject the others' cookies.
+        if std::env::var_os(SECRET_ENV).is_none() {
+            match Key::random() {
+                Ok(key) => env.push((SECRET_ENV.into(), key.to_hex().into())),
+                Err(error) => tracing::error!(%error, "cannot make a cookie secret"),
+            }
+        }
+        env
+    }
+
+    async fn demo(args: CookieArgs, exe: std::path::PathBuf) -> Result<(), BoxError> {
+        demo::run(args, exe).await
+    }
+}
