@@ -345,6 +345,13 @@ async fn every_cart_response_reports_its_cookie_size_and_safe_attributes() {
 }
 
 #[tokio::test]
+async fn secure_cookies_flag_adds_secure() {
+    let topology = stage3(1, &[("SHOP_SECURE_COOKIES", "true")]).await;
+    let seen = add(&topology.url(), None, "TEE-RED-M", 1).await;
+    assert!(seen.set_cookie.expect("Set-Cookie").contains("Secure"));
+}
+
+#[tokio::test]
 async fn old_secret_still_verifies_and_is_resigned() {
     let before_rotation = stage3(1, &[]).await;
     let cookie = add(&before_rotation.url(), None, "POLO-GREEN-S", 3)
