@@ -34,6 +34,7 @@ pub mod metrics;
 pub mod policy;
 pub mod pool;
 pub mod proxy;
+pub mod signals;
 pub mod sticky;
 pub mod supervisor;
 
@@ -216,7 +217,7 @@ pub fn run_threaded(addr: SocketAddr, config: Config, workers: usize) -> Result<
         .build()?;
     runtime.block_on(async {
         let _checks = balancer.start_health_checks();
-        wait_for_stop_signal().await;
+        signals::terminate().await;
     });
     let _ = stop.send(true);
     for thread in threads {
@@ -237,24 +238,6 @@ fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
     Ok(socket.into())
-}
-
-async fn wait_for_stop_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) {
-        (Ok(mut interrupt), Ok(mut terminate)) => {
-            tokio::select! {
-                _ = interrupt.recv() => {}
-                _ = terminate.recv() => {}
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
 
 /// Runs a balancer on `listener` until `shutdown` completes.

@@ -148,7 +148,7 @@ pub async fn serve<S: Stage>(args: ServeArgs<S::Args>) -> Result<(), BoxError> {
         args.id
     );
     tracing::info!(instance = %args.id, %address, "serving");
-    crate::instance::run(listener, shop, crate::signals::terminate()).await?;
+    crate::instance::run(listener, shop, lb::signals::terminate()).await?;
     tracing::info!(instance = %args.id, "stopped");
     Ok(())
 }
@@ -165,7 +165,7 @@ pub async fn up<S: Stage>(args: UpArgs<S::Args>) -> Result<(), BoxError> {
     })
     .await?;
     print_banner(info, &topology);
-    crate::signals::terminate().await;
+    lb::signals::terminate().await;
     println!(
         "\nstopping {} instance(s) and the balancer…",
         topology.instances().len()

@@ -25,7 +25,6 @@ pub mod instance;
 pub mod narrate;
 pub mod parent;
 pub mod shopper;
-pub mod signals;
 pub mod stage;
 pub mod store;
 pub mod telemetry;

@@ -92,6 +92,26 @@ impl LocalShop {
     }
 }
 
+/// Runs `EXE demo` (a stage's narrated walkthrough) to the end without the
+/// variables in `unset`, checks it succeeded, and returns what it printed.
+pub fn run_demo(exe: &str, unset: &[&str]) -> String {
+    let mut command = std::process::Command::new(exe);
+    command.arg("demo");
+    for name in unset {
+        command.env_remove(name);
+    }
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {exe} demo: {e}"));
+    let story = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{exe} demo failed:\n{story}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    story
+}
+
 /// The pids of the live processes whose parent is `parent` (from `/proc`).
 pub fn children_of(parent: u32) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {

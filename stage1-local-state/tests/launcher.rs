@@ -133,16 +133,7 @@ fn a_busy_port_gives_one_line_naming_the_flag() {
 
 #[test]
 fn demo_narrates_the_vanishing_cart_and_exits() {
-    let output = Command::new(STAGE1)
-        .arg("demo")
-        .output()
-        .expect("demo runs");
-    let story = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{story}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let story = shop::testing::run_demo(STAGE1, &[]);
     assert!(
         story.contains("served by i1") && story.contains("served by i2"),
         "{story}"

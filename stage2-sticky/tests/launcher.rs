@@ -2,16 +2,7 @@
 
 #[test]
 fn demo_narrates_pinning_the_crash_the_drain_and_the_skew() {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_stage2"))
-        .arg("demo")
-        .output()
-        .expect("demo runs");
-    let story = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{story}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let story = shop::testing::run_demo(env!("CARGO_BIN_EXE_stage2"), &[]);
     assert!(
         story.contains("cart 2 × TEE-RED-M"),
         "the pinned cart holds: {story}"

@@ -482,17 +482,7 @@ fn short_secret_refuses_to_start() {
 
 #[test]
 fn demo_narrates_tampering_the_wall_replay_and_the_race() {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_stage3"))
-        .arg("demo")
-        .env_remove("SHOP_COOKIE_SECRET")
-        .output()
-        .expect("demo runs");
-    let story = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{story}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let story = shop::testing::run_demo(env!("CARGO_BIN_EXE_stage3"), &["SHOP_COOKIE_SECRET"]);
     for beat in [
         "reason=bad-signature",
         "HTTP 413",

@@ -1,5 +1,6 @@
 //! Waiting for the signals that mean "stop": Ctrl-C (SIGINT) and SIGTERM
-//! (what `kill`, systemd and container runtimes send).
+//! (what `kill`, systemd and container runtimes send). The stages' launcher
+//! and instances use this too.
 
 /// Completes when the process receives SIGINT or SIGTERM.
 pub async fn terminate() {
