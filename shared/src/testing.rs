@@ -20,6 +20,7 @@ use tokio::sync::oneshot;
 use crate::http::{Instance, Shop};
 use crate::stage::StageInfo;
 use crate::store::CartStore;
+use crate::topology::{Topology, TopologyConfig};
 
 /// Shop instances served from this process, behind a balancer.
 #[derive(Debug)]
@@ -90,6 +91,14 @@ impl LocalShop {
     pub fn balancer(&self) -> &Arc<Balancer> {
         &self.balancer
     }
+}
+
+/// Starts a stage as its tests want it (see
+/// [`TopologyConfig::for_tests`]): `exe` is `env!("CARGO_BIN_EXE_stageN")`.
+pub async fn start_stage(exe: &str, stage: &StageInfo) -> Topology {
+    Topology::start(TopologyConfig::for_tests(exe, stage))
+        .await
+        .unwrap_or_else(|e| panic!("{} did not start: {e}", stage.package))
 }
 
 /// Runs `EXE demo` (a stage's narrated walkthrough) to the end without the

@@ -60,23 +60,53 @@ async fn assert_cart_unchanged(shopper: &Shopper) {
     );
 }
 
+/// POSTs a raw body to the add-item route.
+async fn post_raw(shopper: &Shopper, content_type: &str, body: String) -> reqwest::Response {
+    shopper
+        .http()
+        .post(shopper.url("/api/cart/items"))
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .expect("response")
+}
+
+/// Checks `response` is the JSON error `code` with `status`, and that the
+/// shopper's cart is exactly as it was. Returns the error's message.
+async fn refused(
+    shopper: &Shopper,
+    response: reqwest::Response,
+    status: StatusCode,
+    code: &str,
+) -> String {
+    let (got, body) = error_of(response).await;
+    assert_eq!(
+        (got, body.error.as_str()),
+        (status, code),
+        "{}",
+        body.message
+    );
+    assert_cart_unchanged(shopper).await;
+    body.message
+}
+
 #[tokio::test]
 async fn malformed_json_is_400_and_loses_nothing() {
     let (_shop, shopper) = shop_with_a_cart().await;
-    let response = shopper
-        .http()
-        .post(shopper.url("/api/cart/items"))
-        .header("content-type", "application/json")
-        .body(r#"{"sku": "TEE-RED-M", "qty": "#)
-        .send()
-        .await
-        .expect("response");
-    let (status, body) = error_of(response).await;
-    assert_eq!(
-        (status, body.error.as_str()),
-        (StatusCode::BAD_REQUEST, "malformed_json")
-    );
-    assert_cart_unchanged(&shopper).await;
+    let response = post_raw(
+        &shopper,
+        "application/json",
+        r#"{"sku": "TEE-RED-M", "qty": "#.into(),
+    )
+    .await;
+    refused(
+        &shopper,
+        response,
+        StatusCode::BAD_REQUEST,
+        "malformed_json",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -92,18 +122,13 @@ async fn unknown_sku_is_404_everywhere_and_loses_nothing() {
         http.get(shopper.url("/api/products/TEE-GOLD-M")),
     ];
     for attempt in attempts {
-        let (status, body) = error_of(attempt.send().await.expect("response")).await;
-        assert_eq!(
-            (status, body.error.as_str()),
-            (StatusCode::NOT_FOUND, "unknown_sku")
-        );
+        let response = attempt.send().await.expect("response");
+        let message = refused(&shopper, response, StatusCode::NOT_FOUND, "unknown_sku").await;
         assert!(
-            body.message.contains("TEE-GOLD-M"),
-            "the message names the SKU: {}",
-            body.message
+            message.contains("TEE-GOLD-M"),
+            "the message names the SKU: {message}"
         );
     }
-    assert_cart_unchanged(&shopper).await;
 }
 
 #[tokio::test]
@@ -115,11 +140,7 @@ async fn unknown_route_is_a_json_404() {
         .send()
         .await
         .expect("response");
-    let (status, body) = error_of(response).await;
-    assert_eq!(
-        (status, body.error.as_str()),
-        (StatusCode::NOT_FOUND, "not_found")
-    );
+    refused(&shopper, response, StatusCode::NOT_FOUND, "not_found").await;
 }
 
 #[tokio::test]
@@ -131,53 +152,46 @@ async fn wrong_method_is_a_json_405() {
         .send()
         .await
         .expect("response");
-    let (status, body) = error_of(response).await;
-    assert_eq!(
-        (status, body.error.as_str()),
-        (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
-    );
-    assert_cart_unchanged(&shopper).await;
+    refused(
+        &shopper,
+        response,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn body_over_16_kib_is_413_and_loses_nothing() {
     let (_shop, shopper) = shop_with_a_cart().await;
     let padding = "x".repeat(17 * 1024);
-    let response = shopper
-        .http()
-        .post(shopper.url("/api/cart/items"))
-        .header("content-type", "application/json")
-        .body(format!(
-            r#"{{"sku": "TEE-RED-M", "qty": 1, "padding": "{padding}"}}"#
-        ))
-        .send()
-        .await
-        .expect("response");
-    let (status, body) = error_of(response).await;
-    assert_eq!(
-        (status, body.error.as_str()),
-        (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
-    );
-    assert_cart_unchanged(&shopper).await;
+    let body = format!(r#"{{"sku": "TEE-RED-M", "qty": 1, "padding": "{padding}"}}"#);
+    let response = post_raw(&shopper, "application/json", body).await;
+    refused(
+        &shopper,
+        response,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn body_that_is_not_json_is_415_and_loses_nothing() {
     let (_shop, shopper) = shop_with_a_cart().await;
-    let response = shopper
-        .http()
-        .post(shopper.url("/api/cart/items"))
-        .header("content-type", "text/plain")
-        .body(r#"{"sku": "TEE-RED-M", "qty": 1}"#)
-        .send()
-        .await
-        .expect("response");
-    let (status, body) = error_of(response).await;
-    assert_eq!(
-        (status, body.error.as_str()),
-        (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
-    );
-    assert_cart_unchanged(&shopper).await;
+    let response = post_raw(
+        &shopper,
+        "text/plain",
+        r#"{"sku": "TEE-RED-M", "qty": 1}"#.into(),
+    )
+    .await;
+    refused(
+        &shopper,
+        response,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -198,42 +212,37 @@ async fn quantity_outside_one_to_ninety_nine_is_422_and_loses_nothing() {
         );
     }
     // 2 already in the cart: adding 98 would make 100.
-    let over = shopper
-        .http()
-        .post(shopper.url("/api/cart/items"))
-        .json(&json!({"sku": "TEE-RED-M", "qty": 98}))
-        .send()
-        .await
-        .expect("response");
-    let (status, body) = error_of(over).await;
-    assert_eq!(
-        (status, body.error.as_str()),
-        (StatusCode::UNPROCESSABLE_ENTITY, "bad_quantity")
-    );
-    assert_cart_unchanged(&shopper).await;
+    let over = post_raw(
+        &shopper,
+        "application/json",
+        json!({"sku": "TEE-RED-M", "qty": 98}).to_string(),
+    )
+    .await;
+    refused(
+        &shopper,
+        over,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "bad_quantity",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn a_price_sent_by_the_client_is_refused_not_trusted() {
     let (_shop, shopper) = shop_with_a_cart().await;
-    let response = shopper
-        .http()
-        .post(shopper.url("/api/cart/items"))
-        .json(&json!({"sku": "JKT-NAVY-XL", "qty": 1, "price_cents": 1}))
-        .send()
-        .await
-        .expect("response");
-    let (status, body) = error_of(response).await;
-    assert_eq!(
-        (status, body.error.as_str()),
-        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_body")
-    );
+    let body = json!({"sku": "JKT-NAVY-XL", "qty": 1, "price_cents": 1}).to_string();
+    let response = post_raw(&shopper, "application/json", body).await;
+    let message = refused(
+        &shopper,
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_body",
+    )
+    .await;
     assert!(
-        body.message.contains("price_cents"),
-        "names the field: {}",
-        body.message
+        message.contains("price_cents"),
+        "names the field: {message}"
     );
-    assert_cart_unchanged(&shopper).await;
 }
 
 #[tokio::test]

@@ -4,15 +4,11 @@
 //! Real `stage1` processes behind the real balancer, round-robin.
 
 use shop::shopper::Shopper;
-use shop::topology::{Topology, TopologyConfig};
+use shop::testing::start_stage;
+use shop::topology::Topology;
 
 async fn three_instances_round_robin() -> Topology {
-    Topology::start(TopologyConfig::for_tests(
-        env!("CARGO_BIN_EXE_stage1"),
-        &stage1::INFO,
-    ))
-    .await
-    .expect("stage 1 starts")
+    start_stage(env!("CARGO_BIN_EXE_stage1"), &stage1::INFO).await
 }
 
 #[tokio::test]

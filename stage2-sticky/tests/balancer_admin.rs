@@ -8,15 +8,11 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use shop::shopper::Shopper;
 use shop::testing::is_alive;
-use shop::topology::{Topology, TopologyConfig};
+use shop::testing::start_stage;
+use shop::topology::Topology;
 
 async fn sticky_stage() -> Topology {
-    Topology::start(TopologyConfig::for_tests(
-        env!("CARGO_BIN_EXE_stage2"),
-        &stage2::INFO,
-    ))
-    .await
-    .expect("stage 2 starts")
+    start_stage(env!("CARGO_BIN_EXE_stage2"), &stage2::INFO).await
 }
 
 async fn backends(topology: &Topology) -> Vec<Value> {

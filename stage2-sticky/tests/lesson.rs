@@ -8,18 +8,14 @@ use std::time::Duration;
 use lb::BackendState;
 use reqwest::StatusCode;
 use shop::shopper::Shopper;
-use shop::topology::{Topology, TopologyConfig};
+use shop::testing::start_stage;
+use shop::topology::Topology;
 
 /// Long enough for a few health-check intervals on a loaded machine.
 const HEALTH_WAIT: Duration = Duration::from_secs(15);
 
 async fn sticky_stage() -> Topology {
-    Topology::start(TopologyConfig::for_tests(
-        env!("CARGO_BIN_EXE_stage2"),
-        &stage2::INFO,
-    ))
-    .await
-    .expect("stage 2 starts")
+    start_stage(env!("CARGO_BIN_EXE_stage2"), &stage2::INFO).await
 }
 
 fn sticky_cookie(response_headers: &reqwest::header::HeaderMap) -> Option<String> {
