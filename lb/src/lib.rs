@@ -10,8 +10,10 @@
 //! * [`backend`]: the configured backends and their live counters; requests
 //!   only ever go to one of them.
 //! * [`policy`]: round-robin or least-connections.
-//! * [`proxy`]: the hyper server and pooled hyper client, with streamed
-//!   bodies, hop-by-hop header removal, `X-Forwarded-*`, timeouts.
+//! * [`proxy`]: the hyper server and the forwarding, with streamed bodies
+//!   ([`body`]), hop-by-hop header removal and `X-Forwarded-*` ([`headers`]),
+//!   timeouts; [`pool`]: keep-alive connections to the backends, per thread.
+//! * [`run_threaded`]: the binary's shape, one event loop per core.
 //! * [`errors`]: JSON 502/503/504 when no backend can answer.
 //! * [`sticky`]: the `lb_sticky` cookie that pins a shopper to a backend.
 //! * [`health`]: active checks of `/healthz` with rise/fall thresholds;
