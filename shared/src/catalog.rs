@@ -110,6 +110,12 @@ impl Catalog {
         self.by_sku.get(sku).map(|&index| &self.products[index])
     }
 
+    /// Where a SKU stands in the catalog's order (for listing lines from an
+    /// unordered store in a stable order).
+    pub fn position(&self, sku: &str) -> Option<usize> {
+        self.by_sku.get(sku).copied()
+    }
+
     /// The garment families with their display names, for the shop page's filter.
     pub fn garments(&self) -> impl Iterator<Item = (&'static str, &'static str)> {
         GARMENTS.iter().map(|(code, name, _)| (*code, *name))

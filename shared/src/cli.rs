@@ -17,7 +17,7 @@ use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 
 use crate::http::{Instance, Shop};
-use crate::stage::{BoxError, Stage};
+use crate::stage::{BoxError, Services, Stage};
 use crate::topology::{READY_MARKER, Topology, TopologyConfig};
 
 /// `stageN [COMMAND]`
@@ -103,8 +103,9 @@ pub fn main<S: Stage>() -> ExitCode {
             None => up::<S>(cli.up).await,
             Some(Command::Up(args)) => up::<S>(args).await,
             Some(Command::Serve(args)) => serve::<S>(args).await,
-            Some(Command::Demo(args)) => {
+            Some(Command::Demo(mut args)) => {
                 let exe = std::env::current_exe()?;
+                let _services = S::services(&mut args.stage).await?;
                 S::demo(args.stage, exe).await
             }
         }
@@ -119,9 +120,16 @@ pub fn main<S: Stage>() -> ExitCode {
 }
 
 /// `stageN serve`: one instance until SIGINT/SIGTERM.
-pub async fn serve<S: Stage>(args: ServeArgs<S::Args>) -> Result<(), BoxError> {
+pub async fn serve<S: Stage>(mut args: ServeArgs<S::Args>) -> Result<(), BoxError> {
     crate::parent::die_with_launcher()?;
     let instance = Instance::new(&args.id)?;
+    let services = S::services(&mut args.stage).await?;
+    for service in services.descriptions() {
+        tracing::warn!(
+            service,
+            "started a private service for this one instance; instances started separately will not share it"
+        );
+    }
     let store = S::store(&args.stage).await?;
     let listener = TcpListener::bind((args.host, args.port))
         .await
@@ -154,8 +162,10 @@ pub async fn serve<S: Stage>(args: ServeArgs<S::Args>) -> Result<(), BoxError> {
 }
 
 /// `stageN up`: the whole topology until Ctrl-C or SIGTERM.
-pub async fn up<S: Stage>(args: UpArgs<S::Args>) -> Result<(), BoxError> {
+pub async fn up<S: Stage>(mut args: UpArgs<S::Args>) -> Result<(), BoxError> {
     let info = S::INFO;
+    // Started first and dropped last: the instances need them until the end.
+    let services = S::services(&mut args.stage).await?;
     let topology = Topology::start(TopologyConfig {
         instances: args.instances,
         instance_port_base: args.instance_port_base,
@@ -164,18 +174,19 @@ pub async fn up<S: Stage>(args: UpArgs<S::Args>) -> Result<(), BoxError> {
         ..TopologyConfig::for_stage(std::env::current_exe()?, info)
     })
     .await?;
-    print_banner(info, &topology);
+    print_banner(info, &topology, &services);
     lb::signals::terminate().await;
     println!(
         "\nstopping {} instance(s) and the balancer…",
         topology.instances().len()
     );
     topology.stop().await;
+    drop(services);
     println!("stopped.");
     Ok(())
 }
 
-fn print_banner(info: &crate::stage::StageInfo, topology: &Topology) {
+fn print_banner(info: &crate::stage::StageInfo, topology: &Topology, services: &Services) {
     let url = topology.url();
     println!("\nMyClothes · {}", info.title);
     println!("  {}\n", info.lesson);
@@ -187,6 +198,9 @@ fn print_banner(info: &crate::stage::StageInfo, topology: &Topology) {
     println!("  Dashboard:  {url}/_lb/   (health, load; kill, restart and add instances)");
     for instance in topology.instances() {
         println!("  Instance {}: {}", instance.name, instance.url);
+    }
+    for service in services.descriptions() {
+        println!("  {service}");
     }
     if !info.try_this.is_empty() {
         println!("\n  Try:");

@@ -57,6 +57,12 @@ pub enum ApiError {
         "that change would make your cart's cookie {bytes} bytes; the limit is {limit} bytes, so the cart was left as it was"
     )]
     CartTooLargeForCookie { bytes: usize, limit: usize },
+    /// 503 `session_store_unavailable`: Redis did not answer within the
+    /// store timeout (stages 4–5). Nothing was lost; the shopper may retry.
+    #[error(
+        "the session store is not answering right now; your cart is safe, please try again in a moment"
+    )]
+    SessionStoreUnavailable,
     /// 500 `internal`: a bug; the details are logged, not shown.
     #[error("something went wrong on our side")]
     Internal,
@@ -75,6 +81,7 @@ impl ApiError {
             Self::InvalidBody(_) | Self::BadQuantity(_) | Self::CartFull(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
+            Self::SessionStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -91,6 +98,7 @@ impl ApiError {
             Self::BadQuantity(_) => "bad_quantity",
             Self::CartFull(_) => "cart_full",
             Self::CartTooLargeForCookie { .. } => "cart_too_large_for_cookie",
+            Self::SessionStoreUnavailable => "session_store_unavailable",
             Self::Internal => "internal",
         }
     }
@@ -105,7 +113,15 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status(), Json(self.body())).into_response()
+        let mut response = (self.status(), Json(self.body())).into_response();
+        if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+            // A store outage is usually short: tell clients when to retry.
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
+        response
     }
 }
 

@@ -8,9 +8,11 @@
 //! * the HTTP surface: [`http`] (routes, JSON API, shop page, health,
 //!   `X-Served-By`), with [`error::ApiError`] for every failure;
 //! * the seam a stage fills: [`store::CartStore`], and [`stage::Stage`] for
-//!   its name, lesson, flags and demo;
+//!   its name, lesson, flags and demo; the stores more than one stage uses
+//!   ([`store::MemoryCarts`], [`store::RedisCarts`]);
 //! * running it: [`cli`] (`up`, `serve`, `demo`), [`topology`] (instances
-//!   behind the `lb` balancer), [`instance`] (one server);
+//!   behind the `lb` balancer), [`instance`] (one server), [`services`]
+//!   (private `redis-server` and PostgreSQL processes);
 //! * shopping it: [`shopper`] (a client with a cookie jar) and [`narrate`]
 //!   (the demos' terminal story), used by demos and tests alike.
 
@@ -24,6 +26,7 @@ pub mod ids;
 pub mod instance;
 pub mod narrate;
 pub mod parent;
+pub mod services;
 pub mod shopper;
 pub mod stage;
 pub mod store;
@@ -34,5 +37,5 @@ pub mod topology;
 pub use cart::{Cart, CartError, CartLine, CartOp};
 pub use catalog::{Catalog, Product};
 pub use error::ApiError;
-pub use stage::{BoxError, NoArgs, Stage, StageInfo};
+pub use stage::{BoxError, NoArgs, Services, Stage, StageInfo};
 pub use store::{CartReply, CartStore};

@@ -44,6 +44,14 @@ pub trait Stage: Send + Sync + 'static {
     /// Where this stage keeps the cart.
     type Store: CartStore;
 
+    /// Starts what the stage needs and was not given (a private
+    /// `redis-server` when `REDIS_URL` is unset), and records in `args`
+    /// where to find it. `up`, `serve` and `demo` call this first; what it
+    /// starts runs as long as the returned [`Services`] lives.
+    fn services(_args: &mut Self::Args) -> impl Future<Output = Result<Services, BoxError>> + Send {
+        async { Ok(Services::default()) }
+    }
+
     /// Builds this instance's cart store (in `serve` mode).
     fn store(args: &Self::Args) -> impl Future<Output = Result<Self::Store, BoxError>> + Send;
 
@@ -59,6 +67,33 @@ pub trait Stage: Send + Sync + 'static {
         args: Self::Args,
         exe: std::path::PathBuf,
     ) -> impl Future<Output = Result<(), BoxError>> + Send;
+}
+
+/// Servers a stage started for itself, kept running while this lives.
+#[derive(Default)]
+pub struct Services {
+    running: Vec<Box<dyn Send + Sync>>,
+    descriptions: Vec<String>,
+}
+
+impl Services {
+    /// Keeps `service` running (until this value is dropped), described on
+    /// the banner as `description`.
+    pub fn keep(&mut self, service: impl Send + Sync + 'static, description: String) {
+        self.running.push(Box::new(service));
+        self.descriptions.push(description);
+    }
+
+    /// One line per service, for the banner.
+    pub fn descriptions(&self) -> &[String] {
+        &self.descriptions
+    }
+}
+
+impl std::fmt::Debug for Services {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(&self.descriptions).finish()
+    }
 }
 
 /// The flags of a stage that has none of its own.

@@ -5,19 +5,27 @@
 //! * [`crate::topology::Topology`]: instances as real child processes, for
 //!   tests that kill one (see [`crate::topology::TopologyConfig::for_tests`]).
 //! * [`crate::shopper::Shopper`]: a client with a cookie jar.
+//! * [`SessionShop`]: a stage's topology pointed at a private `redis-server`
+//!   the test controls (pause, kill, restart, read its keys).
+//! * [`start_up`], [`send_signal`], [`wait_until`]: a stage binary run as a
+//!   learner runs it (`stageN up`), then stopped.
 //! * [`children_of`] and [`is_alive`]: what processes a launcher left behind.
 //!
 //! Everything binds 127.0.0.1 port 0, so suites run in parallel without
 //! clashing, and stops when dropped.
 
+use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use lb::{BackendSpec, Balancer, Policy};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::http::{Instance, Shop};
+use crate::services::redis::{REDIS_URL_ENV, RedisServer};
 use crate::stage::StageInfo;
 use crate::store::CartStore;
 use crate::topology::{Topology, TopologyConfig};
@@ -99,6 +107,105 @@ pub async fn start_stage(exe: &str, stage: &StageInfo) -> Topology {
     Topology::start(TopologyConfig::for_tests(exe, stage))
         .await
         .unwrap_or_else(|e| panic!("{} did not start: {e}", stage.package))
+}
+
+/// A stage whose sessions live in a `redis-server` the test controls.
+#[derive(Debug)]
+pub struct SessionShop {
+    pub topology: Topology,
+    pub redis: RedisServer,
+}
+
+impl SessionShop {
+    /// Starts a private `redis-server`, then the stage (three instances
+    /// behind round-robin) pointed at it, with `env` added for every
+    /// instance (e.g. `SHOP_SESSION_TTL=2s`).
+    pub async fn start(exe: &str, stage: &StageInfo, env: &[(&str, &str)]) -> Self {
+        let redis = RedisServer::start()
+            .await
+            .unwrap_or_else(|e| panic!("a private redis-server is needed: {e}"));
+        let mut config = TopologyConfig::for_tests(exe, stage);
+        config.env.push((REDIS_URL_ENV.into(), redis.url().into()));
+        config
+            .env
+            .extend(env.iter().map(|(k, v)| ((*k).into(), (*v).into())));
+        let topology = Topology::start(config)
+            .await
+            .unwrap_or_else(|e| panic!("{} did not start: {e}", stage.package));
+        Self { topology, redis }
+    }
+
+    pub fn url(&self) -> String {
+        self.topology.url()
+    }
+
+    /// A plain connection to the same Redis, to look at what the shop wrote.
+    pub async fn redis_connection(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.redis.url())
+            .expect("redis url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("a connection to the test's redis-server")
+    }
+
+    /// Every key in Redis (SCAN, fine for a test's handful).
+    pub async fn redis_keys(&self) -> Vec<String> {
+        let mut redis = self.redis_connection().await;
+        let mut keys: Vec<String> = redis::cmd("KEYS")
+            .arg("*")
+            .query_async(&mut redis)
+            .await
+            .expect("KEYS");
+        keys.sort();
+        keys
+    }
+
+    pub async fn stop(self) {
+        self.topology.stop().await;
+    }
+}
+
+/// Runs `EXE up` on free ports, as a learner would, and reads its banner
+/// until the shop's URL. Its stdout keeps being drained so it never blocks.
+pub fn start_up(exe: &str) -> (Child, String) {
+    let mut child = Command::new(exe)
+        .args(["up", "--port", "0", "--instance-port-base", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{exe} up did not start: {e}"));
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut lines = BufReader::new(stdout).lines();
+    let url = loop {
+        let line = lines
+            .next()
+            .expect("the banner names the shop URL before stdout closes")
+            .expect("readable stdout");
+        if let Some(rest) = line.trim().strip_prefix("Shop:") {
+            break rest.split_whitespace().next().expect("a URL").to_owned();
+        }
+    };
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, url)
+}
+
+/// Sends `signal` to a child process.
+pub fn send_signal(child: &Child, signal: nix::sys::signal::Signal) {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid fits"));
+    nix::sys::signal::kill(pid, signal).expect("signal sent");
+}
+
+/// Polls `done` until it holds or `deadline` passes; returns the last answer.
+/// For waiting on processes, not for asserting how fast anything is.
+pub fn wait_until(deadline: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    done()
 }
 
 /// Runs `EXE demo` (a stage's narrated walkthrough) to the end without the

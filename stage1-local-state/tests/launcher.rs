@@ -1,58 +1,17 @@
 //! The real `stage1` binary as a learner runs it: `up`, Ctrl-C, a SIGKILL,
 //! a busy port, and the demo.
 
-use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command};
+use std::time::Duration;
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
-use shop::testing::{children_of, is_alive};
+use nix::sys::signal::Signal;
+use shop::testing::{children_of, is_alive, send_signal as signal, wait_until};
 
 const STAGE1: &str = env!("CARGO_BIN_EXE_stage1");
 
-/// Starts `stage1 up` on free ports and reads its banner until the shop URL.
 fn start_up() -> (Child, String) {
-    let mut child = Command::new(STAGE1)
-        .args(["up", "--port", "0", "--instance-port-base", "0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("stage1 starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let url = loop {
-        let line = lines
-            .next()
-            .expect("the banner names the shop URL before stdout closes")
-            .expect("readable stdout");
-        if let Some(rest) = line.trim().strip_prefix("Shop:") {
-            break rest.split_whitespace().next().expect("a URL").to_owned();
-        }
-    };
-    // Keep draining stdout so the launcher never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    (child, url)
-}
-
-fn wait_until(deadline: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < deadline {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    done()
-}
-
-fn signal(child: &Child, signal: Signal) {
-    kill(
-        Pid::from_raw(i32::try_from(child.id()).expect("pid")),
-        signal,
-    )
-    .expect("signal sent");
+    shop::testing::start_up(STAGE1)
 }
 
 #[tokio::test]

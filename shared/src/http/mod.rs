@@ -7,6 +7,7 @@
 //! | `GET /api/cart`, `DELETE /api/cart` | [`api`]: view, clear |
 //! | `POST /api/cart/items`, `PUT`/`DELETE /api/cart/items/{sku}` | [`api`]: add, set, remove |
 //! | `GET /healthz` | [`health`]: instance id, uptime, in-flight requests |
+//! | a store's own, e.g. `DELETE /api/session` | [`CartStore::routes`] |
 //!
 //! Everything else is a JSON 404 (unknown path) or 405 (known path, wrong
 //! method). Bodies are limited to [`BODY_LIMIT`]. Every response, errors
@@ -107,6 +108,7 @@ pub fn router<S: CartStore>(shop: Arc<Shop<S>>) -> Router {
             put(api::set_item::<S>).delete(api::remove_item::<S>),
         )
         .route("/healthz", get(health::healthz::<S>))
+        .merge(S::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

@@ -11,16 +11,21 @@
 //! (stage 3), atomically in Redis (stage 4+).
 
 pub mod memory;
+pub mod redis;
 
 use std::future::Future;
+use std::sync::Arc;
 
+use axum::Router;
 use axum::http::HeaderMap;
 use cookie::{Cookie, CookieJar};
 
 use crate::cart::{Cart, CartOp};
 use crate::error::ApiError;
+use crate::http::Shop;
 
 pub use memory::MemoryCarts;
+pub use redis::RedisCarts;
 
 /// What a store answers for one request.
 #[derive(Debug, Default)]
@@ -56,4 +61,13 @@ pub trait CartStore: Send + Sync + 'static {
         cookies: &CookieJar,
         op: CartOp,
     ) -> impl Future<Output = Result<CartReply, ApiError>> + Send;
+
+    /// Routes only this store has (stage 4's `DELETE /api/session`), merged
+    /// into the shared surface. Most stores have none.
+    fn routes() -> Router<Arc<Shop<Self>>>
+    where
+        Self: Sized,
+    {
+        Router::new()
+    }
 }

@@ -1,0 +1,208 @@
+//! The servers a stage depends on, started from the machine's own binaries.
+//!
+//! When no `REDIS_URL` is given, stage 4 runs its own private
+//! `redis-server` ([`redis::RedisServer`]): free port, temporary directory,
+//! stopped when the launcher stops. Tests use the same code to get a real
+//! server they can pause, kill and restart.
+//!
+//! [`ManagedProcess`] is the part every such server shares: spawn, tie the
+//! child's life to ours, read its log when it fails, stop it politely and
+//! then firmly.
+//!
+//! Why not containers? The workshop runs on machines without Docker, and a
+//! learner can read `ps` output and a log file in a temporary folder. Why not
+//! the system's own service (`systemctl start redis-server`)? It is shared by
+//! everything on the machine, needs root, and outlives the demo.
+
+pub mod redis;
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// Why a server could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The binary is not on this machine. The message says how to get it,
+    /// or how to use a server that is already running instead.
+    #[error(
+        "`{program}` was not found on PATH. Install it (Debian/Ubuntu: `apt-get install {package}`), or set {variable} to use a server that is already running"
+    )]
+    Missing {
+        program: &'static str,
+        package: &'static str,
+        variable: &'static str,
+    },
+    /// It started but never became ready; the end of its log says why.
+    #[error("{program} did not start: {reason}\n--- the end of its log ({log}) ---\n{tail}")]
+    NotReady {
+        program: &'static str,
+        reason: String,
+        log: String,
+        tail: String,
+    },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Finds `program` on `PATH`.
+pub fn find_on_path(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+///
+/// The server we hand it to binds it a few milliseconds later; something
+/// else could take it in between, so callers retry on "address in use".
+/// (Asking the server for port 0 would avoid the race, but then it would
+/// have to tell us its port, which `redis-server` and `postgres` do not.)
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port())
+}
+
+/// A server process we started and will stop.
+///
+/// Dropping it stops the process (SIGTERM, then SIGKILL after a grace
+/// period), so a panicking test leaves no server behind.
+#[derive(Debug)]
+pub struct ManagedProcess {
+    program: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+impl ManagedProcess {
+    /// Starts `program` with `args`, its output appended to `log`.
+    ///
+    /// On Linux the child is started through `setpriv --pdeathsig SIGTERM`
+    /// (util-linux), so the kernel stops it if we die without cleaning up,
+    /// even by SIGKILL. (`prctl` in the child itself would need `unsafe`
+    /// code between fork and exec; `setpriv` does exactly that, and is on
+    /// every Debian and Ubuntu machine.) `as_user` runs it as that user,
+    /// which PostgreSQL needs when we are root.
+    pub fn spawn<I, S>(
+        program: &'static str,
+        binary: &Path,
+        args: I,
+        log: &Path,
+        as_user: Option<&str>,
+    ) -> Result<Self, ServiceError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let out = File::options().create(true).append(true).open(log)?;
+        let err = out.try_clone()?;
+        let mut command = match find_on_path("setpriv") {
+            Some(setpriv) => {
+                let mut command = Command::new(setpriv);
+                command.arg("--pdeathsig").arg("SIGTERM");
+                if let Some(user) = as_user {
+                    command
+                        .args(["--reuid", user, "--regid", user])
+                        .arg("--init-groups");
+                }
+                command.arg("--").arg(binary);
+                command
+            }
+            None if as_user.is_some() => {
+                return Err(ServiceError::Missing {
+                    program: "setpriv",
+                    package: "util-linux",
+                    variable: "the service's URL",
+                });
+            }
+            None => Command::new(binary),
+        };
+        let child = command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()?;
+        Ok(Self {
+            program,
+            child,
+            log: log.to_owned(),
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` to the process (SIGSTOP and SIGCONT pause and resume it).
+    pub fn signal(&self, signal: Signal) -> std::io::Result<()> {
+        kill(Pid::from_raw(self.pid_i32()), signal).map_err(std::io::Error::from)
+    }
+
+    /// `Some` once the process has exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// The last `lines` lines of the process's log, for error messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// A [`ServiceError::NotReady`] carrying the log's last lines.
+    pub fn not_ready(&self, reason: impl Into<String>) -> ServiceError {
+        ServiceError::NotReady {
+            program: self.program,
+            reason: reason.into(),
+            log: self.log.display().to_string(),
+            tail: self.log_tail(15),
+        }
+    }
+
+    /// Stops the process: SIGTERM (a clean shutdown: Redis flushes its
+    /// append-only file), then SIGKILL if it is still there after `grace`.
+    pub fn stop(&mut self, grace: Duration) {
+        if self.exited().is_some() {
+            return;
+        }
+        // A paused process cannot act on SIGTERM: wake it first.
+        let _ = self.signal(Signal::SIGCONT);
+        let _ = self.signal(Signal::SIGTERM);
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if self.exited().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        tracing::warn!(program = self.program, "did not stop in time; killing it");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Kills the process at once, as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn pid_i32(&self) -> i32 {
+        i32::try_from(self.child.id()).unwrap_or(i32::MAX)
+    }
+}
+
+impl Drop for ManagedProcess {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(5));
+    }
+}

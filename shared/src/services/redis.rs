@@ -1,0 +1,197 @@
+//! A private `redis-server`: free port, temporary directory, durable.
+//!
+//! ```text
+//! redis-server --port <free> --bind 127.0.0.1 --dir <tmp>
+//!              --appendonly yes --appendfsync everysec --save ""
+//! ```
+//!
+//! Durability: every write is appended to the append-only file (AOF)
+//! before Redis answers, and the file is fsynced once a second. So a crash
+//! of Redis itself (even SIGKILL) loses nothing; a crash of the whole
+//! machine loses at most the last second. `appendfsync always` would close
+//! that window at the cost of an fsync per write; RDB snapshots alone
+//! (`save 60 1000`) would lose minutes of carts. The snapshots are turned off
+//! (`--save ""`): the AOF is the one source of truth, and a learner can
+//! read it (`cat <dir>/appendonlydir/*.incr.aof`).
+//!
+//! Tests use [`RedisServer::pause`] (SIGSTOP: Redis stops answering but
+//! keeps every connection open, the nastiest kind of outage),
+//! [`RedisServer::kill`] and [`RedisServer::restart`].
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::{ManagedProcess, ServiceError, find_on_path, free_port};
+
+/// The variable that points the shop at a Redis it did not start.
+pub const REDIS_URL_ENV: &str = "REDIS_URL";
+
+/// How long Redis may take to answer its first PING (loading a large AOF
+/// takes a while).
+const READY_WITHIN: Duration = Duration::from_secs(20);
+
+/// A `redis-server` this process started, stopped when dropped.
+#[derive(Debug)]
+pub struct RedisServer {
+    // Field order matters: the process stops before its directory goes.
+    process: Option<ManagedProcess>,
+    binary: PathBuf,
+    port: u16,
+    dir: TempDir,
+}
+
+impl RedisServer {
+    /// Starts a fresh server on a free port in a new temporary directory.
+    pub async fn start() -> Result<Self, ServiceError> {
+        let binary = find_on_path("redis-server").ok_or(ServiceError::Missing {
+            program: "redis-server",
+            package: "redis-server",
+            variable: REDIS_URL_ENV,
+        })?;
+        let mut server = Self {
+            process: None,
+            binary,
+            port: free_port()?,
+            dir: tempfile::Builder::new()
+                .prefix("myclothes-redis-")
+                .tempdir()?,
+        };
+        // Another program may take the free port before Redis binds it: try
+        // another port then, a few times.
+        let mut attempts = 0;
+        loop {
+            match server.launch().await {
+                Ok(()) => return Ok(server),
+                Err(error) if attempts < 3 && server.log_says("Address already in use") => {
+                    tracing::debug!(%error, port = server.port, "port taken; trying another");
+                    attempts += 1;
+                    server.port = free_port()?;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// `redis://127.0.0.1:<port>/`
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The server's directory: its append-only file and its log.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(ManagedProcess::pid)
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open, nothing answers.
+    pub fn pause(&self) -> std::io::Result<()> {
+        self.send(Signal::SIGSTOP)
+    }
+
+    /// Wakes a paused server (SIGCONT).
+    pub fn resume(&self) -> std::io::Result<()> {
+        self.send(Signal::SIGCONT)
+    }
+
+    /// Kills the server at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.kill();
+        }
+    }
+
+    /// Stops the server cleanly (SIGTERM), if it runs, and starts it again
+    /// on the same port with the same directory, so it reloads its data.
+    pub async fn restart(&mut self) -> Result<(), ServiceError> {
+        if let Some(mut process) = self.process.take() {
+            process.stop(Duration::from_secs(10));
+        }
+        self.launch().await
+    }
+
+    fn send(&self, signal: Signal) -> std::io::Result<()> {
+        match &self.process {
+            Some(process) => process.signal(signal),
+            None => Err(std::io::Error::other("redis-server is not running")),
+        }
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("redis.log")
+    }
+
+    fn log_says(&self, needle: &str) -> bool {
+        std::fs::read_to_string(self.log_path()).is_ok_and(|log| log.contains(needle))
+    }
+
+    /// Starts the process and waits until it answers PING.
+    async fn launch(&mut self) -> Result<(), ServiceError> {
+        let dir = self.dir.path().to_owned();
+        let port = self.port.to_string();
+        let args: [&std::ffi::OsStr; 16] = [
+            "--port".as_ref(),
+            port.as_ref(),
+            "--bind".as_ref(),
+            "127.0.0.1".as_ref(),
+            "--dir".as_ref(),
+            dir.as_os_str(),
+            "--appendonly".as_ref(),
+            "yes".as_ref(),
+            "--appendfsync".as_ref(),
+            "everysec".as_ref(),
+            "--save".as_ref(),
+            "".as_ref(),
+            "--daemonize".as_ref(),
+            "no".as_ref(),
+            "--loglevel".as_ref(),
+            "notice".as_ref(),
+        ];
+        let mut process =
+            ManagedProcess::spawn("redis-server", &self.binary, args, &self.log_path(), None)?;
+        let deadline = Instant::now() + READY_WITHIN;
+        loop {
+            if let Some(status) = process.exited() {
+                return Err(process.not_ready(format!("it exited ({status})")));
+            }
+            if ping(self.port).await {
+                self.process = Some(process);
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(process.not_ready(format!(
+                    "it did not answer PING within {}s",
+                    READY_WITHIN.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+/// Whether a Redis on `port` answers `PING` with `PONG` (not `-LOADING`).
+async fn ping(port: u16) -> bool {
+    let attempt = async {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
+        stream.write_all(b"PING\r\n").await?;
+        let mut reply = [0u8; 7];
+        stream.read_exact(&mut reply).await?;
+        Ok::<bool, std::io::Error>(&reply == b"+PONG\r\n")
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_millis(500), attempt).await,
+        Ok(Ok(true))
+    )
+}

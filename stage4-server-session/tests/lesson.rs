@@ -1,0 +1,466 @@
+//! Stage 4's lesson, as tests: a real `redis-server`, three real instance
+//! processes, real HTTP through the real `lb`.
+//!
+//! Only a session id travels; the cart lives in Redis. So instances are
+//! disposable, concurrent changes lose nothing, and what must be guarded
+//! now is the session id itself and Redis's availability.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use futures_util::future::join_all;
+use reqwest::StatusCode;
+use reqwest::header::{COOKIE, RETRY_AFTER};
+use shop::shopper::{Shopper, set_cookie_value};
+use shop::store::RedisCarts;
+use shop::store::redis::{SESSION_COOKIE, SESSION_HEADER, SESSION_KEY_PREFIX};
+use shop::testing::SessionShop;
+
+const STAGE4: &str = env!("CARGO_BIN_EXE_stage4");
+
+/// The stage, with a generous store timeout: these tests are about what
+/// happens, not how fast, and a loaded test machine must not turn a slow
+/// answer into a 503. The outage tests use the real default (500 ms).
+async fn spawn_shop() -> SessionShop {
+    SessionShop::start(STAGE4, &stage4::INFO, &[("SHOP_STORE_TIMEOUT", "10s")]).await
+}
+
+/// A client with no cookie jar, to send exactly the cookie a test chooses.
+fn bare_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .expect("client")
+}
+
+/// `POST /api/cart/items` with `Cookie: sid=<sid>` (or none).
+async fn add_with_sid(url: &str, sid: Option<&str>, sku: &str) -> reqwest::Response {
+    let mut request = bare_client()
+        .post(format!("{url}/api/cart/items"))
+        .json(&serde_json::json!({ "sku": sku, "qty": 1 }));
+    if let Some(sid) = sid {
+        request = request.header(COOKIE, format!("{SESSION_COOKIE}={sid}"));
+    }
+    request.send().await.expect("request through the balancer")
+}
+
+fn session_state(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get(SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The shopper's session id, read back from a fresh session's `Set-Cookie`.
+async fn start_session(shopper: &Shopper) -> String {
+    let first = shopper.cart().await.expect("a first visit");
+    set_cookie_value(&first.headers, SESSION_COOKIE).expect("a first visit gets a session cookie")
+}
+
+/// Polls `GET /api/cart` until it answers 200 (Redis back), then returns it.
+async fn cart_once_redis_answers(shopper: &Shopper) -> shop::shopper::CartSeen {
+    for _ in 0..200 {
+        match shopper.cart().await {
+            Ok(cart) => return cart,
+            Err(error) => assert_eq!(
+                error.status(),
+                Some(StatusCode::SERVICE_UNAVAILABLE),
+                "while Redis recovers, only 503: {error}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the shop did not recover when Redis came back");
+}
+
+#[tokio::test]
+async fn cart_survives_instance_loss() {
+    let shop = spawn_shop().await;
+    let alice = Shopper::new(shop.url()).expect("client");
+    let added = alice.add("TEE-RED-M", 2).await.expect("add");
+    let home = added.served_by().to_owned();
+
+    shop.topology.kill_instance(&home).await.expect("kill");
+    for _ in 0..3 {
+        let seen = alice.cart().await.expect("the cart, from a survivor");
+        assert_ne!(seen.served_by(), home, "{home} is dead");
+        assert_eq!(
+            seen.qty_of("TEE-RED-M"),
+            2,
+            "the cart lived in Redis, not in {home}"
+        );
+    }
+    shop.stop().await;
+}
+
+#[tokio::test]
+async fn any_instance_serves_any_request() {
+    let shop = spawn_shop().await;
+    let alice = Shopper::new(shop.url()).expect("client");
+    alice.add("JEAN-NAVY-M", 1).await.expect("add");
+
+    let mut served_by = BTreeSet::new();
+    for sku in ["TEE-RED-M", "SOCK-GREY-L", "HOOD-NAVY-S"] {
+        let seen = alice.add(sku, 1).await.expect("add");
+        served_by.insert(seen.served_by().to_owned());
+        assert_eq!(seen.qty_of("JEAN-NAVY-M"), 1, "earlier lines are there");
+    }
+    for _ in 0..3 {
+        let seen = alice.cart().await.expect("view");
+        served_by.insert(seen.served_by().to_owned());
+        assert_eq!(seen.body.lines.len(), 4, "every line, on every instance");
+    }
+    assert_eq!(
+        served_by.len(),
+        3,
+        "round-robin used every instance: {served_by:?}"
+    );
+    shop.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_adds_lose_nothing() {
+    let shop = spawn_shop().await;
+    let alice = Shopper::new(shop.url()).expect("client");
+    start_session(&alice).await;
+
+    // Fifty "add one" requests at once, spread over three instances by the
+    // balancer. Each is one atomic script in Redis; none overwrites another
+    // (stage 3's cookie would keep only whichever answer came back last).
+    let adds = (0..50).map(|_| {
+        let alice = alice.clone();
+        async move { alice.add("TEE-RED-M", 1).await }
+    });
+    let results = join_all(adds).await;
+    let served_by: BTreeSet<String> = results
+        .iter()
+        .map(|r| {
+            r.as_ref()
+                .expect("every add succeeds")
+                .served_by()
+                .to_owned()
+        })
+        .collect();
+
+    let cart = alice.cart().await.expect("view");
+    assert_eq!(cart.qty_of("TEE-RED-M"), 50, "no add was lost");
+    assert!(served_by.len() > 1, "the adds were spread: {served_by:?}");
+    shop.stop().await;
+}
+
+#[tokio::test]
+async fn session_id_is_random_and_at_least_128_bits() {
+    let shop = spawn_shop().await;
+    let mut ids = BTreeSet::new();
+    let mut set_cookies = Vec::new();
+    for _ in 0..64 {
+        let response = bare_client()
+            .get(format!("{}/api/cart", shop.url()))
+            .send()
+            .await
+            .expect("visit");
+        set_cookies.push(
+            response
+                .headers()
+                .get(reqwest::header::SET_COOKIE)
+                .and_then(|v| v.to_str().ok())
+                .expect("a new visitor gets a session cookie")
+                .to_owned(),
+        );
+        ids.insert(set_cookie_value(response.headers(), SESSION_COOKIE).expect("sid"));
+    }
+    assert_eq!(ids.len(), 64, "every visitor gets a different id");
+
+    let decoded: Vec<Vec<u8>> = ids
+        .iter()
+        .map(|id| URL_SAFE_NO_PAD.decode(id).expect("base64url"))
+        .collect();
+    assert!(
+        decoded.iter().all(|bytes| bytes.len() * 8 >= 128),
+        "at least 128 bits each"
+    );
+    // A counter, a timestamp or a weak generator leaves some bits fixed
+    // across visitors; 64 random ids make each of the 128 bits take both
+    // values with overwhelming probability (a miss: 2 × 2^-64 per bit).
+    for bit in 0..128 {
+        let ones = decoded
+            .iter()
+            .filter(|b| b[bit / 8] & (1 << (bit % 8)) != 0)
+            .count();
+        assert!(
+            ones > 0 && ones < decoded.len(),
+            "bit {bit} never changes: not random"
+        );
+    }
+    for header in &set_cookies {
+        assert!(
+            header.contains("HttpOnly") && header.contains("SameSite=Lax"),
+            "{header}"
+        );
+    }
+    shop.stop().await;
+}
+
+#[tokio::test]
+async fn redis_key_does_not_contain_the_session_id() {
+    let shop = spawn_shop().await;
+    let alice = Shopper::new(shop.url()).expect("client");
+    let sid = start_session(&alice).await;
+    alice.add("TEE-RED-M", 3).await.expect("add");
+
+    let keys = shop.redis_keys().await;
+    assert_eq!(
+        keys,
+        [RedisCarts::key_for(&sid)],
+        "one session, under the hash of its id"
+    );
+    assert!(keys[0].starts_with(SESSION_KEY_PREFIX));
+    assert!(!keys[0].contains(&sid), "the key holds no id");
+    let mut redis = shop.redis_connection().await;
+    let fields: Vec<String> = redis::cmd("HGETALL")
+        .arg(&keys[0])
+        .query_async(&mut redis)
+        .await
+        .expect("HGETALL");
+    assert!(
+        fields.iter().all(|f| !f.contains(&sid)),
+        "nor does the value: {fields:?}"
+    );
+    assert!(
+        fields.windows(2).any(|w| w == ["TEE-RED-M", "3"]),
+        "{fields:?}"
+    );
+    shop.stop().await;
+}
+
+#[tokio::test]
+async fn session_expires_after_idle_ttl() {
+    let shop = SessionShop::start(
+        STAGE4,
+        &stage4::INFO,
+        &[("SHOP_SESSION_TTL", "2s"), ("SHOP_STORE_TIMEOUT", "10s")],
+    )
+    .await;
+    let alice = Shopper::new(shop.url()).expect("client");
+    let sid = start_session(&alice).await;
+    alice.add("TEE-RED-M", 1).await.expect("add");
+    let key = RedisCarts::key_for(&sid);
+    let mut redis = shop.redis_connection().await;
+    let ttl_ms: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut redis)
+        .await
+        .expect("PTTL");
+    assert!(
+        0 < ttl_ms && ttl_ms <= 2000,
+        "the key expires after the idle TTL: {ttl_ms}"
+    );
+
+    // Wait (idle) until Redis has expired the session.
+    let mut exists = 1;
+    for _ in 0..100 {
+        exists = redis::cmd("EXISTS")
+            .arg(&key)
+            .query_async(&mut redis)
+            .await
+            .expect("EXISTS");
+        if exists == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(exists, 0, "an idle session expires");
+
+    let after = alice.cart().await.expect("view after expiry");
+    assert!(after.is_empty(), "the expired cart is gone");
+    assert_eq!(
+        after
+            .headers
+            .get(SESSION_HEADER)
+            .and_then(|v| v.to_str().ok()),
+        Some("new; reason=unknown")
+    );
+    let new_sid = set_cookie_value(&after.headers, SESSION_COOKIE).expect("a new id");
+    assert_ne!(new_sid, sid, "a new session gets a new id");
+    shop.stop().await;
+}
+
+#[tokio::test]
+async fn every_request_slides_the_idle_expiry() {
+    let shop = spawn_shop().await;
+    let alice = Shopper::new(shop.url()).expect("client");
+    let sid = start_session(&alice).await;
+    let key = RedisCarts::key_for(&sid);
+    let mut redis = shop.redis_connection().await;
+
+    // Pretend the session has sat idle for most of its 30 minutes.
+    let _: i64 = redis::cmd("PEXPIRE")
+        .arg(&key)
+        .arg(5_000)
+        .query_async(&mut redis)
+        .await
+        .expect("PEXPIRE");
+    let seen = alice.cart().await.expect("a plain read");
+    assert_eq!(session_state_of(&seen), "resumed");
+    let ttl_ms: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut redis)
+        .await
+        .expect("PTTL");
+    assert!(
+        ttl_ms > 29 * 60 * 1000,
+        "a read renews the 30-minute idle TTL: {ttl_ms} ms left"
+    );
+    shop.stop().await;
+}
+
+fn session_state_of(seen: &shop::shopper::CartSeen) -> &str {
+    seen.headers
+        .get(SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn unknown_session_id_is_not_adopted() {
+    let shop = spawn_shop().await;
+    let url = shop.url();
+
+    // A well-formed id the server never issued (an attacker's plant).
+    let planted = shop::ids::random_id().expect("id");
+    let response = add_with_sid(&url, Some(&planted), "TEE-RED-M").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(session_state(&response), "new; reason=unknown");
+    let issued = set_cookie_value(response.headers(), SESSION_COOKIE).expect("a new id");
+    assert_ne!(issued, planted, "the client's id is replaced");
+    assert_eq!(
+        shop.redis_keys().await,
+        [RedisCarts::key_for(&issued)],
+        "nothing is stored under the planted id"
+    );
+
+    // Sent again, the planted id is still unknown: it never became valid.
+    let again = add_with_sid(&url, Some(&planted), "TEE-RED-M").await;
+    assert_eq!(session_state(&again), "new; reason=unknown");
+
+    // Junk in the cookie is not an id at all.
+    let junk = add_with_sid(&url, Some("admin"), "TEE-RED-M").await;
+    assert_eq!(session_state(&junk), "new; reason=malformed");
+    assert!(
+        !set_cookie_value(junk.headers(), SESSION_COOKIE)
+            .expect("a new id")
+            .contains("admin")
+    );
+    shop.stop().await;
+}
+
+#[tokio::test]
+async fn ended_session_is_not_resurrected() {
+    let shop = spawn_shop().await;
+    let url = shop.url();
+    let first = add_with_sid(&url, None, "TEE-RED-M").await;
+    let sid = set_cookie_value(first.headers(), SESSION_COOKIE).expect("sid");
+
+    let ended = bare_client()
+        .delete(format!("{url}/api/session"))
+        .header(COOKIE, format!("{SESSION_COOKIE}={sid}"))
+        .send()
+        .await
+        .expect("DELETE /api/session");
+    assert_eq!(ended.status(), StatusCode::NO_CONTENT);
+    let removal = ended
+        .headers()
+        .get(reqwest::header::SET_COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .expect("the cookie is removed")
+        .to_owned();
+    assert!(
+        removal.starts_with("sid=;") && removal.contains("Max-Age=0"),
+        "{removal}"
+    );
+    assert!(shop.redis_keys().await.is_empty(), "the session is deleted");
+
+    // A copy of the old cookie (another tab, a thief) gets nothing back.
+    let replay = add_with_sid(&url, Some(&sid), "SOCK-GREY-L").await;
+    assert_eq!(session_state(&replay), "new; reason=unknown");
+    let new_sid = set_cookie_value(replay.headers(), SESSION_COOKIE).expect("new id");
+    assert_ne!(new_sid, sid);
+    let body: serde_json::Value = replay.json().await.expect("json");
+    let skus: Vec<&str> = body["lines"]
+        .as_array()
+        .expect("lines")
+        .iter()
+        .filter_map(|l| l["sku"].as_str())
+        .collect();
+    assert_eq!(
+        skus,
+        ["SOCK-GREY-L"],
+        "a fresh, empty session: no TEE-RED-M"
+    );
+    shop.stop().await;
+}
+
+#[tokio::test]
+async fn redis_outage_gives_503_and_loses_nothing() {
+    // The real default store timeout (500 ms).
+    let shop = SessionShop::start(STAGE4, &stage4::INFO, &[]).await;
+    let alice = Shopper::new(shop.url()).expect("client");
+    alice.add("TEE-RED-M", 2).await.expect("add");
+    alice.add("SOCK-GREY-L", 1).await.expect("add");
+
+    // SIGSTOP: Redis keeps its connections open and answers nothing, the
+    // way a hung or partitioned server behaves.
+    shop.redis.pause().expect("SIGSTOP");
+    for _ in 0..3 {
+        let response = alice
+            .http()
+            .get(alice.url("/api/cart"))
+            .send()
+            .await
+            .expect("an answer, not a hang");
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            response.headers().get(RETRY_AFTER).map(|v| v.as_bytes()),
+            Some(&b"1"[..])
+        );
+        let body: serde_json::Value = response.json().await.expect("json");
+        assert_eq!(body["error"], "session_store_unavailable", "{body}");
+        assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+
+    shop.redis.resume().expect("SIGCONT");
+    let back = cart_once_redis_answers(&alice).await;
+    assert_eq!(
+        (back.qty_of("TEE-RED-M"), back.qty_of("SOCK-GREY-L")),
+        (2, 1),
+        "the same cart, after the outage"
+    );
+    assert_eq!(session_state_of(&back), "resumed", "the same session");
+    shop.stop().await;
+}
+
+#[tokio::test]
+async fn redis_restart_keeps_carts() {
+    let mut shop = spawn_shop().await;
+    let alice = Shopper::new(shop.url()).expect("client");
+    alice.add("HOOD-NAVY-S", 4).await.expect("add");
+
+    // A crash, not a clean shutdown: the append-only file already has the
+    // write (Redis appends before it answers).
+    shop.redis.kill();
+    let refused = alice.cart().await.expect_err("Redis is down");
+    assert_eq!(refused.status(), Some(StatusCode::SERVICE_UNAVAILABLE));
+
+    shop.redis
+        .restart()
+        .await
+        .expect("redis-server starts again");
+    let back = cart_once_redis_answers(&alice).await;
+    assert_eq!(back.qty_of("HOOD-NAVY-S"), 4, "reloaded from the AOF");
+    assert_eq!(session_state_of(&back), "resumed");
+    shop.stop().await;
+}
