@@ -55,3 +55,48 @@ machine_line() {
   cpu=$(awk -F: '/model name/ { sub(/^ +/, "", $2); print $2; exit }' /proc/cpuinfo)
   echo "Measured $(date -u +%Y-%m-%d) on $(nproc) cores ($cpu), $(free -g | awk '/Mem:/ { print $2 }') GiB;"
 }
+
+# The scripts below start servers in the background and record their pids
+# in the caller's `pids` array; `trap stop_started EXIT INT TERM` stops them.
+stop_started() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+
+# Three instances of a stage (release binaries in $bin) behind the lb
+# binary. Extra environment comes from the caller's exports. Sets LB_URL and
+# INSTANCE_URLS. (Not called as $(...): the servers it starts would hold
+# the substitution's pipe open.)
+start_stage() {
+  local stage=$1 args=() port i
+  INSTANCE_URLS=()
+  for i in 1 2 3; do
+    port=$(free_port)
+    RUST_LOG=warn "$bin/$stage" serve --port "$port" --id "i$i" >/dev/null &
+    pids+=($!)
+    wait_for "http://127.0.0.1:$port/healthz"
+    args+=(--backend "i$i=http://127.0.0.1:$port")
+    INSTANCE_URLS+=("http://127.0.0.1:$port")
+  done
+  port=$(free_port)
+  RUST_LOG=error "$bin/lb" --listen "127.0.0.1:$port" --no-health-checks "${args[@]}" >/dev/null &
+  pids+=($!)
+  wait_for "http://127.0.0.1:$port/healthz"
+  LB_URL="http://127.0.0.1:$port"
+}
+
+# Adds SKUs one by one, starting from the cookie in $prev (if any), and prints
+# the `NAME=value` cookie the shopper holds afterwards.
+cart_cookie() {
+  local url=$1 name=$2 cookie="${prev:-}" sku
+  shift 2
+  for sku in "$@"; do
+    # -f: a refused add (413 at the wall) sets no cookie; keep the last one.
+    cookie=$(curl -fs -o /dev/null -D - ${cookie:+-H "Cookie: $cookie"} -H 'content-type: application/json' \
+      -d "{\"sku\":\"$sku\",\"qty\":2}" "$url/api/cart/items" \
+      | awk -v n="$name" 'tolower($1) == "set-cookie:" && index($2, n "=") == 1 { sub(/;.*/, "", $2); print $2 }' | tail -1 || true)
+    [ -n "$cookie" ] || cookie=$prev
+    prev=$cookie
+  done
+  echo "$cookie"
+}

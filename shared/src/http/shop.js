@@ -103,7 +103,10 @@ async function call(method, path, body) {
   drawCart(data);
   drawMeter(response.headers.get("X-Cart-Cookie-Bytes"));
   const notices = data.notices || [];
-  const cookieNote = response.headers.get("X-Cart-Cookie");
+  // Stage 3 says what happened to the cart cookie; stages 4-5 to the session.
+  const cartCookie = response.headers.get("X-Cart-Cookie");
+  const session = response.headers.get("X-Session");
+  const cookieNote = cartCookie ? "cookie " + cartCookie : session ? "session " + session : "";
   showNotices(notices, false);
   const items = data.lines.reduce((n, l) => n + l.qty, 0);
   logRequest(method, path, response.status, servedBy, `${items} item(s)${cookieNote ? " · " + cookieNote : ""}`);

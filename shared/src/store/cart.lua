@@ -12,10 +12,11 @@
 --
 -- KEYS[1]  the session's hash (derived from the session id, never the id)
 -- ARGV[1]  'resume' (the session must exist) or 'create' (it must not)
--- ARGV[2]  view | add | set | remove | clear
+-- ARGV[2]  view | add | set | remove | clear (a known session's plain
+--          view does not come here: see `read_and_renew` in redis.rs)
 -- ARGV[3]  SKU (already checked against the catalog)
 -- ARGV[4]  quantity (already checked: 1..=99)
--- ARGV[5]  idle lifetime in milliseconds (sliding: renewed on every request)
+-- ARGV[5]  idle lifetime in milliseconds (sliding: renewed by every request)
 -- ARGV[6]  the most lines a cart may hold
 -- ARGV[7]  the most a line may hold
 -- ARGV[8]  now, unix seconds
