@@ -20,6 +20,9 @@ use crate::cart::CartError;
 pub struct ErrorBody {
     pub error: String,
     pub message: String,
+    /// The request field at fault, for 422 `invalid_field`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +60,29 @@ pub enum ApiError {
         "that change would make your cart's cookie {bytes} bytes; the limit is {limit} bytes, so the cart was left as it was"
     )]
     CartTooLargeForCookie { bytes: usize, limit: usize },
+    /// 422 `invalid_field`: one field of an account or profile is not
+    /// acceptable; `field` names it (stage 5).
+    #[error("{field}: {problem}")]
+    InvalidField {
+        field: &'static str,
+        problem: String,
+    },
+    /// 401 `invalid_credentials`: wrong email or password. One message for
+    /// both, so the answer does not reveal which emails have accounts.
+    #[error("that email and password do not match an account")]
+    InvalidCredentials,
+    /// 401 `not_logged_in`: the route needs a logged-in shopper.
+    #[error("log in first")]
+    NotLoggedIn,
+    /// 409 `email_taken`: an account with that email exists.
+    #[error("an account with that email already exists")]
+    EmailTaken,
+    /// 503 `database_unavailable`: the PostgreSQL primary cannot take the
+    /// write (stage 5). Nothing was changed.
+    #[error(
+        "the database cannot take changes right now; nothing was changed, please try again in a moment"
+    )]
+    DatabaseUnavailable,
     /// 503 `session_store_unavailable`: Redis did not answer within the
     /// store timeout (stages 4–5). Nothing was lost; the shopper may retry.
     #[error(
@@ -81,7 +107,12 @@ impl ApiError {
             Self::InvalidBody(_) | Self::BadQuantity(_) | Self::CartFull(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
-            Self::SessionStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::InvalidField { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::InvalidCredentials | Self::NotLoggedIn => StatusCode::UNAUTHORIZED,
+            Self::EmailTaken => StatusCode::CONFLICT,
+            Self::SessionStoreUnavailable | Self::DatabaseUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -98,6 +129,11 @@ impl ApiError {
             Self::BadQuantity(_) => "bad_quantity",
             Self::CartFull(_) => "cart_full",
             Self::CartTooLargeForCookie { .. } => "cart_too_large_for_cookie",
+            Self::InvalidField { .. } => "invalid_field",
+            Self::InvalidCredentials => "invalid_credentials",
+            Self::NotLoggedIn => "not_logged_in",
+            Self::EmailTaken => "email_taken",
+            Self::DatabaseUnavailable => "database_unavailable",
             Self::SessionStoreUnavailable => "session_store_unavailable",
             Self::Internal => "internal",
         }
@@ -107,6 +143,10 @@ impl ApiError {
         ErrorBody {
             error: self.code().to_owned(),
             message: self.to_string(),
+            field: match self {
+                Self::InvalidField { field, .. } => Some((*field).to_owned()),
+                _ => None,
+            },
         }
     }
 }

@@ -94,10 +94,13 @@ pub struct Shop<S> {
 
 /// The whole HTTP surface for one instance.
 pub fn router<S: CartStore>(shop: Arc<Shop<S>>) -> Router {
-    Router::new()
-        .route("/", get(page::shop_page::<S>))
-        .route("/api/products", get(api::list_products))
-        .route("/api/products/{sku}", get(api::get_product))
+    let mut router = Router::new().route("/", get(page::shop_page::<S>));
+    if !S::OWN_CATALOG {
+        router = router
+            .route("/api/products", get(api::list_products))
+            .route("/api/products/{sku}", get(api::get_product));
+    }
+    router
         .route(
             "/api/cart",
             get(api::view_cart::<S>).delete(api::clear_cart::<S>),

@@ -14,6 +14,7 @@
 //! the system's own service (`systemctl start redis-server`)? It is shared by
 //! everything on the machine, needs root, and outlives the demo.
 
+pub mod postgres;
 pub mod redis;
 
 use std::ffi::OsStr;
@@ -80,6 +81,7 @@ pub struct ManagedProcess {
     program: &'static str,
     child: Child,
     log: PathBuf,
+    stop_signal: Signal,
 }
 
 impl ManagedProcess {
@@ -104,28 +106,7 @@ impl ManagedProcess {
     {
         let out = File::options().create(true).append(true).open(log)?;
         let err = out.try_clone()?;
-        let mut command = match find_on_path("setpriv") {
-            Some(setpriv) => {
-                let mut command = Command::new(setpriv);
-                command.arg("--pdeathsig").arg("SIGTERM");
-                if let Some(user) = as_user {
-                    command
-                        .args(["--reuid", user, "--regid", user])
-                        .arg("--init-groups");
-                }
-                command.arg("--").arg(binary);
-                command
-            }
-            None if as_user.is_some() => {
-                return Err(ServiceError::Missing {
-                    program: "setpriv",
-                    package: "util-linux",
-                    variable: "the service's URL",
-                });
-            }
-            None => Command::new(binary),
-        };
-        let child = command
+        let child = as_user_command(binary, as_user)?
             .args(args)
             .stdin(Stdio::null())
             .stdout(out)
@@ -135,7 +116,15 @@ impl ManagedProcess {
             program,
             child,
             log: log.to_owned(),
+            stop_signal: Signal::SIGTERM,
         })
+    }
+
+    /// Stops with `signal` instead of SIGTERM (PostgreSQL: SIGINT, its "fast"
+    /// shutdown; SIGTERM would wait for every client to disconnect).
+    pub fn stop_with(mut self, signal: Signal) -> Self {
+        self.stop_signal = signal;
+        self
     }
 
     pub fn pid(&self) -> u32 {
@@ -177,7 +166,7 @@ impl ManagedProcess {
         }
         // A paused process cannot act on SIGTERM: wake it first.
         let _ = self.signal(Signal::SIGCONT);
-        let _ = self.signal(Signal::SIGTERM);
+        let _ = self.signal(self.stop_signal);
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
             if self.exited().is_some() {
@@ -199,6 +188,67 @@ impl ManagedProcess {
     fn pid_i32(&self) -> i32 {
         i32::try_from(self.child.id()).unwrap_or(i32::MAX)
     }
+}
+
+/// `binary`, started through `setpriv --pdeathsig SIGTERM` (and as `as_user`
+/// when given): see [`ManagedProcess::spawn`].
+fn as_user_command(binary: &Path, as_user: Option<&str>) -> Result<Command, ServiceError> {
+    Ok(match find_on_path("setpriv") {
+        Some(setpriv) => {
+            let mut command = Command::new(setpriv);
+            command.arg("--pdeathsig").arg("SIGTERM");
+            if let Some(user) = as_user {
+                command
+                    .args(["--reuid", user, "--regid", user])
+                    .arg("--init-groups");
+            }
+            command.arg("--").arg(binary);
+            command
+        }
+        None if as_user.is_some() => {
+            return Err(ServiceError::Missing {
+                program: "setpriv",
+                package: "util-linux",
+                variable: "the service's URL",
+            });
+        }
+        None => Command::new(binary),
+    })
+}
+
+/// Runs a setup command (`initdb`, `pg_basebackup`) to the end, as
+/// `as_user` when given; its output goes to `log`, whose end is shown if it
+/// fails.
+pub fn run_to_end<I, S>(
+    program: &'static str,
+    binary: &Path,
+    args: I,
+    log: &Path,
+    as_user: Option<&str>,
+) -> Result<(), ServiceError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let out = File::options().create(true).append(true).open(log)?;
+    let err = out.try_clone()?;
+    let status = as_user_command(binary, as_user)?
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .status()?;
+    if status.success() {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    Err(ServiceError::NotReady {
+        program,
+        reason: format!("it failed ({status})"),
+        log: log.display().to_string(),
+        tail: lines[lines.len().saturating_sub(15)..].join("\n"),
+    })
 }
 
 impl Drop for ManagedProcess {

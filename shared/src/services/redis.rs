@@ -42,12 +42,32 @@ pub struct RedisServer {
     process: Option<ManagedProcess>,
     binary: PathBuf,
     port: u16,
+    role: RedisRole,
     dir: TempDir,
 }
 
+/// What a Redis is for, which decides how it treats its data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RedisRole {
+    /// Sessions: durable (append-only file), never evicts. Losing a session
+    /// loses a cart.
+    Sessions,
+    /// A cache (stage 5): no persistence, 64 MB, evicts the least recently
+    /// used key when full. Everything in it can be read again from the
+    /// database. (Why a second server? One Redis cannot both evict under
+    /// pressure and promise never to drop a session.)
+    Cache,
+}
+
 impl RedisServer {
-    /// Starts a fresh server on a free port in a new temporary directory.
+    /// Starts a fresh sessions server on a free port in a new temporary
+    /// directory.
     pub async fn start() -> Result<Self, ServiceError> {
+        Self::start_as(RedisRole::Sessions).await
+    }
+
+    /// Starts a server for `role`.
+    pub async fn start_as(role: RedisRole) -> Result<Self, ServiceError> {
         let binary = find_on_path("redis-server").ok_or(ServiceError::Missing {
             program: "redis-server",
             package: "redis-server",
@@ -57,6 +77,7 @@ impl RedisServer {
             process: None,
             binary,
             port: free_port()?,
+            role,
             dir: tempfile::Builder::new()
                 .prefix("myclothes-redis-")
                 .tempdir()?,
@@ -141,17 +162,13 @@ impl RedisServer {
     async fn launch(&mut self) -> Result<(), ServiceError> {
         let dir = self.dir.path().to_owned();
         let port = self.port.to_string();
-        let args: [&std::ffi::OsStr; 16] = [
+        let mut args: Vec<&std::ffi::OsStr> = vec![
             "--port".as_ref(),
             port.as_ref(),
             "--bind".as_ref(),
             "127.0.0.1".as_ref(),
             "--dir".as_ref(),
             dir.as_os_str(),
-            "--appendonly".as_ref(),
-            "yes".as_ref(),
-            "--appendfsync".as_ref(),
-            "everysec".as_ref(),
             "--save".as_ref(),
             "".as_ref(),
             "--daemonize".as_ref(),
@@ -159,6 +176,24 @@ impl RedisServer {
             "--loglevel".as_ref(),
             "notice".as_ref(),
         ];
+        match self.role {
+            RedisRole::Sessions => args.extend::<[&std::ffi::OsStr; 6]>([
+                "--appendonly".as_ref(),
+                "yes".as_ref(),
+                "--appendfsync".as_ref(),
+                "everysec".as_ref(),
+                "--maxmemory-policy".as_ref(),
+                "noeviction".as_ref(),
+            ]),
+            RedisRole::Cache => args.extend::<[&std::ffi::OsStr; 6]>([
+                "--appendonly".as_ref(),
+                "no".as_ref(),
+                "--maxmemory".as_ref(),
+                "64mb".as_ref(),
+                "--maxmemory-policy".as_ref(),
+                "allkeys-lru".as_ref(),
+            ]),
+        }
         let mut process =
             ManagedProcess::spawn("redis-server", &self.binary, args, &self.log_path(), None)?;
         let deadline = Instant::now() + READY_WITHIN;

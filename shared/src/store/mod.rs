@@ -62,6 +62,11 @@ pub trait CartStore: Send + Sync + 'static {
         op: CartOp,
     ) -> impl Future<Output = Result<CartReply, ApiError>> + Send;
 
+    /// Whether the store serves `/api/products` itself (stage 5 reads the
+    /// catalog from PostgreSQL through a cache); otherwise the shared
+    /// surface serves the static catalog.
+    const OWN_CATALOG: bool = false;
+
     /// Routes only this store has (stage 4's `DELETE /api/session`), merged
     /// into the shared surface. Most stores have none.
     fn routes() -> Router<Arc<Shop<Self>>>

@@ -248,6 +248,110 @@ impl RedisCarts {
         Ok(cookie)
     }
 
+    /// The session the request names, if Redis knows it, with the values of
+    /// the session's own `fields` (`_`-prefixed, e.g. stage 5's `_user`).
+    /// No session, or an unknown one, is `None`: nothing is created.
+    pub async fn session(
+        &self,
+        cookies: &CookieJar,
+        fields: &[&str],
+    ) -> Result<Option<Session>, ApiError> {
+        let Some(id) = self.presented_id(cookies) else {
+            return Ok(None);
+        };
+        let key = Self::key_for(id);
+        let mut redis = self.redis.clone();
+        let mut command = redis::cmd("HMGET");
+        command.arg(&key).arg("_born").arg(fields);
+        let mut values: Vec<Option<String>> =
+            self.within_timeout(command.query_async(&mut redis)).await?;
+        // `_born` is in every session: without it, there is no session.
+        if values.first().is_none_or(Option::is_none) {
+            return Ok(None);
+        }
+        values.remove(0);
+        Ok(Some(Session {
+            id: id.to_owned(),
+            values,
+        }))
+    }
+
+    /// Sets session fields (`_`-prefixed names) on a known session.
+    pub async fn set_fields(
+        &self,
+        session: &Session,
+        pairs: &[(&str, &str)],
+    ) -> Result<(), ApiError> {
+        let mut redis = self.redis.clone();
+        let mut command = redis::cmd("HSET");
+        command.arg(Self::key_for(&session.id));
+        for (field, value) in pairs {
+            command.arg(*field).arg(*value);
+        }
+        self.within_timeout(command.query_async::<i64>(&mut redis))
+            .await
+            .map(drop)
+    }
+
+    /// Moves the request's session (its cart included) to a new id and sets
+    /// `pairs` on it, atomically; returns the new `sid` cookie. Called at
+    /// login: whoever knew the old id (planted before login, the oldest
+    /// session-fixation trick) knows nothing now. Without a session, a new
+    /// one is started.
+    pub async fn rotate(
+        &self,
+        cookies: &CookieJar,
+        pairs: &[(&str, &str)],
+    ) -> Result<Cookie<'static>, ApiError> {
+        static ROTATE: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+            Script::new(
+                r"
+                -- KEYS[1] old session (may not exist), KEYS[2] the new one
+                -- ARGV[1] idle ttl ms, ARGV[2] now, ARGV[3..] field, value, ...
+                if redis.call('EXISTS', KEYS[1]) == 1 then
+                  redis.call('RENAME', KEYS[1], KEYS[2])
+                else
+                  redis.call('HSET', KEYS[2], '_born', ARGV[2])
+                end
+                for i = 3, #ARGV, 2 do
+                  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+                end
+                redis.call('PEXPIRE', KEYS[2], ARGV[1])
+                return 1
+                ",
+            )
+        });
+        let old = self
+            .presented_id(cookies)
+            .map(Self::key_for)
+            .unwrap_or_else(|| format!("{SESSION_KEY_PREFIX}none"));
+        let id = ids::random_id().map_err(|error| {
+            tracing::error!(%error, "no session id");
+            ApiError::Internal
+        })?;
+        let mut invocation = ROTATE.key(old);
+        invocation
+            .key(Self::key_for(&id))
+            .arg(u64::try_from(self.settings.ttl.as_millis()).unwrap_or(u64::MAX))
+            .arg(unix_now());
+        for (field, value) in pairs {
+            invocation.arg(*field).arg(*value);
+        }
+        let mut redis = self.redis.clone();
+        self.within_timeout(invocation.invoke_async::<i64>(&mut redis))
+            .await?;
+        Ok(self.new_cookie(id))
+    }
+
+    /// The `sid` cookie for a new id.
+    fn new_cookie(&self, id: String) -> Cookie<'static> {
+        let mut cookie = shop_cookie(SESSION_COOKIE, id, self.settings.secure_cookies);
+        // No Max-Age: the browser forgets the id when it closes; the server
+        // forgets the session after the idle TTL, whichever comes first.
+        cookie.set_max_age(None);
+        cookie
+    }
+
     /// The routes only a session store has: `DELETE /api/session`.
     pub fn routes<S>() -> Router<Arc<Shop<S>>>
     where
@@ -305,9 +409,7 @@ impl RedisCarts {
             CartOp::Clear => ("clear", "", 0),
         };
         let ttl_ms = u64::try_from(self.settings.ttl.as_millis()).unwrap_or(u64::MAX);
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = unix_now();
         let mut redis = self.redis.clone();
         let mut invocation = CART_SCRIPT.key(Self::key_for(session_id));
         invocation
@@ -342,6 +444,27 @@ impl RedisCarts {
                 Err(ApiError::SessionStoreUnavailable)
             }
         }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A session Redis knows, with the fields asked for.
+#[derive(Clone, Debug)]
+pub struct Session {
+    id: String,
+    /// The values of the fields asked for, in order.
+    pub values: Vec<Option<String>>,
+}
+
+impl Session {
+    /// The id, shortened for logs.
+    pub fn redacted_id(&self) -> String {
+        ids::redacted(&self.id)
     }
 }
 
@@ -388,10 +511,7 @@ impl CartStore for RedisCarts {
             ApiError::Internal
         })?;
         let reply = self.run_script(&id, "create", &op).await?;
-        let mut cookie = shop_cookie(SESSION_COOKIE, id, self.settings.secure_cookies);
-        // No Max-Age: the browser forgets the id when it closes; the server
-        // forgets the session after the idle TTL, whichever comes first.
-        cookie.set_max_age(None);
+        let cookie = self.new_cookie(id);
         finish(reply, new.map(|reason| (reason, cookie)))
     }
 

@@ -1,0 +1,226 @@
+//! PostgreSQL: writes to the primary, reads from the streaming replica.
+//!
+//! Two pools, one per server. The replica answers reads a few milliseconds
+//! behind the primary, which is fine for the catalog and wrong for a
+//! shopper who has just changed their own profile. So the shop remembers,
+//! in the shopper's session, the primary's WAL position (LSN) after their
+//! last write, and reads from the replica only once it has replayed that far
+//! (`pg_last_wal_replay_lsn() >= lsn`); otherwise from the primary. The
+//! alternatives: always read your own data from the primary (simple, but
+//! the primary takes every profile read), or wait on the replica until it
+//! catches up (adds the lag to the response time).
+//!
+//! Failures: the replica down → the read goes to the primary (logged and
+//! counted); the primary down → writes are refused with 503 while reads
+//! carry on from the replica.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use shop::ApiError;
+use shop::catalog::{Catalog, Product};
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+
+use crate::data_path::Step;
+
+/// A read, given the pool to run on.
+pub type Query<'p, T> = Pin<Box<dyn Future<Output = Result<T, sqlx::Error>> + Send + 'p>>;
+
+/// What the data layer counts, for `/metrics` and the benchmarks.
+#[derive(Debug, Default)]
+pub struct DataStats {
+    pub replica_reads: AtomicU64,
+    pub primary_reads: AtomicU64,
+    pub replica_fallbacks: AtomicU64,
+    pub writes: AtomicU64,
+    pub cache_hits: AtomicU64,
+    pub cache_misses: AtomicU64,
+    pub cache_errors: AtomicU64,
+}
+
+impl DataStats {
+    /// Every statement sent to either database on a request's behalf.
+    pub fn db_queries(&self) -> u64 {
+        self.replica_reads.load(Ordering::Relaxed)
+            + self.primary_reads.load(Ordering::Relaxed)
+            + self.writes.load(Ordering::Relaxed)
+    }
+}
+
+fn count(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The primary and the replica.
+#[derive(Clone, Debug)]
+pub struct Database {
+    primary: PgPool,
+    replica: PgPool,
+    stats: Arc<DataStats>,
+}
+
+impl Database {
+    /// Pools for both servers. They connect on first use, so an instance
+    /// starts (and serves reads) while one of the servers is down.
+    pub fn connect(
+        primary_url: &str,
+        replica_url: &str,
+        stats: Arc<DataStats>,
+    ) -> Result<Self, sqlx::Error> {
+        let pool = |url: &str| {
+            PgPoolOptions::new()
+                .max_connections(8)
+                // A server that is down should cost a request a second, not
+                // the default thirty.
+                .acquire_timeout(Duration::from_secs(1))
+                // No ping before every query (a round trip each); a dead
+                // connection fails its query, which falls back or gives 503.
+                .test_before_acquire(false)
+                .connect_lazy(url)
+        };
+        Ok(Self {
+            primary: pool(primary_url)?,
+            replica: pool(replica_url)?,
+            stats,
+        })
+    }
+
+    pub fn stats(&self) -> &Arc<DataStats> {
+        &self.stats
+    }
+
+    pub fn primary(&self) -> &PgPool {
+        &self.primary
+    }
+
+    /// Applies the migrations and seeds the catalog, on the primary.
+    pub async fn prepare(&self) -> Result<(), sqlx::Error> {
+        sqlx::migrate!("./migrations").run(&self.primary).await?;
+        let products = Catalog::get().products();
+        let column = |f: fn(&Product) -> String| products.iter().map(f).collect::<Vec<_>>();
+        let positions: Vec<i32> = (0..products.len())
+            .map(|i| i32::try_from(i).unwrap_or(i32::MAX))
+            .collect();
+        let prices: Vec<i32> = products
+            .iter()
+            .map(|p| i32::try_from(p.price_cents).unwrap_or(i32::MAX))
+            .collect();
+        // One statement for all 270 rows; running it again changes nothing.
+        sqlx::query(
+            "INSERT INTO products (sku, position, name, garment, colour, size, price_cents)
+             SELECT * FROM UNNEST($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[])
+             ON CONFLICT (sku) DO UPDATE SET position = EXCLUDED.position, name = EXCLUDED.name,
+                 price_cents = EXCLUDED.price_cents",
+        )
+        .bind(column(|p| p.sku.clone()))
+        .bind(positions)
+        .bind(column(|p| p.name.clone()))
+        .bind(column(|p| p.garment.clone()))
+        .bind(column(|p| p.colour.clone()))
+        .bind(column(|p| p.size.clone()))
+        .bind(prices)
+        .execute(&self.primary)
+        .await?;
+        Ok(())
+    }
+
+    /// Runs `query` where it may read: the replica, once it has replayed
+    /// `min_lsn` (the shopper's last write), else the primary. Records the
+    /// server in `path`.
+    pub async fn read<T>(
+        &self,
+        min_lsn: Option<&str>,
+        path: &mut Vec<Step>,
+        query: impl for<'p> Fn(&'p PgPool) -> Query<'p, T>,
+    ) -> Result<T, ApiError> {
+        let replica_usable = match min_lsn {
+            None => Ok(true),
+            Some(lsn) => sqlx::query_scalar::<_, Option<bool>>(
+                "SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn",
+            )
+            .bind(lsn)
+            .fetch_one(&self.replica)
+            .await
+            .map(|caught_up| caught_up.unwrap_or(false)),
+        };
+        match replica_usable {
+            Ok(true) => match query(&self.replica).await {
+                Ok(value) => {
+                    count(&self.stats.replica_reads);
+                    path.push(Step::Replica);
+                    return Ok(value);
+                }
+                Err(error) => self.replica_failed(&error, path),
+            },
+            Ok(false) => path.push(Step::ReplicaBehind),
+            Err(error) => self.replica_failed(&error, path),
+        }
+        let value = query(&self.primary).await.map_err(|error| {
+            tracing::error!(%error, "read failed on the primary too");
+            database_error(&error)
+        })?;
+        count(&self.stats.primary_reads);
+        path.push(Step::Primary);
+        Ok(value)
+    }
+
+    fn replica_failed(&self, error: &sqlx::Error, path: &mut Vec<Step>) {
+        tracing::warn!(%error, "replica unavailable; reading from the primary");
+        count(&self.stats.replica_fallbacks);
+        path.push(Step::ReplicaDown);
+    }
+
+    /// Counts a write and returns the primary's WAL position after it: a
+    /// replica that has replayed this far has the write.
+    pub async fn wal_position(&self) -> Result<String, ApiError> {
+        count(&self.stats.writes);
+        sqlx::query_scalar::<_, String>("SELECT pg_current_wal_lsn()::text")
+            .fetch_one(&self.primary)
+            .await
+            .map_err(|error| database_error(&error))
+    }
+
+    /// How far the replica is behind the primary, in bytes of WAL.
+    pub async fn replica_lag_bytes(&self) -> Option<i64> {
+        let replayed: String =
+            sqlx::query_scalar("SELECT COALESCE(pg_last_wal_replay_lsn(), '0/0')::text")
+                .fetch_one(&self.replica)
+                .await
+                .ok()?;
+        sqlx::query_scalar("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn)::bigint")
+            .bind(replayed)
+            .fetch_one(&self.primary)
+            .await
+            .ok()
+    }
+}
+
+/// The shopper-facing error for a database failure: 503 when a server is
+/// unreachable or shutting down, 500 (logged) for anything else.
+pub fn database_error(error: &sqlx::Error) -> ApiError {
+    let unavailable = match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::Tls(_) => true,
+        // 08: connection exceptions; 57: operator intervention (shutdown);
+        // 25006: read-only transaction (a write reached a standby).
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57") || c == "25006"),
+        _ => false,
+    };
+    if unavailable {
+        tracing::warn!(%error, "database unavailable");
+        ApiError::DatabaseUnavailable
+    } else {
+        tracing::error!(%error, "database error");
+        ApiError::Internal
+    }
+}

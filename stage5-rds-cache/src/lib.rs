@@ -1,0 +1,186 @@
+//! # Stage 5 · Database, replica and cache
+//!
+//! **The lesson:** shoppers' accounts and addresses belong in a database,
+//! and reads must scale without hurting writes. Writes go to the PostgreSQL
+//! primary; reads go to a streaming read replica, a few milliseconds
+//! behind; a Redis cache, filled lazily on a miss, takes most reads off the
+//! database altogether. Each brings its own trouble, and the shop shows it:
+//! replica lag (read-your-writes), cache invalidation, and what happens
+//! when any one of the three is down. Every response says where its data
+//! came from in `X-Data-Path`.
+//!
+//! **What changed since stage 4:** carts and sessions stay exactly where
+//! they were ([`shop::store::RedisCarts`]); the store gains a database
+//! ([`db`]), a cache ([`cache`]), accounts ([`accounts`]) and a catalog read
+//! from the database ([`catalog`]). Login rotates the session id.
+//!
+//! **Run it:** `cargo run -p stage5` (it starts a private PostgreSQL
+//! primary + replica and two private Redis servers, sessions and cache,
+//! unless `DATABASE_URL`/`DATABASE_REPLICA_URL`/`REDIS_URL`/`CACHE_URL` are
+//! set), or `cargo run -p stage5 -- demo`.
+//!
+//! ```text
+//! curl -si -c jar -b jar -H 'content-type: application/json' \
+//!      -d '{"email":"ada@example.com","password":"correct horse","name":"Ada"}' \
+//!      http://127.0.0.1:8080/api/signup
+//! curl -si -b jar http://127.0.0.1:8080/api/me | grep -i x-data-path   # cache-miss,replica,cached
+//! curl -si -b jar http://127.0.0.1:8080/api/me | grep -i x-data-path   # cache-hit
+//! ```
+
+pub mod accounts;
+pub mod cache;
+pub mod catalog;
+pub mod data_path;
+pub mod db;
+mod demo;
+pub mod store;
+
+use std::ffi::OsString;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shop::services::postgres::{DATABASE_REPLICA_URL_ENV, DATABASE_URL_ENV, PostgresCluster};
+use shop::services::redis::{RedisRole, RedisServer};
+use shop::store::redis::SessionArgs;
+use shop::{BoxError, Services, Stage, StageInfo};
+
+use crate::cache::Cache;
+use crate::db::{DataStats, Database};
+use crate::store::DataShop;
+
+/// The variable that points the shop at a cache Redis it did not start.
+pub const CACHE_URL_ENV: &str = "CACHE_URL";
+
+/// Stage 5: PostgreSQL primary + replica, a Redis cache, sessions in Redis.
+#[derive(Debug)]
+pub struct Stage5;
+
+/// Stage 5's name and lesson, as the banner and the page show them.
+pub static INFO: StageInfo = StageInfo {
+    package: "stage5",
+    title: "Stage 5 · Database, replica and cache",
+    lesson: "Accounts and catalog live in PostgreSQL: writes to the primary, reads from a replica, most reads from a cache. X-Data-Path says which.",
+    try_this: &[
+        "open {url}, sign up, and watch the request log: each answer says where its data came from (X-Data-Path)",
+        "curl -si -b jar {url}/api/me twice: cache-miss,replica,cached then cache-hit",
+        "curl {url}/metrics: cache hits and misses, replica and primary reads, the replica's lag",
+        "cargo run -p stage5 -- demo   (cache hits, invalidation, read-your-writes, a replica outage, narrated)",
+    ],
+    policy: lb::Policy::RoundRobin,
+    sticky: false,
+};
+
+/// Stage 5's flags: stage 4's session flags, plus the databases and cache.
+#[derive(Clone, Debug, clap::Args)]
+pub struct DataArgs {
+    #[command(flatten)]
+    pub session: SessionArgs,
+    /// The PostgreSQL primary (writes). Unset, with the replica unset too: a
+    /// private primary and replica are started.
+    #[arg(long, env = DATABASE_URL_ENV)]
+    pub database_url: Option<String>,
+    /// The PostgreSQL streaming replica (reads).
+    #[arg(long, env = DATABASE_REPLICA_URL_ENV)]
+    pub database_replica_url: Option<String>,
+    /// The cache's Redis. Unset: a private cache `redis-server` is started.
+    #[arg(long, env = CACHE_URL_ENV)]
+    pub cache_url: Option<String>,
+    /// How long a cached product or profile lives (plus up to 10% jitter).
+    #[arg(long, env = "SHOP_CACHE_TTL", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub cache_ttl: Duration,
+    /// Turn the cache off: every read goes to the database (for comparison).
+    #[arg(long, env = "SHOP_NO_CACHE")]
+    pub no_cache: bool,
+}
+
+impl Stage for Stage5 {
+    const INFO: &'static StageInfo = &INFO;
+    type Args = DataArgs;
+    type Store = DataShop;
+
+    async fn services(args: &mut DataArgs) -> Result<Services, BoxError> {
+        let mut services = Services::default();
+        args.session.start_redis_if_unset(&mut services).await?;
+        if args.cache_url.is_none() && !args.no_cache {
+            let cache = RedisServer::start_as(RedisRole::Cache).await?;
+            let url = cache.url();
+            services.keep(
+                cache,
+                format!("Cache:      {url}   (private redis-server, LRU, no persistence; set {CACHE_URL_ENV} to use your own)"),
+            );
+            args.cache_url = Some(url);
+        }
+        match (&args.database_url, &args.database_replica_url) {
+            (None, None) => {
+                let cluster = PostgresCluster::start().await?;
+                let (primary, replica) = (cluster.primary_url(), cluster.replica_url());
+                services.keep(
+                    cluster,
+                    format!(
+                        "PostgreSQL: primary {primary}, streaming replica {replica}   (private)"
+                    ),
+                );
+                args.database_url = Some(primary);
+                args.database_replica_url = Some(replica);
+            }
+            (Some(_), Some(_)) => {}
+            _ => {
+                return Err(format!(
+                    "set both {DATABASE_URL_ENV} and {DATABASE_REPLICA_URL_ENV}, or neither (a private primary and replica are then started)"
+                )
+                .into());
+            }
+        }
+        Ok(services)
+    }
+
+    async fn store(args: &DataArgs) -> Result<DataShop, BoxError> {
+        let (Some(primary), Some(replica)) = (&args.database_url, &args.database_replica_url)
+        else {
+            return Err(format!("set {DATABASE_URL_ENV} and {DATABASE_REPLICA_URL_ENV}").into());
+        };
+        let stats = Arc::new(DataStats::default());
+        let db = Database::connect(primary, replica, Arc::clone(&stats))?;
+        db.prepare()
+            .await
+            .map_err(|e| format!("cannot prepare the database at {DATABASE_URL_ENV}: {e}"))?;
+        let cache_url = if args.no_cache {
+            None
+        } else {
+            args.cache_url.as_deref()
+        };
+        let cache = Cache::connect(cache_url, args.cache_ttl, args.session.store_timeout, stats)?;
+        Ok(DataShop {
+            carts: args.session.connect()?,
+            db,
+            cache,
+        })
+    }
+
+    fn instance_env(args: &DataArgs) -> Vec<(OsString, OsString)> {
+        let mut env = args.session.instance_env();
+        for (name, value) in [
+            (DATABASE_URL_ENV, &args.database_url),
+            (DATABASE_REPLICA_URL_ENV, &args.database_replica_url),
+            (CACHE_URL_ENV, &args.cache_url),
+        ] {
+            if let Some(value) = value {
+                env.push((name.into(), value.into()));
+            }
+        }
+        env.push((
+            "SHOP_CACHE_TTL".into(),
+            humantime::format_duration(args.cache_ttl)
+                .to_string()
+                .into(),
+        ));
+        if args.no_cache {
+            env.push(("SHOP_NO_CACHE".into(), "true".into()));
+        }
+        env
+    }
+
+    async fn demo(args: DataArgs, exe: std::path::PathBuf) -> Result<(), BoxError> {
+        demo::run(args, exe).await
+    }
+}
