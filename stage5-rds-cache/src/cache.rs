@@ -72,7 +72,8 @@ impl Cache {
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(timeout))
                     .set_response_timeout(Some(timeout))
-                    .set_max_delay(Duration::from_secs(1));
+                    .set_max_delay(Duration::from_secs(1))
+                    .set_number_of_retries(1);
                 Some(ConnectionManager::new_lazy_with_config(
                     redis::Client::open(url)?,
                     config,

@@ -210,7 +210,11 @@ impl RedisCarts {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(settings.timeout))
             .set_response_timeout(Some(settings.timeout))
-            .set_max_delay(Duration::from_secs(1));
+            .set_max_delay(Duration::from_secs(1))
+            // Reconnect once, then fail: a refused connection should be a
+            // fast answer (503, or a cache miss), and the next request tries
+            // again anyway.
+            .set_number_of_retries(1);
         let redis = ConnectionManager::new_lazy_with_config(client, config).map_err(fail)?;
         Ok(Self { redis, settings })
     }

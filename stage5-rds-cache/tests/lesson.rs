@@ -1,0 +1,344 @@
+//! Stage 5's lesson, as tests: a real PostgreSQL primary and streaming
+//! replica, real Redis for sessions and for the cache, three real instance
+//! processes, real HTTP through the real `lb`.
+//!
+//! Writes go to the primary, reads to the replica, most reads to the cache;
+//! each answer says which in `X-Data-Path`. The tests check the trouble
+//! each brings: replica lag, invalidation, outages, and accounts.
+
+mod support;
+
+use reqwest::{Method, StatusCode};
+use support::{Answer, TestShop, login, me, send, signup, spawn_shop, update_me, with_sid};
+
+const PASSWORD: &str = "correct horse battery";
+
+async fn signed_up(shop: &TestShop, email: &str) -> shop::shopper::Shopper {
+    let shopper = shop.shopper();
+    let answer = signup(&shopper, email, PASSWORD).await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{answer:?}");
+    shopper
+}
+
+fn name_of(answer: &Answer) -> &str {
+    answer.body["name"].as_str().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn profile_is_written_to_primary_and_read_from_replica() {
+    let shop = spawn_shop().await;
+    let ada = signed_up(&shop, "ada@example.com").await;
+
+    let written = update_me(&ada, "Ada King").await;
+    assert_eq!(written.status, StatusCode::OK, "{written:?}");
+    assert!(
+        written.data_path.starts_with("profile=primary"),
+        "{written:?}"
+    );
+    let on_primary: String = sqlx::query_scalar("SELECT name FROM users WHERE email = $1")
+        .bind("ada@example.com")
+        .fetch_one(&shop.primary().await)
+        .await
+        .expect("row on the primary");
+    assert_eq!(on_primary, "Ada King");
+
+    // Streaming replication carries the write to the replica...
+    shop.replica_caught_up().await;
+    let on_replica: String = sqlx::query_scalar("SELECT name FROM users WHERE email = $1")
+        .bind("ada@example.com")
+        .fetch_one(&shop.replica().await)
+        .await
+        .expect("row on the replica");
+    assert_eq!(on_replica, "Ada King");
+    // ...which then serves the read.
+    let read = me(&ada).await;
+    assert_eq!(name_of(&read), "Ada King");
+    assert_eq!(read.data_path, "profile=cache-miss,replica,cached");
+    shop.stop().await;
+}
+
+#[tokio::test]
+async fn read_your_writes_right_after_update() {
+    let shop = spawn_shop().await;
+    let ada = signed_up(&shop, "ada@example.com").await;
+    shop.replica_caught_up().await;
+
+    // Hold the replica back: it keeps answering, with old data.
+    let replica = shop.replica().await;
+    sqlx::query("SELECT pg_wal_replay_pause()")
+        .execute(&replica)
+        .await
+        .expect("pause replay");
+
+    assert_eq!(
+        update_me(&ada, "Countess of Lovelace").await.status,
+        StatusCode::OK
+    );
+    let stale: String = sqlx::query_scalar("SELECT name FROM users WHERE email = $1")
+        .bind("ada@example.com")
+        .fetch_one(&replica)
+        .await
+        .expect("replica row");
+    assert_eq!(stale, "Ada Lovelace", "the replica is behind");
+
+    let read = me(&ada).await;
+    assert_eq!(
+        name_of(&read),
+        "Countess of Lovelace",
+        "the shopper sees their own write"
+    );
+    assert_eq!(
+        read.data_path, "profile=cache-miss,replica-behind,primary,cached",
+        "read from the primary because the replica had not replayed the write"
+    );
+
+    sqlx::query("SELECT pg_wal_replay_resume()")
+        .execute(&replica)
+        .await
+        .expect("resume replay");
+    shop.stop().await;
+}
+
+#[tokio::test]
+async fn second_read_is_a_cache_hit() {
+    let shop = spawn_shop().await;
+    let ada = signed_up(&shop, "ada@example.com").await;
+    shop.replica_caught_up().await;
+
+    let first = me(&ada).await;
+    assert_eq!(first.data_path, "profile=cache-miss,replica,cached");
+    let queries = shop.metric("shop_db_queries_total").await;
+    let second = me(&ada).await;
+    assert_eq!(second.data_path, "profile=cache-hit");
+    assert_eq!(second.body, first.body, "the same profile");
+    assert_eq!(
+        shop.metric("shop_db_queries_total").await,
+        queries,
+        "a hit touches no database"
+    );
+
+    let mut cache = shop.cache_connection().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("myclothes:cache:profile:*")
+        .query_async(&mut cache)
+        .await
+        .expect("KEYS");
+    assert_eq!(keys.len(), 1);
+    let ttl_ms: i64 = redis::cmd("PTTL")
+        .arg(&keys[0])
+        .query_async(&mut cache)
+        .await
+        .expect("PTTL");
+    assert!(
+        0 < ttl_ms && ttl_ms <= 330_000,
+        "cached with the 5-minute TTL plus at most 10% jitter: {ttl_ms}"
+    );
+    shop.stop().await;
+}
+
+#[tokio::test]
+async fn update_invalidates_the_cache() {
+    let shop = spawn_shop().await;
+    let ada = signed_up(&shop, "ada@example.com").await;
+    me(&ada).await;
+    assert_eq!(me(&ada).await.data_path, "profile=cache-hit");
+
+    let written = update_me(&ada, "A. A. Lovelace").await;
+    assert_eq!(written.data_path, "profile=primary,invalidated");
+    let mut cache = shop.cache_connection().await;
+    let cached: Vec<String> = redis::cmd("KEYS")
+        .arg("myclothes:cache:profile:*")
+        .query_async(&mut cache)
+        .await
+        .expect("KEYS");
+    assert!(cached.is_empty(), "the stale copy is deleted: {cached:?}");
+
+    let read = me(&ada).await;
+    assert_eq!(name_of(&read), "A. A. Lovelace");
+    assert!(read.data_path.starts_with("profile=cache-miss"), "{read:?}");
+    assert_eq!(me(&ada).await.data_path, "profile=cache-hit");
+    shop.stop().await;
+}
+
+#[tokio::test]
+async fn login_rotates_session_id_and_keeps_the_cart() {
+    let shop = spawn_shop().await;
+    signed_up(&shop, "ada@example.com").await;
+
+    let shopper = shop.shopper();
+    let cart = shopper.add("TEE-RED-M", 2).await.expect("anonymous add");
+    let anonymous_sid = shop::shopper::set_cookie_value(&cart.headers, "sid").expect("sid");
+
+    let logged_in = login(&shopper, "ADA@example.com", PASSWORD).await;
+    assert_eq!(logged_in.status, StatusCode::OK, "{logged_in:?}");
+    let new_sid = logged_in.new_sid.expect("login sets a new session id");
+    assert_ne!(new_sid, anonymous_sid, "the id is rotated");
+    assert_eq!(
+        shopper.cart().await.expect("cart").qty_of("TEE-RED-M"),
+        2,
+        "the anonymous cart came along"
+    );
+    assert_eq!(me(&shopper).await.status, StatusCode::OK);
+
+    // The pre-login id (planted, or seen) is worth nothing now.
+    let old = send(with_sid(
+        Method::GET,
+        shopper.url("/api/me"),
+        &anonymous_sid,
+    ))
+    .await;
+    assert_eq!(old.status, StatusCode::UNAUTHORIZED);
+    let old_cart = send(with_sid(
+        Method::GET,
+        shopper.url("/api/cart"),
+        &anonymous_sid,
+    ))
+    .await;
+    assert_eq!(old_cart.body["lines"], serde_json::json!([]));
+    shop.stop().await;
+}
+
+#[tokio::test]
+async fn logout_cannot_be_undone() {
+    let shop = spawn_shop().await;
+    let ada = shop.shopper();
+    let answer = signup(&ada, "ada@example.com", PASSWORD).await;
+    let sid = answer.new_sid.expect("signup logs in");
+    ada.add("SOCK-GREY-L", 1).await.expect("add");
+
+    let out = send(ada.http().post(ada.url("/api/logout"))).await;
+    assert_eq!(out.status, StatusCode::NO_CONTENT);
+    assert_eq!(me(&ada).await.status, StatusCode::UNAUTHORIZED);
+
+    // A copy of the old cookie gets neither the account nor the cart.
+    let replay = send(with_sid(Method::GET, ada.url("/api/me"), &sid)).await;
+    assert_eq!(replay.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(replay.body["error"], "not_logged_in");
+    let cart = send(with_sid(Method::GET, ada.url("/api/cart"), &sid)).await;
+    assert_eq!(cart.body["lines"], serde_json::json!([]));
+    assert_ne!(cart.new_sid.as_deref(), Some(sid.as_str()));
+    shop.stop().await;
+}
+
+#[tokio::test]
+async fn duplicate_email_is_409() {
+    let shop = spawn_shop().await;
+    signed_up(&shop, "ada@example.com").await;
+    let again = signup(&shop.shopper(), "Ada@Example.com", "another password").await;
+    assert_eq!(again.status, StatusCode::CONFLICT);
+    assert_eq!(again.body["error"], "email_taken");
+    let accounts: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+        .fetch_one(&shop.primary().await)
+        .await
+        .expect("count");
+    assert_eq!(accounts, 1, "emails are unique whatever their case");
+    shop.stop().await;
+}
+
+#[tokio::test]
+async fn password_is_stored_hashed() {
+    let shop = spawn_shop().await;
+    signed_up(&shop, "ada@example.com").await;
+    signed_up(&shop, "charles@example.com").await;
+    let hashes: Vec<String> = sqlx::query_scalar("SELECT password_hash FROM users ORDER BY id")
+        .fetch_all(&shop.primary().await)
+        .await
+        .expect("hashes");
+    for hash in &hashes {
+        assert!(hash.starts_with("$argon2id$"), "argon2id: {hash}");
+        assert!(!hash.contains(PASSWORD) && !hash.contains("horse"));
+    }
+    assert_ne!(hashes[0], hashes[1], "the same password, salted apart");
+
+    let wrong = login(&shop.shopper(), "ada@example.com", "not the password").await;
+    let unknown = login(&shop.shopper(), "nobody@example.com", PASSWORD).await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        wrong.body, unknown.body,
+        "a wrong password and an unknown email look the same"
+    );
+    shop.stop().await;
+}
+
+#[tokio::test]
+async fn replica_outage_falls_back_to_primary() {
+    let mut shop = spawn_shop().await;
+    let ada = signed_up(&shop, "ada@example.com").await;
+    shop.postgres.stop_replica();
+
+    let product = send(ada.http().get(ada.url("/api/products/JKT-GREEN-L"))).await;
+    assert_eq!(product.status, StatusCode::OK);
+    assert_eq!(product.body["sku"], "JKT-GREEN-L");
+    assert_eq!(
+        product.data_path,
+        "catalog=cache-miss,replica-down,primary,cached"
+    );
+    let profile = me(&ada).await;
+    assert_eq!(profile.status, StatusCode::OK);
+    assert!(profile.data_path.ends_with("primary,cached"), "{profile:?}");
+    assert!(shop.metric("shop_replica_fallbacks_total").await >= 2);
+    shop.stop().await;
+}
+
+#[tokio::test]
+async fn cache_outage_serves_from_database() {
+    let mut shop = spawn_shop().await;
+    let ada = signed_up(&shop, "ada@example.com").await;
+    shop.replica_caught_up().await;
+    shop.cache.kill();
+
+    let catalog = send(ada.http().get(ada.url("/api/products"))).await;
+    assert_eq!(catalog.status, StatusCode::OK);
+    assert_eq!(catalog.body.as_array().map(Vec::len), Some(270));
+    assert_eq!(catalog.data_path, "catalog=cache-down,replica");
+    let profile = me(&ada).await;
+    assert_eq!(profile.status, StatusCode::OK);
+    assert_eq!(profile.data_path, "profile=cache-down,replica");
+    assert!(shop.metric("shop_cache_errors_total").await >= 2);
+    shop.stop().await;
+}
+
+#[tokio::test]
+async fn primary_outage_gives_503_on_write() {
+    let mut shop = spawn_shop().await;
+    let ada = signed_up(&shop, "ada@example.com").await;
+    shop.replica_caught_up().await;
+    shop.postgres.stop_primary();
+
+    let write = update_me(&ada, "Ada King").await;
+    assert_eq!(write.status, StatusCode::SERVICE_UNAVAILABLE, "{write:?}");
+    assert_eq!(write.body["error"], "database_unavailable");
+    let new_account = signup(&shop.shopper(), "charles@example.com", PASSWORD).await;
+    assert_eq!(new_account.status, StatusCode::SERVICE_UNAVAILABLE);
+
+    let read = me(&ada).await;
+    assert_eq!(read.status, StatusCode::OK, "reads carry on: {read:?}");
+    assert_eq!(name_of(&read), "Ada Lovelace", "nothing was changed");
+    assert!(read.data_path.contains("replica"), "{read:?}");
+    shop.stop().await;
+}
+
+#[tokio::test]
+async fn invalid_fields_are_422_naming_the_field() {
+    let shop = spawn_shop().await;
+    let bad_email = signup(&shop.shopper(), "not-an-email", PASSWORD).await;
+    assert_eq!(bad_email.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(bad_email.body["field"], "email");
+    let short = signup(&shop.shopper(), "ada@example.com", "short").await;
+    assert_eq!(short.body["field"], "password");
+
+    let ada = signed_up(&shop, "ada@example.com").await;
+    let country = send(ada.http().put(ada.url("/api/me")).json(&serde_json::json!({
+        "name": "Ada", "address": {"line1": "1 A St", "city": "London", "postcode": "N1", "country": "Britain"}
+    })))
+    .await;
+    assert_eq!(country.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(country.body["error"], "invalid_field");
+    assert_eq!(country.body["field"], "address.country");
+    assert_eq!(
+        name_of(&me(&ada).await),
+        "Ada Lovelace",
+        "a refused update changes nothing"
+    );
+    shop.stop().await;
+}
