@@ -105,8 +105,8 @@ pub fn main<S: Stage>() -> ExitCode {
             Some(Command::Serve(args)) => serve::<S>(args).await,
             Some(Command::Demo(mut args)) => {
                 let exe = std::env::current_exe()?;
-                let _services = S::services(&mut args.stage).await?;
-                S::demo(args.stage, exe).await
+                let services = S::services(&mut args.stage).await?;
+                S::demo(args.stage, exe, services).await
             }
         }
     });

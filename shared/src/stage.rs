@@ -5,6 +5,7 @@
 //! Everything else (the HTTP surface, `up`, `serve`, the balancer, the test
 //! topology) is the same for every stage and lives in this crate.
 
+use std::any::Any;
 use std::error::Error as StdError;
 use std::ffi::OsString;
 use std::future::Future;
@@ -62,17 +63,19 @@ pub trait Stage: Send + Sync + 'static {
     }
 
     /// The narrated walkthrough of `stageN demo`. `exe` is this binary,
-    /// to start a fresh topology from.
+    /// to start a fresh topology from; `services` are what
+    /// [`Stage::services`] started, for a demo that stops one on purpose.
     fn demo(
         args: Self::Args,
         exe: std::path::PathBuf,
+        services: Services,
     ) -> impl Future<Output = Result<(), BoxError>> + Send;
 }
 
 /// Servers a stage started for itself, kept running while this lives.
 #[derive(Default)]
 pub struct Services {
-    running: Vec<Box<dyn Send + Sync>>,
+    running: Vec<Box<dyn Any + Send + Sync>>,
     descriptions: Vec<String>,
 }
 
@@ -82,6 +85,11 @@ impl Services {
     pub fn keep(&mut self, service: impl Send + Sync + 'static, description: String) {
         self.running.push(Box::new(service));
         self.descriptions.push(description);
+    }
+
+    /// The running service of type `T`, to stop or inspect (demos).
+    pub fn get_mut<T: Any>(&mut self) -> Option<&mut T> {
+        self.running.iter_mut().find_map(|s| s.downcast_mut::<T>())
     }
 
     /// One line per service, for the banner.

@@ -56,7 +56,11 @@ impl Stage for Stage2 {
         Ok(MemoryCarts::default())
     }
 
-    async fn demo(_args: NoArgs, exe: std::path::PathBuf) -> Result<(), BoxError> {
+    async fn demo(
+        _args: NoArgs,
+        exe: std::path::PathBuf,
+        _services: shop::Services,
+    ) -> Result<(), BoxError> {
         demo::run(exe).await
     }
 }

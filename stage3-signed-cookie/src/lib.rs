@@ -115,7 +115,11 @@ impl Stage for Stage3 {
         env
     }
 
-    async fn demo(args: CookieArgs, exe: std::path::PathBuf) -> Result<(), BoxError> {
+    async fn demo(
+        args: CookieArgs,
+        exe: std::path::PathBuf,
+        _services: shop::Services,
+    ) -> Result<(), BoxError> {
         demo::run(args, exe).await
     }
 }

@@ -75,7 +75,11 @@ impl Stage for Stage4 {
         args.instance_env()
     }
 
-    async fn demo(args: SessionArgs, exe: std::path::PathBuf) -> Result<(), BoxError> {
+    async fn demo(
+        args: SessionArgs,
+        exe: std::path::PathBuf,
+        _services: Services,
+    ) -> Result<(), BoxError> {
         demo::run(args, exe).await
     }
 }

@@ -180,7 +180,11 @@ impl Stage for Stage5 {
         env
     }
 
-    async fn demo(args: DataArgs, exe: std::path::PathBuf) -> Result<(), BoxError> {
-        demo::run(args, exe).await
+    async fn demo(
+        args: DataArgs,
+        exe: std::path::PathBuf,
+        services: Services,
+    ) -> Result<(), BoxError> {
+        demo::run(args, exe, services).await
     }
 }

@@ -106,7 +106,9 @@ async function call(method, path, body) {
   // Stage 3 says what happened to the cart cookie; stages 4-5 to the session.
   const cartCookie = response.headers.get("X-Cart-Cookie");
   const session = response.headers.get("X-Session");
-  const cookieNote = cartCookie ? "cookie " + cartCookie : session ? "session " + session : "";
+  const dataPath = response.headers.get("X-Data-Path");  // stage 5: where the data came from
+  const cookieNote = [cartCookie ? "cookie " + cartCookie : session ? "session " + session : "", dataPath || ""]
+    .filter(Boolean).join(" · ");
   showNotices(notices, false);
   const items = data.lines.reduce((n, l) => n + l.qty, 0);
   logRequest(method, path, response.status, servedBy, `${items} item(s)${cookieNote ? " · " + cookieNote : ""}`);

@@ -1,0 +1,77 @@
+//! The real `stage5` binary as a learner runs it: `up` with its private
+//! servers, Ctrl-C, and the demo.
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use shop::testing::{children_of, is_alive, send_signal, start_up, wait_until};
+
+const STAGE5: &str = env!("CARGO_BIN_EXE_stage5");
+
+fn command_name(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn up_starts_private_servers_and_ctrl_c_stops_them_all() {
+    let (mut launcher, url) = start_up(STAGE5);
+    let children = children_of(launcher.id());
+    let mut names: Vec<String> = children.iter().map(|&pid| command_name(pid)).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "postgres",
+            "postgres",
+            "redis-server",
+            "redis-server",
+            "stage5",
+            "stage5",
+            "stage5"
+        ],
+        "a primary and a replica, sessions and cache, three instances"
+    );
+
+    let catalog = reqwest::get(format!("{url}/api/products/TEE-RED-M"))
+        .await
+        .expect("the catalog through up");
+    assert!(catalog.status().is_success());
+    assert!(catalog.headers().contains_key("x-data-path"));
+
+    send_signal(&launcher, Signal::SIGINT);
+    assert!(launcher.wait().expect("exits").success(), "a clean stop");
+    assert!(
+        wait_until(Duration::from_secs(15), || children
+            .iter()
+            .all(|&pid| !is_alive(pid))),
+        "no server outlives the launcher"
+    );
+}
+
+#[test]
+fn demo_narrates_where_reads_go_and_exits() {
+    let story = shop::testing::run_demo(
+        STAGE5,
+        &[
+            "REDIS_URL",
+            "CACHE_URL",
+            "DATABASE_URL",
+            "DATABASE_REPLICA_URL",
+        ],
+    );
+    assert!(
+        story.contains("profile=cache-miss,replica,cached"),
+        "{story}"
+    );
+    assert!(story.contains("profile=cache-hit"), "{story}");
+    assert!(story.contains("profile=primary,invalidated"), "{story}");
+    assert!(
+        story.contains("replica-behind,primary"),
+        "read-your-writes: {story}"
+    );
+    assert!(story.contains("replica-down,primary"), "fallback: {story}");
+    assert!(story.contains("Lesson:"), "{story}");
+}
