@@ -141,9 +141,8 @@ impl SessionShop {
 
     /// A plain connection to the same Redis, to look at what the shop wrote.
     pub async fn redis_connection(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.redis.url())
-            .expect("redis url")
-            .get_multiplexed_async_connection()
+        self.redis
+            .connection()
             .await
             .expect("a connection to the test's redis-server")
     }
@@ -187,6 +186,14 @@ pub fn start_up(exe: &str) -> (Child, String) {
     };
     std::thread::spawn(move || lines.for_each(drop));
     (child, url)
+}
+
+/// A process's command name (`/proc/PID/comm`), e.g. `redis-server`.
+pub fn process_name(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
 }
 
 /// Sends `signal` to a child process.

@@ -5,16 +5,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use shop::testing::{children_of, is_alive, send_signal, start_up, wait_until};
+use shop::testing::{children_of, is_alive, process_name, send_signal, start_up, wait_until};
 
 const STAGE4: &str = env!("CARGO_BIN_EXE_stage4");
-
-fn command_name(pid: u32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .unwrap_or_default()
-        .trim()
-        .to_owned()
-}
 
 #[tokio::test]
 async fn up_starts_a_private_redis_and_ctrl_c_stops_it_with_the_instances() {
@@ -23,7 +16,7 @@ async fn up_starts_a_private_redis_and_ctrl_c_stops_it_with_the_instances() {
     let redis: Vec<u32> = children
         .iter()
         .copied()
-        .filter(|&pid| command_name(pid) == "redis-server")
+        .filter(|&pid| process_name(pid) == "redis-server")
         .collect();
     assert_eq!(redis.len(), 1, "one private redis-server: {children:?}");
     assert_eq!(children.len(), 4, "and three instances: {children:?}");
@@ -49,7 +42,7 @@ async fn killing_the_launcher_takes_redis_with_it() {
     assert!(
         children
             .iter()
-            .any(|&pid| command_name(pid) == "redis-server")
+            .any(|&pid| process_name(pid) == "redis-server")
     );
 
     send_signal(&launcher, Signal::SIGKILL);

@@ -122,12 +122,10 @@ pub async fn signup(
         name,
         address: None,
     };
-    let mut response = (StatusCode::CREATED, Json(profile)).into_response();
-    append_reply_headers(response.headers_mut(), vec![cookie], HeaderMap::new());
-    response
-        .headers_mut()
-        .insert(DATA_PATH, data_path::header("account", &[Step::Primary]));
-    Ok(response)
+    Ok(logged_in_response(
+        (StatusCode::CREATED, Json(profile)).into_response(),
+        cookie,
+    ))
 }
 
 /// `POST /api/login`
@@ -165,16 +163,21 @@ pub async fn login(
         .rotate(&request_jar(&headers), &[(USER, &id.to_string())])
         .await?;
     tracing::info!(user = id, "logged in");
-    let mut response = Json(serde_json::json!({
+    let body = Json(serde_json::json!({
         "email": row.try_get::<String, _>("email").unwrap_or_default(),
         "name": row.try_get::<String, _>("name").unwrap_or_default(),
-    }))
-    .into_response();
+    }));
+    Ok(logged_in_response(body.into_response(), cookie))
+}
+
+/// A signup or login answer: the new session's cookie, and where the
+/// account was read or written.
+fn logged_in_response(mut response: Response, cookie: cookie::Cookie<'static>) -> Response {
     append_reply_headers(response.headers_mut(), vec![cookie], HeaderMap::new());
     response
         .headers_mut()
         .insert(DATA_PATH, data_path::header("account", &[Step::Primary]));
-    Ok(response)
+    response
 }
 
 /// `POST /api/logout`: deletes the session (cart included), for good.

@@ -44,6 +44,12 @@ pub async fn run(args: DataArgs, exe: PathBuf, mut services: Services) -> Result
     ));
     let ada = Shopper::new(topology.url())?;
     let me = || ada.http().get(ada.url("/api/me"));
+    let update = |name: &str| {
+        ada.http().put(ada.url("/api/me")).json(&json!({
+            "name": name,
+            "address": {"line1": "12 St James's Square", "city": "London", "postcode": "SW1Y 4JH", "country": "GB"}
+        }))
+    };
 
     say.step("Ada signs up.");
     let (status, path, _) = ask(ada.http().post(ada.url("/api/signup")).json(&json!({
@@ -61,10 +67,7 @@ pub async fn run(args: DataArgs, exe: PathBuf, mut services: Services) -> Result
     say.why("the first read missed the cache, went to a database and filled the cache; the second never left Redis.");
 
     say.step("She changes her name, and reads it back at once.");
-    let (_, path, _) = ask(ada.http().put(ada.url("/api/me")).json(&json!({
-        "name": "Ada King", "address": {"line1": "12 St James's Square", "city": "London", "postcode": "SW1Y 4JH", "country": "GB"}
-    })))
-    .await?;
+    let (_, path, _) = ask(update("Ada King")).await?;
     say.note(&format!("PUT  X-Data-Path: {path}"));
     let (_, path, body) = ask(me()).await?;
     say.note(&format!(
@@ -102,10 +105,7 @@ pub async fn run(args: DataArgs, exe: PathBuf, mut services: Services) -> Result
         sqlx::query("SELECT pg_wal_replay_pause()")
             .execute(&replica)
             .await?;
-        ask(ada.http().put(ada.url("/api/me")).json(&json!({
-            "name": "A. A. King", "address": {"line1": "12 St James's Square", "city": "London", "postcode": "SW1Y 4JH", "country": "GB"}
-        })))
-        .await?;
+        ask(update("A. A. King")).await?;
         let (_, path, body) = ask(me()).await?;
         say.note(&format!(
             "GET  X-Data-Path: {path}   name: {}",
@@ -122,10 +122,7 @@ pub async fn run(args: DataArgs, exe: PathBuf, mut services: Services) -> Result
         Some(cluster) => {
             say.step("The replica is stopped. Ada's cache entry is gone after another update, so she reads the database.");
             cluster.stop_replica();
-            ask(ada.http().put(ada.url("/api/me")).json(&json!({
-                "name": "Ada, Countess of Lovelace", "address": {"line1": "12 St James's Square", "city": "London", "postcode": "SW1Y 4JH", "country": "GB"}
-            })))
-            .await?;
+            ask(update("Ada, Countess of Lovelace")).await?;
             let (status, path, body) = ask(me()).await?;
             say.note(&format!(
                 "HTTP {status}, X-Data-Path: {path}   name: {}",

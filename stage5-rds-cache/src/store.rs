@@ -110,54 +110,56 @@ impl CartStore for DataShop {
 /// `GET /metrics`: this instance's data counters, Prometheus text format.
 async fn metrics(State(shop): State<Arc<Shop<DataShop>>>) -> Response {
     let stats = shop.store.db.stats();
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let counters = [
+        (
+            "shop_cache_hits_total",
+            "Reads answered by the cache.",
+            load(&stats.cache_hits),
+        ),
+        (
+            "shop_cache_misses_total",
+            "Reads the cache did not have.",
+            load(&stats.cache_misses),
+        ),
+        (
+            "shop_cache_errors_total",
+            "Cache calls that failed or timed out.",
+            load(&stats.cache_errors),
+        ),
+        (
+            "shop_replica_reads_total",
+            "Reads served by the replica.",
+            load(&stats.replica_reads),
+        ),
+        (
+            "shop_primary_reads_total",
+            "Reads served by the primary.",
+            load(&stats.primary_reads),
+        ),
+        (
+            "shop_replica_fallbacks_total",
+            "Reads that went to the primary because the replica failed.",
+            load(&stats.replica_fallbacks),
+        ),
+        (
+            "shop_db_writes_total",
+            "Write transactions on the primary.",
+            load(&stats.writes),
+        ),
+        (
+            "shop_db_queries_total",
+            "Database reads and writes made for requests.",
+            stats.db_queries(),
+        ),
+    ];
     let mut text = String::new();
-    let mut counter = |name: &str, help: &str, value: u64| {
+    for (name, help, value) in counters {
         let _ = writeln!(
             text,
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
         );
-    };
-    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-    counter(
-        "shop_cache_hits_total",
-        "Reads answered by the cache.",
-        load(&stats.cache_hits),
-    );
-    counter(
-        "shop_cache_misses_total",
-        "Reads the cache did not have.",
-        load(&stats.cache_misses),
-    );
-    counter(
-        "shop_cache_errors_total",
-        "Cache calls that failed or timed out.",
-        load(&stats.cache_errors),
-    );
-    counter(
-        "shop_replica_reads_total",
-        "Reads served by the replica.",
-        load(&stats.replica_reads),
-    );
-    counter(
-        "shop_primary_reads_total",
-        "Reads served by the primary.",
-        load(&stats.primary_reads),
-    );
-    counter(
-        "shop_replica_fallbacks_total",
-        "Reads that went to the primary because the replica failed.",
-        load(&stats.replica_fallbacks),
-    );
-    counter(
-        "shop_db_writes_total",
-        "Write transactions on the primary.",
-        load(&stats.writes),
-    );
-    counter(
-        "shop_db_queries_total",
-        "Database reads and writes made for requests.",
-        stats.db_queries(),
-    );
+    }
     if let Some(lag) = shop.store.db.replica_lag_bytes().await {
         let _ = writeln!(
             text,

@@ -4,22 +4,15 @@
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use shop::testing::{children_of, is_alive, send_signal, start_up, wait_until};
+use shop::testing::{children_of, is_alive, process_name, send_signal, start_up, wait_until};
 
 const STAGE5: &str = env!("CARGO_BIN_EXE_stage5");
-
-fn command_name(pid: u32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .unwrap_or_default()
-        .trim()
-        .to_owned()
-}
 
 #[tokio::test]
 async fn up_starts_private_servers_and_ctrl_c_stops_them_all() {
     let (mut launcher, url) = start_up(STAGE5);
     let children = children_of(launcher.id());
-    let mut names: Vec<String> = children.iter().map(|&pid| command_name(pid)).collect();
+    let mut names: Vec<String> = children.iter().map(|&pid| process_name(pid)).collect();
     names.sort();
     assert_eq!(
         names,

@@ -104,14 +104,7 @@ impl ManagedProcess {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let out = File::options().create(true).append(true).open(log)?;
-        let err = out.try_clone()?;
-        let child = as_user_command(binary, as_user)?
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()?;
+        let child = logged_command(binary, args, log, as_user)?.spawn()?;
         Ok(Self {
             program,
             child,
@@ -216,6 +209,28 @@ fn as_user_command(binary: &Path, as_user: Option<&str>) -> Result<Command, Serv
     })
 }
 
+/// `binary args`, as `as_user`, with stdout and stderr appended to `log`.
+fn logged_command<I, S>(
+    binary: &Path,
+    args: I,
+    log: &Path,
+    as_user: Option<&str>,
+) -> Result<Command, ServiceError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let out = File::options().create(true).append(true).open(log)?;
+    let err = out.try_clone()?;
+    let mut command = as_user_command(binary, as_user)?;
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err);
+    Ok(command)
+}
+
 /// Runs a setup command (`initdb`, `pg_basebackup`) to the end, as
 /// `as_user` when given; its output goes to `log`, whose end is shown if it
 /// fails.
@@ -230,14 +245,7 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let out = File::options().create(true).append(true).open(log)?;
-    let err = out.try_clone()?;
-    let status = as_user_command(binary, as_user)?
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .status()?;
+    let status = logged_command(binary, args, log, as_user)?.status()?;
     if status.success() {
         return Ok(());
     }

@@ -117,6 +117,13 @@ impl RedisServer {
         self.process.as_ref().map(ManagedProcess::pid)
     }
 
+    /// A plain client connection (for tests and demos to look inside).
+    pub async fn connection(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        redis::Client::open(self.url())?
+            .get_multiplexed_async_connection()
+            .await
+    }
+
     /// Freezes the server (SIGSTOP): connections stay open, nothing answers.
     pub fn pause(&self) -> std::io::Result<()> {
         self.send(Signal::SIGSTOP)

@@ -105,11 +105,7 @@ impl TestShop {
 
     /// A plain connection to the cache Redis.
     pub async fn cache_connection(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.cache.url())
-            .expect("url")
-            .get_multiplexed_async_connection()
-            .await
-            .expect("the cache redis")
+        self.cache.connection().await.expect("the cache redis")
     }
 
     /// A counter summed over every instance's `/metrics`.
