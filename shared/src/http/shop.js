@@ -130,6 +130,49 @@ document.addEventListener("click", (event) => {
   else if (button.id === "refresh") call("GET", "/api/cart");
 });
 
+// Stage 5's account panel. Earlier stages have no /api/me (404): the panel
+// stays hidden. Each call is logged with its X-Data-Path, so reading the
+// profile twice shows the cache miss, then the hit.
+async function api(method, path, body) {
+  const options = { method, headers: { Accept: "application/json" }, credentials: "same-origin" };
+  if (body !== undefined) {
+    options.headers["Content-Type"] = "application/json";
+    options.body = JSON.stringify(body);
+  }
+  const response = await fetch(path, options);
+  const servedBy = response.headers.get("X-Served-By");
+  if (servedBy) paintBadge(servedBy);
+  let data = {};
+  try { data = await response.json(); } catch (e) { /* 204, or not JSON */ }
+  const dataPath = response.headers.get("X-Data-Path");
+  // The probe for accounts in stages 1-4 is not worth a log line.
+  if (response.status !== 404) logRequest(method, path, response.status, servedBy, data.error || dataPath || "ok");
+  if (!response.ok && response.status !== 401 && response.status !== 404) showNotices([data.message || `HTTP ${response.status}`], true);
+  return { status: response.status, data };
+}
+
+async function showAccount() {
+  const { status, data } = await api("GET", "/api/me");
+  if (status === 404) return;
+  $("#account").hidden = false;
+  const signedIn = status === 200;
+  $("#auth").hidden = signedIn;
+  $("#signed-in").hidden = !signedIn;
+  $("#who").textContent = signedIn ? `Logged in as ${data.name} (${data.email})` : "Not logged in: your cart is anonymous.";
+}
+
+$("#auth").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const act = event.submitter && event.submitter.dataset.act;
+  const body = { email: $("#email").value, password: $("#password").value };
+  if (act === "signup") body.name = $("#name").value;
+  const { status } = await api("POST", act === "signup" ? "/api/signup" : "/api/login", body);
+  if (status === 200 || status === 201) { $("#password").value = ""; await showAccount(); call("GET", "/api/cart"); }
+});
+$("#profile").addEventListener("click", showAccount);
+$("#logout").addEventListener("click", async () => { await api("POST", "/api/logout"); await showAccount(); call("GET", "/api/cart"); });
+showAccount();
+
 function applyFilter() {
   const text = $("#filter").value.trim().toLowerCase();
   const garment = $("#garment").value;
