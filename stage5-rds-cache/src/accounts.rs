@@ -188,9 +188,10 @@ pub async fn logout(
     let removal = shop.store.carts.end(&request_jar(&headers)).await?;
     let mut response = StatusCode::NO_CONTENT.into_response();
     append_reply_headers(response.headers_mut(), vec![removal], HeaderMap::new());
-    response
-        .headers_mut()
-        .insert(DATA_PATH, data_path::header("session", &[Step::SessionStore]));
+    response.headers_mut().insert(
+        DATA_PATH,
+        data_path::header("session", &[Step::SessionStore]),
+    );
     Ok(response)
 }
 

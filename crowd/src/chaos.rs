@@ -1,0 +1,120 @@
+//! The chaos schedule: what happens to the instances, and when.
+//!
+//! The same for every stage of a run, fixed by the seed: at set fractions of
+//! the run an instance crashes (SIGKILL), comes back, the fleet scales out
+//! (a new instance joins the balancer) and scales in (an instance is
+//! drained, removed from the balancer and stopped), and a second crash
+//! follows. Which instance is chosen comes from the seed.
+
+use std::time::Duration;
+
+use shop::topology::Topology;
+
+use crate::rng::Rng;
+
+/// One thing done to the fleet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// SIGKILL a running instance, as a crash would.
+    Crash,
+    /// Start the last crashed instance again, on its own port.
+    Restart,
+    /// Start one more instance and add it to the balancer.
+    ScaleOut,
+    /// Drain an instance, remove it from the balancer, stop it.
+    ScaleIn,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Event {
+    pub at: Duration,
+    pub action: Action,
+}
+
+/// The schedule for a run of `duration`.
+pub fn schedule(duration: Duration) -> Vec<Event> {
+    [
+        (0.20, Action::Crash),
+        (0.35, Action::Restart),
+        (0.50, Action::ScaleOut),
+        (0.65, Action::ScaleIn),
+        (0.80, Action::Crash),
+        (0.90, Action::Restart),
+    ]
+    .into_iter()
+    .map(|(fraction, action)| Event {
+        at: duration.mul_f64(fraction),
+        action,
+    })
+    .collect()
+}
+
+/// Carries out the schedule against a topology, returning what was done.
+#[derive(Debug)]
+pub struct Chaos {
+    rng: Rng,
+    running: Vec<String>,
+    crashed: Vec<String>,
+}
+
+impl Chaos {
+    pub fn new(seed: u64, topology: &Topology) -> Self {
+        Self {
+            rng: Rng::fork(seed, 0),
+            running: topology.instances().into_iter().map(|i| i.name).collect(),
+            crashed: Vec::new(),
+        }
+    }
+
+    /// Does `action`; returns a line saying what happened.
+    pub async fn act(&mut self, action: Action, topology: &Topology) -> String {
+        match action {
+            Action::Crash | Action::ScaleIn if self.running.len() <= 1 => {
+                format!("{action:?}: skipped, one instance left")
+            }
+            Action::Crash => {
+                let victim = self.running.remove(self.rng.index(self.running.len()));
+                let outcome = topology.kill_instance(&victim).await;
+                self.crashed.push(victim.clone());
+                describe("crashed", &victim, outcome.map_err(|e| e.to_string()))
+            }
+            Action::Restart => match self.crashed.pop() {
+                Some(name) => {
+                    let outcome = topology.restart_instance(&name).await;
+                    if outcome.is_ok() {
+                        self.running.push(name.clone());
+                    }
+                    describe("restarted", &name, outcome.map_err(|e| e.to_string()))
+                }
+                None => "Restart: skipped, nothing crashed".to_owned(),
+            },
+            Action::ScaleOut => match topology.add_instance().await {
+                Ok(instance) => {
+                    self.running.push(instance.name.clone());
+                    format!("scaled out: {} joined", instance.name)
+                }
+                Err(error) => format!("scale out failed: {error}"),
+            },
+            Action::ScaleIn => {
+                let victim = self.running.remove(self.rng.index(self.running.len()));
+                let backends = topology.balancer().backends();
+                if let Some(backend) = backends.get(&victim) {
+                    backend.drain();
+                }
+                // Let requests in flight finish, as a real deregistration
+                // delay would (much shorter here).
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let _ = backends.remove(&victim);
+                let outcome = topology.kill_instance(&victim).await;
+                describe("scaled in", &victim, outcome.map_err(|e| e.to_string()))
+            }
+        }
+    }
+}
+
+fn describe(what: &str, name: &str, outcome: Result<(), String>) -> String {
+    match outcome {
+        Ok(()) => format!("{what}: {name}"),
+        Err(error) => format!("{what} {name} failed: {error}"),
+    }
+}

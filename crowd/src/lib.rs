@@ -1,0 +1,235 @@
+//! # crowd: the workshop's proof
+//!
+//! The whole story in one table: the same crowd of virtual shoppers, the
+//! same instance failures, five stages, how many carts survive.
+//!
+//! For each stage, `crowd` starts the stage's topology (three instances
+//! behind the balancer, plus the stage's Redis or PostgreSQL), lets N
+//! shoppers ([`shopper`]) shop through the balancer for a while, each
+//! checking its cart after every step, while the [`chaos`] schedule crashes,
+//! restarts and scales instances. Then it prints a [`report`].
+//!
+//! **Run it:** `cargo run --release -p crowd -- --stage all --format markdown`
+//! (`--shoppers 40 --duration 20s --seed 7` are the defaults).
+//!
+//! The instances are this same binary: `crowd` re-runs itself as
+//! `crowd serve …` with `CROWD_STAGE` set, which hands over to that stage's
+//! own command line (see [`serve_stage_instance`]). So `cargo run -p crowd`
+//! needs nothing else built.
+
+pub mod chaos;
+pub mod report;
+pub mod rng;
+pub mod shopper;
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use shop::topology::{Topology, TopologyConfig};
+use shop::{BoxError, Services, Stage};
+
+use crate::chaos::Chaos;
+use crate::report::{Format, Report, percentile_ms};
+use crate::shopper::{Tally, VirtualShopper};
+
+/// Set on the instances `crowd` starts: which stage they are.
+pub const STAGE_ENV: &str = "CROWD_STAGE";
+
+/// `crowd [--stage 1..5|all] [--shoppers N] [--duration D] [--seed S] [--format F]`
+#[derive(Clone, Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    /// Which stage to run: 1 to 5, or `all` (every stage in turn, same seed
+    /// and schedule).
+    #[arg(long, default_value = "all")]
+    pub stage: String,
+    /// How many virtual shoppers.
+    #[arg(long, default_value_t = 40)]
+    pub shoppers: usize,
+    /// How long each stage runs.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Makes the shoppers' choices and the chaos schedule repeatable.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// How to print the result.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// No chaos: only the shoppers.
+    #[arg(long)]
+    pub no_chaos: bool,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// `crowd serve …` with `CROWD_STAGE=N`: one instance of stage N.
+pub fn serve_stage_instance() -> ExitCode {
+    match std::env::var(STAGE_ENV).as_deref() {
+        Ok("1") => shop::cli::main::<stage1::Stage1>(),
+        Ok("2") => shop::cli::main::<stage2::Stage2>(),
+        Ok("3") => shop::cli::main::<stage3::Stage3>(),
+        Ok("4") => shop::cli::main::<stage4::Stage4>(),
+        Ok("5") => shop::cli::main::<stage5::Stage5>(),
+        _ => {
+            eprintln!("error: `crowd serve` is how crowd starts instances; set {STAGE_ENV}=1..5");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the stages `cli` asks for and returns one report each.
+pub async fn run(cli: &Cli) -> Result<Vec<Report>, BoxError> {
+    let stages: Vec<u8> = match cli.stage.as_str() {
+        "all" => vec![1, 2, 3, 4, 5],
+        one => vec![
+            one.parse::<u8>()
+                .ok()
+                .filter(|n| (1..=5).contains(n))
+                .ok_or("--stage takes 1 to 5, or all")?,
+        ],
+    };
+    let exe = std::env::current_exe()?;
+    let mut reports = Vec::new();
+    for stage in stages {
+        let report = match stage {
+            1 => run_stage::<stage1::Stage1>(1, cli, &exe).await?,
+            2 => run_stage::<stage2::Stage2>(2, cli, &exe).await?,
+            3 => run_stage::<stage3::Stage3>(3, cli, &exe).await?,
+            4 => run_stage::<stage4::Stage4>(4, cli, &exe).await?,
+            _ => run_stage::<stage5::Stage5>(5, cli, &exe).await?,
+        };
+        reports.push(report);
+    }
+    Ok(reports)
+}
+
+/// The stage's flags as if none were given (environment fallbacks apply).
+#[derive(Debug, Parser)]
+struct DefaultArgs<A: clap::Args> {
+    #[command(flatten)]
+    args: A,
+}
+
+async fn run_stage<S: Stage>(number: u8, cli: &Cli, exe: &Path) -> Result<Report, BoxError> {
+    let mut args = DefaultArgs::<S::Args>::try_parse_from(["crowd"])?.args;
+    let services: Services = S::services(&mut args).await?;
+    let mut env = S::instance_env(&args);
+    env.push((STAGE_ENV.into(), number.to_string().into()));
+    let topology = Topology::start(TopologyConfig {
+        env,
+        ..TopologyConfig::for_tests(exe, S::INFO)
+    })
+    .await?;
+    let report = shop_through(&topology, S::INFO, cli).await;
+    topology.stop().await;
+    drop(services);
+    report
+}
+
+/// The crowd shops through `topology` while the chaos schedule runs.
+async fn shop_through(
+    topology: &Topology,
+    info: &shop::StageInfo,
+    cli: &Cli,
+) -> Result<Report, BoxError> {
+    let url = topology.url();
+    let tally = Arc::new(Tally::default());
+    let started = Instant::now();
+    let deadline = started + cli.duration;
+
+    let mut shoppers = Vec::new();
+    for n in 0..cli.shoppers {
+        let mut shopper = VirtualShopper::new(&url, cli.seed, n as u64)?;
+        let tally = Arc::clone(&tally);
+        shoppers.push(tokio::spawn(async move {
+            while Instant::now() < deadline {
+                shopper.step(&tally).await;
+                let pause = shopper.think_time();
+                tokio::time::sleep(pause).await;
+            }
+            shopper.final_check(&tally).await;
+            shopper
+        }));
+    }
+
+    let progress = if cli.quiet {
+        ProgressBar::hidden()
+    } else {
+        let bar = ProgressBar::new(u64::try_from(cli.duration.as_millis()).unwrap_or(u64::MAX));
+        if let Ok(style) = ProgressStyle::with_template("{prefix:>28} [{bar:30}] {msg}") {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_prefix(info.title);
+        bar
+    };
+    let mut chaos_log = Vec::new();
+    let mut chaos = Chaos::new(cli.seed, topology);
+    let mut events = if cli.no_chaos {
+        Vec::new()
+    } else {
+        chaos::schedule(cli.duration)
+    }
+    .into_iter()
+    .peekable();
+    while Instant::now() < deadline {
+        if let Some(event) = events.next_if(|e| started.elapsed() >= e.at) {
+            let line = format!(
+                "{:.1}s {}",
+                started.elapsed().as_secs_f64(),
+                chaos.act(event.action, topology).await
+            );
+            if progress.is_hidden() {
+                if !cli.quiet {
+                    eprintln!("  {}: {line}", info.package);
+                }
+            } else {
+                progress.println(format!("  {line}"));
+            }
+            chaos_log.push(line);
+        }
+        progress.set_position(u64::try_from(started.elapsed().as_millis()).unwrap_or(0));
+        progress.set_message(format!(
+            "{} requests · {} 5xx · {} carts lost",
+            Tally::get(&tally.requests),
+            Tally::get(&tally.server_errors),
+            Tally::get(&tally.carts_lost)
+        ));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    progress.finish_and_clear();
+
+    let mut latencies = Vec::new();
+    let (mut intact, mut lost) = (0, 0);
+    for shopper in shoppers {
+        let shopper = shopper.await?;
+        if shopper.lost {
+            lost += 1;
+        } else {
+            intact += 1;
+        }
+        latencies.extend(shopper.latencies);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let requests = Tally::get(&tally.requests);
+    #[allow(clippy::cast_precision_loss)]
+    let requests_per_s = requests as f64 / elapsed.max(0.001);
+    Ok(Report {
+        stage: info.package.to_owned(),
+        title: info.title.to_owned(),
+        shoppers: cli.shoppers,
+        duration_s: elapsed,
+        requests,
+        requests_per_s,
+        p50_ms: percentile_ms(&mut latencies, 0.50),
+        p99_ms: percentile_ms(&mut latencies, 0.99),
+        server_errors: Tally::get(&tally.server_errors),
+        carts_intact: intact,
+        carts_lost: lost,
+        chaos: chaos_log,
+    })
+}

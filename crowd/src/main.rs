@@ -1,0 +1,34 @@
+//! `cargo run --release -p crowd -- --stage all --format markdown`
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    // The instances crowd starts are this binary too (see the crate docs).
+    if std::env::args().nth(1).as_deref() == Some("serve") {
+        return crowd::serve_stage_instance();
+    }
+    let cli = crowd::Cli::parse();
+    shop::telemetry::init("error");
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(crowd::run(&cli)) {
+        Ok(reports) => {
+            println!("{}", crowd::report::render(&reports, cli.format));
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! The workshop's proof, bounded: a few shoppers for a few seconds under the
+//! chaos schedule. Counts, not timings: stage 1 loses carts, stage 4 none.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+const CROWD: &str = env!("CARGO_BIN_EXE_crowd");
+
+/// Runs `crowd --stage N` briefly and returns its one JSON report.
+fn crowd(stage: &str) -> Value {
+    let output = Command::new(CROWD)
+        .args([
+            "--stage",
+            stage,
+            "--shoppers",
+            "8",
+            "--duration",
+            "5s",
+            "--seed",
+            "11",
+            "--format",
+            "json",
+            "--quiet",
+        ])
+        .output()
+        .expect("crowd runs");
+    assert!(
+        output.status.success(),
+        "crowd failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let reports: Value = serde_json::from_slice(&output.stdout).expect("a JSON report");
+    reports[0].clone()
+}
+
+fn count(report: &Value, field: &str) -> u64 {
+    report[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{field} in {report}"))
+}
+
+#[test]
+fn round_robin_over_local_carts_loses_them() {
+    let report = crowd("1");
+    assert!(count(&report, "requests") > 0);
+    assert!(
+        count(&report, "carts_lost") > 0,
+        "stage 1 loses carts: {report}"
+    );
+    assert_eq!(
+        count(&report, "carts_lost") + count(&report, "carts_intact"),
+        8
+    );
+}
+
+#[test]
+fn server_sessions_lose_no_cart_under_churn() {
+    let report = crowd("4");
+    assert_eq!(
+        count(&report, "carts_lost"),
+        0,
+        "stage 4 loses nothing: {report}"
+    );
+    assert_eq!(count(&report, "carts_intact"), 8);
+    let chaos = report["chaos"].as_array().expect("chaos log");
+    assert!(
+        chaos
+            .iter()
+            .any(|e| e.as_str().is_some_and(|e| e.contains("crashed")))
+            && chaos
+                .iter()
+                .any(|e| e.as_str().is_some_and(|e| e.contains("scaled in"))),
+        "instances were crashed and scaled in meanwhile: {chaos:?}"
+    );
+}
