@@ -11,14 +11,16 @@
 //! catches up (adds the lag to the response time).
 //!
 //! Failures: the replica down → the read goes to the primary (logged and
-//! counted); the primary down → writes are refused with 503 while reads
-//! carry on from the replica.
+//! counted), and for the next two seconds reads go straight there instead
+//! of each waiting for a replica connection (a small circuit breaker); the
+//! primary down → writes are refused with 503 while reads carry on from the
+//! replica.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use shop::ApiError;
 use shop::catalog::{Catalog, Product};
@@ -26,6 +28,9 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
 use crate::data_path::Step;
+
+/// How long reads skip a replica that just failed before trying it again.
+const REPLICA_RETRY_AFTER: Duration = Duration::from_secs(2);
 
 /// A read, given the pool to run on.
 pub type Query<'p, T> = Pin<Box<dyn Future<Output = Result<T, sqlx::Error>> + Send + 'p>>;
@@ -61,6 +66,10 @@ pub struct Database {
     primary: PgPool,
     replica: PgPool,
     stats: Arc<DataStats>,
+    /// Until when the replica is skipped after a failure (a circuit
+    /// breaker): without it, every read during a replica outage would
+    /// first wait for a connection that cannot come.
+    replica_skipped_until: Arc<Mutex<Option<Instant>>>,
 }
 
 impl Database {
@@ -69,14 +78,16 @@ impl Database {
     pub fn connect(
         primary_url: &str,
         replica_url: &str,
+        timeout: Duration,
         stats: Arc<DataStats>,
     ) -> Result<Self, sqlx::Error> {
         let pool = |url: &str| {
             PgPoolOptions::new()
                 .max_connections(8)
-                // A server that is down should cost a request a second, not
-                // the default thirty.
-                .acquire_timeout(Duration::from_secs(1))
+                // A server that is down should cost a request a second
+                // (`--db-timeout`), not the default thirty: sqlx keeps retrying
+                // a refused connection until this runs out.
+                .acquire_timeout(timeout)
                 // No ping before every query (a round trip each); a dead
                 // connection fails its query, which falls back or gives 503.
                 .test_before_acquire(false)
@@ -86,6 +97,7 @@ impl Database {
             primary: pool(primary_url)?,
             replica: pool(replica_url)?,
             stats,
+            replica_skipped_until: Arc::new(Mutex::new(None)),
         })
     }
 
@@ -110,6 +122,12 @@ impl Database {
             .map(|p| i32::try_from(p.price_cents).unwrap_or(i32::MAX))
             .collect();
         // One statement for all 270 rows; running it again changes nothing.
+        // Every instance does this at start: an advisory lock makes the
+        // instances take turns rather than upsert the same rows at once.
+        let mut tx = self.primary.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(20241105)")
+            .execute(&mut *tx)
+            .await?;
         sqlx::query(
             "INSERT INTO products (sku, position, name, garment, colour, size, price_cents)
              SELECT * FROM UNNEST($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[])
@@ -123,9 +141,9 @@ impl Database {
         .bind(column(|p| p.colour.clone()))
         .bind(column(|p| p.size.clone()))
         .bind(prices)
-        .execute(&self.primary)
+        .execute(&mut *tx)
         .await?;
-        Ok(())
+        tx.commit().await
     }
 
     /// Runs `query` where it may read: the replica, once it has replayed
@@ -138,6 +156,11 @@ impl Database {
         query: impl for<'p> Fn(&'p PgPool) -> Query<'p, T>,
     ) -> Result<T, ApiError> {
         let replica_usable = match min_lsn {
+            _ if self.replica_skipped() => {
+                count(&self.stats.replica_fallbacks);
+                path.push(Step::ReplicaDown);
+                Ok(false)
+            }
             None => Ok(true),
             Some(lsn) => sqlx::query_scalar::<_, Option<bool>>(
                 "SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn",
@@ -156,6 +179,7 @@ impl Database {
                 }
                 Err(error) => self.replica_failed(&error, path),
             },
+            Ok(false) if path.last() == Some(&Step::ReplicaDown) => {}
             Ok(false) => path.push(Step::ReplicaBehind),
             Err(error) => self.replica_failed(&error, path),
         }
@@ -169,9 +193,30 @@ impl Database {
     }
 
     fn replica_failed(&self, error: &sqlx::Error, path: &mut Vec<Step>) {
-        tracing::warn!(%error, "replica unavailable; reading from the primary");
+        tracing::warn!(%error, "replica unavailable; reading from the primary for {}s", REPLICA_RETRY_AFTER.as_secs());
         count(&self.stats.replica_fallbacks);
         path.push(Step::ReplicaDown);
+        *self.skip_lock() = Some(Instant::now() + REPLICA_RETRY_AFTER);
+    }
+
+    /// Whether the replica failed a moment ago (and is not to be tried yet).
+    fn replica_skipped(&self) -> bool {
+        let mut until = self.skip_lock();
+        match *until {
+            Some(deadline) if Instant::now() < deadline => true,
+            Some(_) => {
+                // Time to try again: one request probes, the rest follow.
+                *until = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn skip_lock(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.replica_skipped_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Counts a write and returns the primary's WAL position after it: a
@@ -184,18 +229,28 @@ impl Database {
             .map_err(|error| database_error(&error))
     }
 
-    /// How far the replica is behind the primary, in bytes of WAL.
+    /// How far the replica is behind the primary, in bytes of WAL; `None`
+    /// when either does not answer at once (metrics must not wait).
     pub async fn replica_lag_bytes(&self) -> Option<i64> {
-        let replayed: String =
-            sqlx::query_scalar("SELECT COALESCE(pg_last_wal_replay_lsn(), '0/0')::text")
-                .fetch_one(&self.replica)
+        if self.replica_skipped() {
+            return None;
+        }
+        let measure = async {
+            let replayed: String =
+                sqlx::query_scalar("SELECT COALESCE(pg_last_wal_replay_lsn(), '0/0')::text")
+                    .fetch_one(&self.replica)
+                    .await
+                    .ok()?;
+            sqlx::query_scalar("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn)::bigint")
+                .bind(replayed)
+                .fetch_one(&self.primary)
                 .await
-                .ok()?;
-        sqlx::query_scalar("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn)::bigint")
-            .bind(replayed)
-            .fetch_one(&self.primary)
+                .ok()
+        };
+        tokio::time::timeout(Duration::from_millis(300), measure)
             .await
             .ok()
+            .flatten()
     }
 }
 

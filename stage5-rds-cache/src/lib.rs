@@ -88,6 +88,10 @@ pub struct DataArgs {
     /// How long a cached product or profile lives (plus up to 10% jitter).
     #[arg(long, env = "SHOP_CACHE_TTL", default_value = "5m", value_parser = humantime::parse_duration)]
     pub cache_ttl: Duration,
+    /// How long a request waits for a database connection before the read
+    /// falls back (replica) or the write answers 503 (primary).
+    #[arg(long, env = "SHOP_DB_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub db_timeout: Duration,
     /// Turn the cache off: every read goes to the database (for comparison).
     #[arg(long, env = "SHOP_NO_CACHE")]
     pub no_cache: bool,
@@ -140,7 +144,7 @@ impl Stage for Stage5 {
             return Err(format!("set {DATABASE_URL_ENV} and {DATABASE_REPLICA_URL_ENV}").into());
         };
         let stats = Arc::new(DataStats::default());
-        let db = Database::connect(primary, replica, Arc::clone(&stats))?;
+        let db = Database::connect(primary, replica, args.db_timeout, Arc::clone(&stats))?;
         db.prepare()
             .await
             .map_err(|e| format!("cannot prepare the database at {DATABASE_URL_ENV}: {e}"))?;

@@ -48,6 +48,9 @@ pub async fn spawn_shop() -> TestShop {
         // About what happens, not how fast: a loaded test machine must not
         // turn a slow answer into a 503.
         ("SHOP_STORE_TIMEOUT".into(), "10s".into()),
+        // Enough for a first connection on a busy machine; outages still
+        // answer (fall back, or 503) after it.
+        ("SHOP_DB_TIMEOUT".into(), "5s".into()),
     ]);
     let topology = Topology::start(config)
         .await
