@@ -164,6 +164,28 @@ impl SessionShop {
     }
 }
 
+/// A request from a client without a cookie jar, carrying exactly
+/// `Cookie: sid=<sid>` when `sid` is given: how a test plays a planted,
+/// replayed or stolen session id (stages 4 and 5).
+pub fn request_with_sid(
+    method: reqwest::Method,
+    url: &str,
+    sid: Option<&str>,
+) -> reqwest::RequestBuilder {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .unwrap_or_default();
+    let request = client.request(method, url);
+    match sid {
+        Some(sid) => request.header(
+            reqwest::header::COOKIE,
+            format!("{}={sid}", crate::store::redis::SESSION_COOKIE),
+        ),
+        None => request,
+    }
+}
+
 /// Runs `EXE up` on free ports, as a learner would, and reads its banner
 /// until the shop's URL. Its stdout keeps being drained so it never blocks.
 pub fn start_up(exe: &str) -> (Child, String) {

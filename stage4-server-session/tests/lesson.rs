@@ -11,12 +11,12 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures_util::future::join_all;
-use reqwest::StatusCode;
-use reqwest::header::{COOKIE, RETRY_AFTER};
+use reqwest::header::RETRY_AFTER;
+use reqwest::{Method, StatusCode};
 use shop::shopper::{Shopper, set_cookie_value};
 use shop::store::RedisCarts;
 use shop::store::redis::{SESSION_COOKIE, SESSION_HEADER, SESSION_KEY_PREFIX};
-use shop::testing::SessionShop;
+use shop::testing::{SessionShop, request_with_sid};
 
 const STAGE4: &str = env!("CARGO_BIN_EXE_stage4");
 
@@ -27,23 +27,13 @@ async fn spawn_shop() -> SessionShop {
     SessionShop::start(STAGE4, &stage4::INFO, &[("SHOP_STORE_TIMEOUT", "10s")]).await
 }
 
-/// A client with no cookie jar, to send exactly the cookie a test chooses.
-fn bare_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(15))
-        .build()
-        .expect("client")
-}
-
 /// `POST /api/cart/items` with `Cookie: sid=<sid>` (or none).
 async fn add_with_sid(url: &str, sid: Option<&str>, sku: &str) -> reqwest::Response {
-    let mut request = bare_client()
-        .post(format!("{url}/api/cart/items"))
-        .json(&serde_json::json!({ "sku": sku, "qty": 1 }));
-    if let Some(sid) = sid {
-        request = request.header(COOKIE, format!("{SESSION_COOKIE}={sid}"));
-    }
-    request.send().await.expect("request through the balancer")
+    request_with_sid(Method::POST, &format!("{url}/api/cart/items"), sid)
+        .json(&serde_json::json!({ "sku": sku, "qty": 1 }))
+        .send()
+        .await
+        .expect("request through the balancer")
 }
 
 fn session_state(response: &reqwest::Response) -> String {
@@ -158,8 +148,7 @@ async fn session_id_is_random_and_at_least_128_bits() {
     let mut ids = BTreeSet::new();
     let mut set_cookies = Vec::new();
     for _ in 0..64 {
-        let response = bare_client()
-            .get(format!("{}/api/cart", shop.url()))
+        let response = request_with_sid(Method::GET, &format!("{}/api/cart", shop.url()), None)
             .send()
             .await
             .expect("visit");
@@ -365,9 +354,7 @@ async fn ended_session_is_not_resurrected() {
     let first = add_with_sid(&url, None, "TEE-RED-M").await;
     let sid = set_cookie_value(first.headers(), SESSION_COOKIE).expect("sid");
 
-    let ended = bare_client()
-        .delete(format!("{url}/api/session"))
-        .header(COOKIE, format!("{SESSION_COOKIE}={sid}"))
+    let ended = request_with_sid(Method::DELETE, &format!("{url}/api/session"), Some(&sid))
         .send()
         .await
         .expect("DELETE /api/session");

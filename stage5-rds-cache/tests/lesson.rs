@@ -9,7 +9,8 @@
 mod support;
 
 use reqwest::{Method, StatusCode};
-use support::{Answer, TestShop, login, me, send, signup, spawn_shop, update_me, with_sid};
+use shop::testing::request_with_sid;
+use support::{Answer, TestShop, login, me, send, signup, spawn_shop, update_me};
 
 const PASSWORD: &str = "correct horse battery";
 
@@ -181,17 +182,17 @@ async fn login_rotates_session_id_and_keeps_the_cart() {
     assert_eq!(me(&shopper).await.status, StatusCode::OK);
 
     // The pre-login id (planted, or seen) is worth nothing now.
-    let old = send(with_sid(
+    let old = send(request_with_sid(
         Method::GET,
-        shopper.url("/api/me"),
-        &anonymous_sid,
+        &shopper.url("/api/me"),
+        Some(&anonymous_sid),
     ))
     .await;
     assert_eq!(old.status, StatusCode::UNAUTHORIZED);
-    let old_cart = send(with_sid(
+    let old_cart = send(request_with_sid(
         Method::GET,
-        shopper.url("/api/cart"),
-        &anonymous_sid,
+        &shopper.url("/api/cart"),
+        Some(&anonymous_sid),
     ))
     .await;
     assert_eq!(old_cart.body["lines"], serde_json::json!([]));
@@ -211,10 +212,20 @@ async fn logout_cannot_be_undone() {
     assert_eq!(me(&ada).await.status, StatusCode::UNAUTHORIZED);
 
     // A copy of the old cookie gets neither the account nor the cart.
-    let replay = send(with_sid(Method::GET, ada.url("/api/me"), &sid)).await;
+    let replay = send(request_with_sid(
+        Method::GET,
+        &ada.url("/api/me"),
+        Some(&sid),
+    ))
+    .await;
     assert_eq!(replay.status, StatusCode::UNAUTHORIZED);
     assert_eq!(replay.body["error"], "not_logged_in");
-    let cart = send(with_sid(Method::GET, ada.url("/api/cart"), &sid)).await;
+    let cart = send(request_with_sid(
+        Method::GET,
+        &ada.url("/api/cart"),
+        Some(&sid),
+    ))
+    .await;
     assert_eq!(cart.body["lines"], serde_json::json!([]));
     assert_ne!(cart.new_sid.as_deref(), Some(sid.as_str()));
     shop.stop().await;

@@ -197,10 +197,3 @@ pub async fn update_me(shopper: &Shopper, name: &str) -> Answer {
     })))
     .await
 }
-
-/// A request carrying exactly `Cookie: sid=<sid>`, from a cookie-less client.
-pub fn with_sid(method: reqwest::Method, url: String, sid: &str) -> reqwest::RequestBuilder {
-    reqwest::Client::new()
-        .request(method, url)
-        .header(reqwest::header::COOKIE, format!("{SESSION_COOKIE}={sid}"))
-}
