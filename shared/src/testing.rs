@@ -139,6 +139,11 @@ impl SessionShop {
         self.topology.url()
     }
 
+    /// A new shopper (an empty cookie jar) at the balancer.
+    pub fn shopper(&self) -> crate::shopper::Shopper {
+        crate::shopper::Shopper::new(self.url()).expect("an HTTP client")
+    }
+
     /// A plain connection to the same Redis, to look at what the shop wrote.
     pub async fn redis_connection(&self) -> redis::aio::MultiplexedConnection {
         self.redis

@@ -70,7 +70,7 @@ async fn cart_once_redis_answers(shopper: &Shopper) -> shop::shopper::CartSeen {
 #[tokio::test]
 async fn cart_survives_instance_loss() {
     let shop = spawn_shop().await;
-    let alice = Shopper::new(shop.url()).expect("client");
+    let alice = shop.shopper();
     let added = alice.add("TEE-RED-M", 2).await.expect("add");
     let home = added.served_by().to_owned();
 
@@ -90,7 +90,7 @@ async fn cart_survives_instance_loss() {
 #[tokio::test]
 async fn any_instance_serves_any_request() {
     let shop = spawn_shop().await;
-    let alice = Shopper::new(shop.url()).expect("client");
+    let alice = shop.shopper();
     alice.add("JEAN-NAVY-M", 1).await.expect("add");
 
     let mut served_by = BTreeSet::new();
@@ -115,7 +115,7 @@ async fn any_instance_serves_any_request() {
 #[tokio::test]
 async fn concurrent_adds_lose_nothing() {
     let shop = spawn_shop().await;
-    let alice = Shopper::new(shop.url()).expect("client");
+    let alice = shop.shopper();
     start_session(&alice).await;
 
     // Fifty "add one" requests at once, spread over three instances by the
@@ -197,7 +197,7 @@ async fn session_id_is_random_and_at_least_128_bits() {
 #[tokio::test]
 async fn redis_key_does_not_contain_the_session_id() {
     let shop = spawn_shop().await;
-    let alice = Shopper::new(shop.url()).expect("client");
+    let alice = shop.shopper();
     let sid = start_session(&alice).await;
     alice.add("TEE-RED-M", 3).await.expect("add");
 
@@ -234,7 +234,7 @@ async fn session_expires_after_idle_ttl() {
         &[("SHOP_SESSION_TTL", "2s"), ("SHOP_STORE_TIMEOUT", "10s")],
     )
     .await;
-    let alice = Shopper::new(shop.url()).expect("client");
+    let alice = shop.shopper();
     let sid = start_session(&alice).await;
     alice.add("TEE-RED-M", 1).await.expect("add");
     let key = RedisCarts::key_for(&sid);
@@ -281,7 +281,7 @@ async fn session_expires_after_idle_ttl() {
 #[tokio::test]
 async fn every_request_slides_the_idle_expiry() {
     let shop = spawn_shop().await;
-    let alice = Shopper::new(shop.url()).expect("client");
+    let alice = shop.shopper();
     let sid = start_session(&alice).await;
     let key = RedisCarts::key_for(&sid);
     let mut redis = shop.redis_connection().await;
@@ -395,7 +395,7 @@ async fn ended_session_is_not_resurrected() {
 async fn redis_outage_gives_503_and_loses_nothing() {
     // The real default store timeout (500 ms).
     let shop = SessionShop::start(STAGE4, &stage4::INFO, &[]).await;
-    let alice = Shopper::new(shop.url()).expect("client");
+    let alice = shop.shopper();
     alice.add("TEE-RED-M", 2).await.expect("add");
     alice.add("SOCK-GREY-L", 1).await.expect("add");
 
@@ -433,7 +433,7 @@ async fn redis_outage_gives_503_and_loses_nothing() {
 #[tokio::test]
 async fn redis_restart_keeps_carts() {
     let mut shop = spawn_shop().await;
-    let alice = Shopper::new(shop.url()).expect("client");
+    let alice = shop.shopper();
     alice.add("HOOD-NAVY-S", 4).await.expect("add");
 
     // A crash, not a clean shutdown: the append-only file already has the
