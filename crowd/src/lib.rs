@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use shop::topology::{Topology, TopologyConfig};
-use shop::{BoxError, Services, Stage};
+use shop::{BoxError, Scope, Services, Stage};
 
 use crate::chaos::Chaos;
 use crate::report::{Format, Report, percentile_ms};
@@ -117,8 +117,8 @@ struct DefaultArgs<A: clap::Args> {
 
 async fn run_stage<S: Stage>(number: u8, cli: &Cli, exe: &Path) -> Result<Report, BoxError> {
     let mut args = DefaultArgs::<S::Args>::try_parse_from(["crowd"])?.args;
-    let services: Services = S::services(&mut args).await?;
-    let mut env = S::instance_env(&args);
+    let services: Services = S::services(&mut args, Scope::Fleet).await?;
+    let mut env = shop::flags::instance_env(&args)?;
     env.push((STAGE_ENV.into(), number.to_string().into()));
     let topology = Topology::start(TopologyConfig {
         env,

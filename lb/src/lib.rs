@@ -7,18 +7,18 @@
 //!
 //! It does what the shop needs a balancer to do, and shows how:
 //!
-//! * [`backend`]: the configured backends and their live counters; requests
+//! * `backend`: the configured backends and their live counters; requests
 //!   only ever go to one of them.
-//! * [`policy`]: round-robin or least-connections.
-//! * [`proxy`]: the hyper server and the forwarding, with streamed bodies
-//!   ([`body`]), hop-by-hop header removal and `X-Forwarded-*` ([`headers`]),
-//!   timeouts; [`pool`]: keep-alive connections to the backends, per thread.
+//! * `policy`: round-robin or least-connections.
+//! * `proxy`: the hyper server and the forwarding, with streamed bodies
+//!   (`body`), hop-by-hop header removal and `X-Forwarded-*` (`headers`),
+//!   timeouts; `pool`: keep-alive connections to the backends, per thread.
 //! * [`run_threaded`]: the binary's shape, one event loop per core.
-//! * [`errors`]: JSON 502/503/504 when no backend can answer.
-//! * [`sticky`]: the `lb_sticky` cookie that pins a shopper to a backend.
-//! * [`health`]: active checks of `/healthz` with rise/fall thresholds;
-//!   [`proxy`] adds passive marking and one retry elsewhere.
-//! * [`admin`], [`metrics`], [`supervisor`]: `/_lb/` — the dashboard, the
+//! * `errors`: JSON 502/503/504 when no backend can answer.
+//! * `sticky`: the `lb_sticky` cookie that pins a shopper to a backend.
+//! * `health`: active checks of `/healthz` with rise/fall thresholds;
+//!   `proxy` adds passive marking and one retry elsewhere.
+//! * `admin`, [`metrics`], [`supervisor`]: `/_lb/` — the dashboard, the
 //!   runtime API (add, drain, remove), Prometheus metrics, and instance
 //!   controls when a launcher supervises the backends.
 //!
@@ -26,31 +26,32 @@
 //! balancer (an AWS ALB). This one is small enough to read in one sitting,
 //! and fast enough to be measured against them (`scripts/bench-lb`).
 
-pub mod admin;
-pub mod backend;
-pub mod body;
-pub mod errors;
-pub mod headers;
-pub mod health;
+mod admin;
+mod backend;
+mod body;
+mod errors;
+mod headers;
+mod health;
 pub mod metrics;
-pub mod policy;
-pub mod pool;
-pub mod proxy;
+mod policy;
+mod pool;
+mod proxy;
 pub mod signals;
-pub mod sticky;
+mod sticky;
 pub mod supervisor;
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-pub use backend::{Backend, BackendSet, BackendSpec, BackendState};
+pub use backend::{
+    Backend, BackendSet, BackendSetError, BackendSpec, BackendSpecError, BackendState,
+};
 pub use health::HealthConfig;
 pub use policy::Policy;
 pub use proxy::Balancer;
-pub use sticky::Sticky;
+pub use sticky::{Sticky, StickyKeyError};
 pub use supervisor::Supervisor;
 
 /// Everything a balancer needs to start.
@@ -139,7 +140,7 @@ pub struct Args {
 }
 
 impl Args {
-    pub fn config(&self) -> Result<Config, sticky::StickyKeyError> {
+    pub fn config(&self) -> Result<Config, StickyKeyError> {
         let sticky = match (self.sticky, &self.sticky_key) {
             (false, _) => None,
             (true, Some(key)) => Some(Sticky::with_hex_key(key, self.sticky_ttl)?),
@@ -166,7 +167,7 @@ impl Args {
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(transparent)]
-    Backends(#[from] backend::BackendSetError),
+    Backends(#[from] BackendSetError),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
@@ -240,15 +241,4 @@ fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
     Ok(socket.into())
-}
-
-/// Runs a balancer on `listener` until `shutdown` completes.
-pub async fn run(
-    listener: TcpListener,
-    config: Config,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), RunError> {
-    let balancer = Balancer::new(config)?;
-    balancer.serve(listener, shutdown).await?;
-    Ok(())
 }

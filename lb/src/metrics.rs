@@ -2,10 +2,11 @@
 //!
 //! The format is simple enough to write by hand (`# HELP`, `# TYPE`, then
 //! `name{label="value"} number` lines), which keeps the balancer free of a
-//! metrics registry. A larger service would use the `prometheus` or
+//! metrics registry. [`Exposition`] writes it; the shop's stages use it for
+//! their own `/metrics` too. A larger service would use the `prometheus` or
 //! `metrics` + `metrics-exporter-prometheus` crates.
 
-use std::fmt::Write as _;
+use std::fmt::{Display, Write as _};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::backend::{BackendState, STATUS_CLASSES};
@@ -23,82 +24,142 @@ pub struct Counters {
 }
 
 impl Counters {
-    pub fn bump(counter: &AtomicU64) {
+    pub(crate) fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 }
 
+/// The kind of a metric family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Only goes up (requests served).
+    Counter,
+    /// Goes up and down (requests in flight).
+    Gauge,
+}
+
+/// A page of metrics in the Prometheus text format, written family by family.
+#[derive(Debug, Default)]
+pub struct Exposition {
+    text: String,
+}
+
+impl Exposition {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Starts a family: its `# HELP` and `# TYPE` lines.
+    pub fn family(&mut self, name: &str, kind: Kind, help: &str) -> &mut Self {
+        let kind = match kind {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+        };
+        let _ = writeln!(self.text, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        self
+    }
+
+    /// One sample of the family just started, with its labels.
+    pub fn sample(
+        &mut self,
+        name: &str,
+        labels: &[(&str, &str)],
+        value: impl Display,
+    ) -> &mut Self {
+        self.text.push_str(name);
+        if !labels.is_empty() {
+            let labels: Vec<String> = labels
+                .iter()
+                .map(|(label, value)| format!("{label}=\"{}\"", escape_label(value)))
+                .collect();
+            let _ = write!(self.text, "{{{}}}", labels.join(","));
+        }
+        let _ = writeln!(self.text, " {value}");
+        self
+    }
+
+    /// A family with one unlabelled sample.
+    pub fn single(&mut self, name: &str, kind: Kind, help: &str, value: impl Display) -> &mut Self {
+        self.family(name, kind, help).sample(name, &[], value)
+    }
+
+    pub fn finish(self) -> String {
+        self.text
+    }
+}
+
+/// A label value with `\`, `"` and newlines escaped, as the format asks.
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 /// Renders every metric.
-pub fn render(balancer: &Balancer) -> String {
+pub(crate) fn render(balancer: &Balancer) -> String {
     let backends = balancer.backends().all();
     let counters = balancer.counters();
-    let mut out = String::new();
+    let mut out = Exposition::new();
 
-    header(
-        &mut out,
+    out.family(
         "lb_requests_total",
-        "counter",
+        Kind::Counter,
         "Responses by backend and status class.",
     );
     for backend in &backends {
         for (class, count) in STATUS_CLASSES.iter().zip(backend.served_by_class()) {
-            let _ = writeln!(
-                out,
-                "lb_requests_total{{backend=\"{}\",class=\"{class}\"}} {count}",
-                backend.name()
+            out.sample(
+                "lb_requests_total",
+                &[("backend", backend.name()), ("class", class)],
+                count,
             );
         }
     }
-    header(
-        &mut out,
+    out.family(
         "lb_in_flight",
-        "gauge",
+        Kind::Gauge,
         "Requests being served, by backend.",
     );
     for backend in &backends {
-        let _ = writeln!(
-            out,
-            "lb_in_flight{{backend=\"{}\"}} {}",
-            backend.name(),
-            backend.in_flight()
+        out.sample(
+            "lb_in_flight",
+            &[("backend", backend.name())],
+            backend.in_flight(),
         );
     }
-    header(
-        &mut out,
+    out.family(
         "lb_backend_up",
-        "gauge",
+        Kind::Gauge,
         "1 when the backend is healthy, 0 when down.",
     );
     for backend in &backends {
         let up = u8::from(backend.state() != BackendState::Down);
-        let _ = writeln!(out, "lb_backend_up{{backend=\"{}\"}} {up}", backend.name());
+        out.sample("lb_backend_up", &[("backend", backend.name())], up);
     }
-    header(
-        &mut out,
+    out.family(
         "lb_backend_draining",
-        "gauge",
+        Kind::Gauge,
         "1 when the backend takes no new shoppers.",
     );
     for backend in &backends {
         let draining = u8::from(backend.state() == BackendState::Draining);
-        let _ = writeln!(
-            out,
-            "lb_backend_draining{{backend=\"{}\"}} {draining}",
-            backend.name()
+        out.sample(
+            "lb_backend_draining",
+            &[("backend", backend.name())],
+            draining,
         );
     }
-    header(
-        &mut out,
+    out.family(
         "lb_health_check_failures_total",
-        "counter",
+        Kind::Counter,
         "Failed active health checks, by backend.",
     );
     for backend in &backends {
-        let _ = writeln!(
-            out,
-            "lb_health_check_failures_total{{backend=\"{}\"}} {}",
-            backend.name(),
-            backend.health_check_failures()
+        out.sample(
+            "lb_health_check_failures_total",
+            &[("backend", backend.name())],
+            backend.health_check_failures(),
         );
     }
     let totals = [
@@ -119,13 +180,28 @@ pub fn render(balancer: &Balancer) -> String {
         ),
     ];
     for (name, help, counter) in totals {
-        header(&mut out, name, "counter", help);
-        let _ = writeln!(out, "{name} {}", counter.load(Ordering::Relaxed));
+        out.single(name, Kind::Counter, help, counter.load(Ordering::Relaxed));
     }
-    out
+    out.finish()
 }
 
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_and_samples_read_as_prometheus_text() {
+        let mut out = Exposition::new();
+        out.family("x_total", Kind::Counter, "Things.").sample(
+            "x_total",
+            &[("backend", "a\"b")],
+            3,
+        );
+        out.single("y", Kind::Gauge, "A level.", 1.5);
+        assert_eq!(
+            out.finish(),
+            "# HELP x_total Things.\n# TYPE x_total counter\nx_total{backend=\"a\\\"b\"} 3\n\
+             # HELP y A level.\n# TYPE y gauge\ny 1.5\n"
+        );
+    }
 }

@@ -70,15 +70,8 @@ impl Sticky {
     }
 
     /// Sticky sessions with a given key (hex, at least 32 bytes).
-    pub fn with_hex_key(hex: &str, ttl: Duration) -> Result<Self, StickyKeyError> {
-        let hex = hex.trim();
-        if hex.len() % 2 != 0 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(StickyKeyError::NotHex);
-        }
-        let key: Vec<u8> = (0..hex.len())
-            .step_by(2)
-            .filter_map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
-            .collect();
+    pub(crate) fn with_hex_key(key_hex: &str, ttl: Duration) -> Result<Self, StickyKeyError> {
+        let key = hex::decode(key_hex.trim()).map_err(|_| StickyKeyError::NotHex)?;
         if key.len() < MIN_KEY_BYTES {
             return Err(StickyKeyError::TooShort);
         }
@@ -90,7 +83,7 @@ impl Sticky {
     }
 
     /// The cookie value that pins a shopper to `backend`.
-    pub fn token_for(&self, backend: &str) -> String {
+    pub(crate) fn token_for(&self, backend: &str) -> String {
         let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.key) else {
             // HMAC accepts keys of any length; this branch cannot run.
             return String::new();

@@ -10,9 +10,10 @@
 //! * prices and totals are looked up and computed on the server
 //!   ([`PricedCart`]): a client only ever sends SKUs and quantities.
 //!
-//! A change to a cart is a [`CartOp`], not a new cart. That matters from
-//! stage 4 on: Redis applies an operation atomically, whereas "read the cart,
-//! change it, write it back" loses one of two concurrent updates.
+//! A change to a cart is a [`CartOp`], not a new cart. That matters once the
+//! cart lives in a shared store: the store can apply an operation
+//! atomically, whereas "read the cart, change it, write it back" loses one
+//! of two concurrent updates.
 
 use std::collections::HashMap;
 
@@ -119,9 +120,9 @@ impl Cart {
     }
 
     /// Builds a cart from stored lines, enforcing the rules (a stored cart
-    /// may come from an older version, or from a client in stage 3). A SKU
-    /// listed twice keeps its last quantity. Linear in the number of lines:
-    /// stage 3 does this on every request, for carts of up to ~150 lines.
+    /// may come from an older version, or from a client). A SKU listed
+    /// twice keeps its last quantity. Linear in the number of lines: a
+    /// store may do this on every request, for carts of up to 200 lines.
     pub fn from_lines(lines: impl IntoIterator<Item = CartLine>) -> Result<Self, CartError> {
         let mut cart = Self::new();
         let mut seen: HashMap<&'static str, usize> = HashMap::new();

@@ -3,14 +3,14 @@
 //! Every product is a *variant* with its own SKU (`TEE-RED-M`), the way real
 //! shops and their warehouses count stock. Nine garments in six colours and
 //! five sizes make 270 SKUs: enough that a keen shopper's cart can outgrow a
-//! 4 KB cookie (stage 3's wall).
+//! 4 KB cookie.
 //!
 //! Prices are integer cents. Floating point cannot represent 0.10 exactly,
 //! and money that drifts by a cent per line is a bug report waiting to
 //! happen; every shop and payment API (Stripe, Adyen) counts in minor units.
 //!
-//! The catalog is static data built once on first use. Stage 5 seeds the same
-//! products into PostgreSQL.
+//! The catalog is static data built once on first use; a stage that keeps
+//! its catalog in a database seeds it from here.
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
@@ -59,6 +59,9 @@ const SIZES: [(&str, u32); 5] = [("XS", 0), ("S", 0), ("M", 0), ("L", 0), ("XL",
 pub struct Catalog {
     products: Vec<Product>,
     by_sku: HashMap<String, usize>,
+    /// The products as JSON, serialised once: they never change while the
+    /// process runs.
+    json: Vec<u8>,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -98,11 +101,22 @@ impl Catalog {
             .enumerate()
             .map(|(index, p)| (p.sku.clone(), index))
             .collect();
-        Self { products, by_sku }
+        // Plain strings and numbers always serialise.
+        let json = serde_json::to_vec(&products).unwrap_or_else(|_| b"[]".to_vec());
+        Self {
+            products,
+            by_sku,
+            json,
+        }
     }
 
     pub fn products(&self) -> &[Product] {
         &self.products
+    }
+
+    /// Every product, as the JSON `GET /api/products` answers.
+    pub fn json(&self) -> &[u8] {
+        &self.json
     }
 
     /// Looks a SKU up exactly (SKUs are upper case; `tee-red-m` is unknown).
@@ -117,7 +131,7 @@ impl Catalog {
     }
 
     /// The garment families with their display names, for the shop page's filter.
-    pub fn garments(&self) -> impl Iterator<Item = (&'static str, &'static str)> {
+    pub(crate) fn garments(&self) -> impl Iterator<Item = (&'static str, &'static str)> {
         GARMENTS.iter().map(|(code, name, _)| (*code, *name))
     }
 }

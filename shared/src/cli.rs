@@ -16,23 +16,23 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 
-use crate::http::{Instance, Shop};
-use crate::stage::{BoxError, Services, Stage};
+use crate::instance::Instance;
+use crate::stage::{BoxError, Scope, Services, Shop, Stage, StageInfo};
 use crate::topology::{READY_MARKER, Topology, TopologyConfig};
 
 /// `stageN [COMMAND]`
 #[derive(Debug, Parser)]
 #[command(version, args_conflicts_with_subcommands = true)]
-pub struct Cli<A: Args> {
+struct Cli<A: Args> {
     #[command(subcommand)]
-    pub command: Option<Command<A>>,
+    command: Option<Command<A>>,
     /// With no command, `up` with these flags.
     #[command(flatten)]
-    pub up: UpArgs<A>,
+    up: UpArgs<A>,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command<A: Args> {
+enum Command<A: Args> {
     /// Start the whole stage: its instances behind the balancer (the default).
     Up(UpArgs<A>),
     /// Run one instance, to put behind any balancer.
@@ -42,47 +42,46 @@ pub enum Command<A: Args> {
 }
 
 #[derive(Clone, Debug, Args)]
-pub struct UpArgs<A: Args> {
+struct UpArgs<A: Args> {
     /// The balancer's port on 127.0.0.1.
     #[arg(long, default_value_t = 8080)]
-    pub port: u16,
+    port: u16,
     /// How many instances to start.
     #[arg(long, default_value_t = 3)]
-    pub instances: usize,
+    instances: usize,
     /// The first instance's port; the others follow. 0 picks free ports.
     #[arg(long, default_value_t = 3001)]
-    pub instance_port_base: u16,
+    instance_port_base: u16,
     #[command(flatten)]
-    pub stage: A,
+    stage: A,
 }
 
 #[derive(Clone, Debug, Args)]
-pub struct ServeArgs<A: Args> {
+struct ServeArgs<A: Args> {
     /// Port to listen on. 0 picks a free one (printed on start).
     #[arg(long)]
-    pub port: u16,
+    port: u16,
     /// This instance's name, shown in `X-Served-By` and on the page.
     #[arg(long)]
-    pub id: String,
+    id: String,
     /// Address to listen on.
     #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
-    pub host: IpAddr,
+    host: IpAddr,
     /// Worker threads. One event loop per instance is the default: the shop
     /// scales by running more instances, and several multi-threaded
     /// instances on a few cores spend their time waking each other's threads
-    /// (`scripts/bench-stage4`, three instances on two cores: both stages got
-    /// faster, and stage 4's share of stage 1's throughput rose from 0.68 to
-    /// 0.75).
+    /// (measured with the stage benchmarks in `scripts/`: three instances on
+    /// two cores all got faster with one thread each).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
-    pub threads: u16,
+    threads: u16,
     #[command(flatten)]
-    pub stage: A,
+    stage: A,
 }
 
 #[derive(Clone, Debug, Args)]
-pub struct DemoArgs<A: Args> {
+struct DemoArgs<A: Args> {
     #[command(flatten)]
-    pub stage: A,
+    stage: A,
 }
 
 /// Parses the command line, starts logging, runs the command.
@@ -121,7 +120,7 @@ pub fn main<S: Stage>() -> ExitCode {
             Some(Command::Serve(args)) => serve::<S>(args).await,
             Some(Command::Demo(mut args)) => {
                 let exe = std::env::current_exe()?;
-                let services = S::services(&mut args.stage).await?;
+                let services = S::services(&mut args.stage, Scope::Fleet).await?;
                 S::demo(args.stage, exe, services).await
             }
         }
@@ -136,17 +135,18 @@ pub fn main<S: Stage>() -> ExitCode {
 }
 
 /// `stageN serve`: one instance until SIGINT/SIGTERM.
-pub async fn serve<S: Stage>(mut args: ServeArgs<S::Args>) -> Result<(), BoxError> {
+async fn serve<S: Stage>(mut args: ServeArgs<S::Args>) -> Result<(), BoxError> {
     crate::parent::die_with_launcher()?;
     let instance = Instance::new(&args.id)?;
-    let services = S::services(&mut args.stage).await?;
+    let services = S::services(&mut args.stage, Scope::Instance).await?;
     for service in services.descriptions() {
         tracing::warn!(
             service,
             "started a private service for this one instance; instances started separately will not share it"
         );
     }
-    let store = S::store(&args.stage).await?;
+    tracing::info!(instance = %args.id, flags = %crate::flags::describe(&args.stage), "starting");
+    let (carts, state) = S::start(&args.stage).await?;
     let listener = TcpListener::bind((args.host, args.port))
         .await
         .map_err(|e| {
@@ -160,10 +160,10 @@ pub async fn serve<S: Stage>(mut args: ServeArgs<S::Args>) -> Result<(), BoxErro
             }
         })?;
     let address = listener.local_addr()?;
-    let shop = Arc::new(Shop {
-        stage: S::INFO,
+    let shop = Arc::new(Shop::<S> {
         instance,
-        store,
+        carts,
+        state,
     });
     // The launcher waits for this line (see `topology`); keep its shape.
     println!(
@@ -172,21 +172,21 @@ pub async fn serve<S: Stage>(mut args: ServeArgs<S::Args>) -> Result<(), BoxErro
         args.id
     );
     tracing::info!(instance = %args.id, %address, "serving");
-    crate::instance::run(listener, shop, lb::signals::terminate()).await?;
+    crate::http::run(listener, shop, lb::signals::terminate()).await?;
     tracing::info!(instance = %args.id, "stopped");
     Ok(())
 }
 
 /// `stageN up`: the whole topology until Ctrl-C or SIGTERM.
-pub async fn up<S: Stage>(mut args: UpArgs<S::Args>) -> Result<(), BoxError> {
+async fn up<S: Stage>(mut args: UpArgs<S::Args>) -> Result<(), BoxError> {
     let info = S::INFO;
     // Started first and dropped last: the instances need them until the end.
-    let services = S::services(&mut args.stage).await?;
+    let services = S::services(&mut args.stage, Scope::Fleet).await?;
     let topology = Topology::start(TopologyConfig {
         instances: args.instances,
         instance_port_base: args.instance_port_base,
         lb_port: args.port,
-        env: S::instance_env(&args.stage),
+        env: crate::flags::instance_env(&args.stage)?,
         ..TopologyConfig::for_stage(std::env::current_exe()?, info)
     })
     .await?;
@@ -202,7 +202,7 @@ pub async fn up<S: Stage>(mut args: UpArgs<S::Args>) -> Result<(), BoxError> {
     Ok(())
 }
 
-fn print_banner(info: &crate::stage::StageInfo, topology: &Topology, services: &Services) {
+fn print_banner(info: &StageInfo, topology: &Topology, services: &Services) {
     let url = topology.url();
     println!("\nMyClothes · {}", info.title);
     println!("  {}\n", info.lesson);

@@ -1,15 +1,19 @@
-//! The one error type of the shop's HTTP surface.
+//! The one error type of the shop's HTTP surface, and the seam for a
+//! stage's own errors.
 //!
-//! Every failure a shopper can meet is a variant here, and each variant's
-//! doc names its status and `error` code. All of them become the same JSON
-//! body, `{"error": "<code>", "message": "<human text>"}`: a machine can
-//! branch on `error`, a person can read `message`. A refused request changes
-//! nothing: handlers validate before they touch a store, and the cart rules
-//! refuse a change as a whole.
+//! Every failure a shopper can meet in every stage is a variant of
+//! [`ApiError`], and each variant's doc names its status and `error` code.
+//! A stage adds failures of its own (a limit only its store has, a server
+//! only it depends on) as its own enum implementing [`StageError`]; `?` turns one into [`ApiError::Stage`]. All of them
+//! become the same JSON body, `{"error": "<code>", "message": "<human
+//! text>"}`: a machine can branch on `error`, a person can read `message`.
+//!
+//! A refused request changes nothing: handlers validate before they touch a
+//! store, and the cart rules refuse a change as a whole.
 
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
-use axum::http::StatusCode;
+use axum::extract::rejection::PathRejection;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
@@ -20,9 +24,31 @@ use crate::cart::CartError;
 pub struct ErrorBody {
     pub error: String,
     pub message: String,
-    /// The request field at fault, for 422 `invalid_field`.
+    /// The request field at fault, when the error is about one field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+}
+
+/// An error a stage defines for its own lesson, answered with the shared
+/// JSON body.
+///
+/// A stage writes an enum (documenting each variant's status, as
+/// [`ApiError`] does) and implements this; `?` then converts it into
+/// [`ApiError`]. `Display` is the message shown to the shopper.
+pub trait StageError: std::error::Error + Send + Sync + 'static {
+    /// The HTTP status.
+    fn status(&self) -> StatusCode;
+    /// The machine-readable `error` code, e.g. `cart_full`.
+    fn code(&self) -> &'static str;
+    /// The request field at fault, if the error is about one.
+    fn field(&self) -> Option<&str> {
+        None
+    }
+    /// Seconds after which a retry may succeed (`Retry-After`). A 503 says
+    /// one second unless the stage knows better.
+    fn retry_after_s(&self) -> Option<u32> {
+        (self.status() == StatusCode::SERVICE_UNAVAILABLE).then_some(1)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +56,9 @@ pub enum ApiError {
     /// 400 `malformed_json`: the body is not valid JSON.
     #[error("the request body is not valid JSON: {0}")]
     MalformedJson(String),
+    /// 400 `bad_path`: a part of the path cannot be read (not UTF-8, say).
+    #[error("{0}")]
+    BadPath(String),
     /// 404 `unknown_sku`: no product has that SKU.
     #[error("no product has the SKU `{0}`")]
     UnknownSku(String),
@@ -54,41 +83,9 @@ pub enum ApiError {
     /// 422 `cart_full`: the cart already has the most lines it may hold.
     #[error("{0}")]
     CartFull(String),
-    /// 413 `cart_too_large_for_cookie`: the cart's cookie would pass the
-    /// 4096-byte limit browsers guarantee (stage 3); the cart is unchanged.
-    #[error(
-        "that change would make your cart's cookie {bytes} bytes; the limit is {limit} bytes, so the cart was left as it was"
-    )]
-    CartTooLargeForCookie { bytes: usize, limit: usize },
-    /// 422 `invalid_field`: one field of an account or profile is not
-    /// acceptable; `field` names it (stage 5).
-    #[error("{field}: {problem}")]
-    InvalidField {
-        field: &'static str,
-        problem: String,
-    },
-    /// 401 `invalid_credentials`: wrong email or password. One message for
-    /// both, so the answer does not reveal which emails have accounts.
-    #[error("that email and password do not match an account")]
-    InvalidCredentials,
-    /// 401 `not_logged_in`: the route needs a logged-in shopper.
-    #[error("log in first")]
-    NotLoggedIn,
-    /// 409 `email_taken`: an account with that email exists.
-    #[error("an account with that email already exists")]
-    EmailTaken,
-    /// 503 `database_unavailable`: the PostgreSQL primary cannot take the
-    /// write (stage 5). Nothing was changed.
-    #[error(
-        "the database cannot take changes right now; nothing was changed, please try again in a moment"
-    )]
-    DatabaseUnavailable,
-    /// 503 `session_store_unavailable`: Redis did not answer within the
-    /// store timeout (stages 4–5). Nothing was lost; the shopper may retry.
-    #[error(
-        "the session store is not answering right now; your cart is safe, please try again in a moment"
-    )]
-    SessionStoreUnavailable,
+    /// A stage's own error; its status and code are the stage's.
+    #[error("{0}")]
+    Stage(Box<dyn StageError>),
     /// 500 `internal`: a bug; the details are logged, not shown.
     #[error("something went wrong on our side")]
     Internal,
@@ -97,22 +94,15 @@ pub enum ApiError {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::MalformedJson(_) => StatusCode::BAD_REQUEST,
+            Self::MalformedJson(_) | Self::BadPath(_) => StatusCode::BAD_REQUEST,
             Self::UnknownSku(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            Self::BodyTooLarge { .. } | Self::CartTooLargeForCookie { .. } => {
-                StatusCode::PAYLOAD_TOO_LARGE
-            }
+            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::InvalidBody(_) | Self::BadQuantity(_) | Self::CartFull(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
-            Self::InvalidField { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::InvalidCredentials | Self::NotLoggedIn => StatusCode::UNAUTHORIZED,
-            Self::EmailTaken => StatusCode::CONFLICT,
-            Self::SessionStoreUnavailable | Self::DatabaseUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::Stage(error) => error.status(),
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -120,6 +110,7 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::MalformedJson(_) => "malformed_json",
+            Self::BadPath(_) => "bad_path",
             Self::UnknownSku(_) => "unknown_sku",
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed(_) => "method_not_allowed",
@@ -128,13 +119,7 @@ impl ApiError {
             Self::InvalidBody(_) => "invalid_body",
             Self::BadQuantity(_) => "bad_quantity",
             Self::CartFull(_) => "cart_full",
-            Self::CartTooLargeForCookie { .. } => "cart_too_large_for_cookie",
-            Self::InvalidField { .. } => "invalid_field",
-            Self::InvalidCredentials => "invalid_credentials",
-            Self::NotLoggedIn => "not_logged_in",
-            Self::EmailTaken => "email_taken",
-            Self::DatabaseUnavailable => "database_unavailable",
-            Self::SessionStoreUnavailable => "session_store_unavailable",
+            Self::Stage(error) => error.code(),
             Self::Internal => "internal",
         }
     }
@@ -144,22 +129,33 @@ impl ApiError {
             error: self.code().to_owned(),
             message: self.to_string(),
             field: match self {
-                Self::InvalidField { field, .. } => Some((*field).to_owned()),
+                Self::Stage(error) => error.field().map(str::to_owned),
                 _ => None,
             },
         }
+    }
+
+    fn retry_after_s(&self) -> Option<u32> {
+        match self {
+            Self::Stage(error) => error.retry_after_s(),
+            _ => None,
+        }
+    }
+}
+
+impl<E: StageError> From<E> for ApiError {
+    fn from(error: E) -> Self {
+        Self::Stage(Box::new(error))
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status(), Json(self.body())).into_response();
-        if response.status() == StatusCode::SERVICE_UNAVAILABLE {
-            // A store outage is usually short: tell clients when to retry.
-            response.headers_mut().insert(
-                axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from_static("1"),
-            );
+        if let Some(seconds) = self.retry_after_s() {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }
@@ -177,16 +173,42 @@ impl From<CartError> for ApiError {
     }
 }
 
-impl From<JsonRejection> for ApiError {
-    fn from(rejection: JsonRejection) -> Self {
-        match rejection {
-            JsonRejection::JsonDataError(e) => Self::InvalidBody(e.body_text()),
-            JsonRejection::JsonSyntaxError(e) => Self::MalformedJson(e.body_text()),
-            JsonRejection::MissingJsonContentType(_) => Self::UnsupportedMediaType,
-            other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => Self::BodyTooLarge {
-                limit: crate::http::BODY_LIMIT,
-            },
-            other => Self::MalformedJson(other.body_text()),
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        Self::BadPath(rejection.body_text())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("the thing is resting")]
+    struct Resting;
+
+    impl StageError for Resting {
+        fn status(&self) -> StatusCode {
+            StatusCode::SERVICE_UNAVAILABLE
         }
+        fn code(&self) -> &'static str {
+            "resting"
+        }
+    }
+
+    #[test]
+    fn a_stage_error_answers_with_the_shared_body_and_retry_after() {
+        let error = ApiError::from(Resting);
+        assert_eq!(error.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            error.body(),
+            ErrorBody {
+                error: "resting".into(),
+                message: "the thing is resting".into(),
+                field: None
+            }
+        );
+        let response = error.into_response();
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
     }
 }

@@ -1,22 +1,22 @@
-//! Random identifiers for shoppers and sessions.
+//! Random identifiers for the values a cookie names a shopper by.
 //!
 //! 128 bits from the operating system's random source (`getrandom`, which is
 //! `getrandom(2)` on Linux), written as 22 characters of unpadded base64url so
 //! they fit in a cookie without escaping. 128 bits is OWASP's floor for
-//! session identifiers: an attacker guessing a billion ids a second would
-//! expect to need ~10^21 years to hit one of a million live sessions.
+//! identifiers that grant access: an attacker guessing a billion ids a
+//! second would expect to need ~10^21 years to hit one of a million live ones.
 //!
 //! Why not a counter, a timestamp, a UUIDv1/v7 or a fast userspace PRNG?
 //! Each is predictable from one sample, and a predictable id is a stolen
-//! cart (in stage 4, a stolen session).
+//! cart.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 /// Bytes of randomness in an id.
-pub const ID_BYTES: usize = 16;
+const ID_BYTES: usize = 16;
 /// Length of an id once encoded.
-pub const ID_LEN: usize = 22;
+const ID_LEN: usize = 22;
 
 /// Why no id could be made: the OS random source failed, which on Linux
 /// means something is badly wrong with the machine.
@@ -41,7 +41,7 @@ pub fn is_well_formed(value: &str) -> bool {
 }
 
 /// The first few characters of an id, enough to tell shoppers apart in a log
-/// without writing down anything that would let a reader take the session.
+/// without writing down anything that would let a reader use the id.
 pub fn redacted(value: &str) -> String {
     let prefix: String = value.chars().take(6).collect();
     format!("{prefix}…")

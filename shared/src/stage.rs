@@ -1,15 +1,36 @@
-//! What a stage is, as far as the shared launcher is concerned.
+//! What a stage is: the one seam every stage fills.
 //!
-//! A stage crate implements [`Stage`]: its name and lesson ([`StageInfo`]),
-//! its own command-line flags, how to build its cart store, and its demo.
+//! A stage crate implements [`Stage`]:
+//!
+//! | what | how |
+//! | --- | --- |
+//! | name and lesson | [`Stage::INFO`] |
+//! | its flags | [`Stage::Args`] (clap, each with an environment fallback) |
+//! | where the cart lives | [`Stage::Carts`], a [`CartStore`] |
+//! | what else its routes need | [`Stage::State`] (`()` for nothing; a database and a cache, say) |
+//! | servers or secrets it makes for itself | [`Stage::services`] |
+//! | routes of its own | [`Stage::routes`] |
+//! | where the catalog comes from | [`Stage::list_products`], [`Stage::get_product`] (the static catalog unless it says otherwise) |
+//! | what it adds to the page | [`Stage::WIDGETS`], [`Stage::LOG_HEADERS`] |
+//! | its own errors | an enum implementing [`crate::error::StageError`] |
+//! | its demo | [`Stage::demo`] |
+//!
 //! Everything else (the HTTP surface, `up`, `serve`, the balancer, the test
 //! topology) is the same for every stage and lives in this crate.
 
 use std::any::Any;
 use std::error::Error as StdError;
-use std::ffi::OsString;
 use std::future::Future;
+use std::sync::Arc;
 
+use axum::Router;
+use axum::http::HeaderMap;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
+
+use crate::catalog::Catalog;
+use crate::error::ApiError;
+use crate::instance::Instance;
 use crate::store::CartStore;
 
 /// An error a stage hook may return; shown to the user as one line.
@@ -29,38 +50,104 @@ pub struct StageInfo {
     pub try_this: &'static [&'static str],
     /// The balancing policy `up` uses for this stage.
     pub policy: lb::Policy,
-    /// Whether the balancer pins shoppers to instances (stage 2).
+    /// Whether the balancer pins shoppers to instances.
     pub sticky: bool,
 }
 
+/// Who the servers [`Stage::services`] starts are for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// `up` and `demo`: every instance the launcher starts shares them.
+    Fleet,
+    /// `serve`: one instance, started on its own. Anything made up here
+    /// (a private server, a secret) is not shared with its peers.
+    Instance,
+}
+
+/// Something a stage adds to the shop page.
+#[derive(Debug)]
+pub struct Widget {
+    /// CSS for the page's `<style>`.
+    pub style: &'static str,
+    /// The widget's HTML, placed under the cart. It is given the headers
+    /// of the cart reply the page was drawn with (a widget may show what a
+    /// header says). Every value put into it must be escaped
+    /// ([`crate::http::page::escape`]).
+    pub html: fn(&HeaderMap) -> String,
+    /// Its script, run after the page's own, which offers `window.shop`
+    /// (`shop.api(method, path, body)`, `shop.onResponse(fn)`, …; see
+    /// `shop.js`).
+    pub script: &'static str,
+}
+
 /// One evolution step of the shop.
-pub trait Stage: Send + Sync + 'static {
+pub trait Stage: Sized + Send + Sync + 'static {
     /// The stage's name, lesson and balancer setup.
     const INFO: &'static StageInfo;
 
     /// The stage's own command-line flags (accepted by `up`, `serve` and
-    /// `demo`). Stages with none use [`NoArgs`].
-    type Args: clap::Args + Clone + std::fmt::Debug + Send + Sync + 'static;
+    /// `demo`). Each needs an environment fallback (`env = "…"`), through
+    /// which `up` hands it to the instances, and serialises to the text the
+    /// flag parses from (see [`crate::cli::instance_env`]). Stages with
+    /// none use [`NoArgs`].
+    type Args: clap::Args + serde::Serialize + Clone + std::fmt::Debug + Send + Sync + 'static;
 
     /// Where this stage keeps the cart.
-    type Store: CartStore;
+    type Carts: CartStore;
+
+    /// What the stage's own routes need besides the carts (a database and
+    /// a cache, say); `()` when they need nothing.
+    type State: Send + Sync + 'static;
 
     /// Starts what the stage needs and was not given (a private
-    /// `redis-server` when `REDIS_URL` is unset), and records in `args`
-    /// where to find it. `up`, `serve` and `demo` call this first; what it
-    /// starts runs as long as the returned [`Services`] lives.
-    fn services(_args: &mut Self::Args) -> impl Future<Output = Result<Services, BoxError>> + Send {
+    /// server when no URL was given, a secret the instances must share), and
+    /// records in `args` where to find it. `up`, `serve` and `demo` call
+    /// this first; what it starts runs as long as the returned [`Services`]
+    /// lives.
+    fn services(
+        _args: &mut Self::Args,
+        _scope: Scope,
+    ) -> impl Future<Output = Result<Services, BoxError>> + Send {
         async { Ok(Services::default()) }
     }
 
-    /// Builds this instance's cart store (in `serve` mode).
-    fn store(args: &Self::Args) -> impl Future<Output = Result<Self::Store, BoxError>> + Send;
+    /// Builds one instance's cart store and state (in `serve` mode).
+    fn start(
+        args: &Self::Args,
+    ) -> impl Future<Output = Result<(Self::Carts, Self::State), BoxError>> + Send;
 
-    /// Environment variables `up` gives every instance it starts, so that all
-    /// of them share what must be shared (a cookie secret, a Redis URL).
-    fn instance_env(_args: &Self::Args) -> Vec<(OsString, OsString)> {
-        Vec::new()
+    /// Routes only this stage has, merged into the shared surface.
+    fn routes() -> Router<Arc<Shop<Self>>> {
+        Router::new()
     }
+
+    /// `GET /api/products`. The static catalog unless the stage keeps its
+    /// own (in a database, say).
+    fn list_products(
+        _shop: &Shop<Self>,
+    ) -> impl Future<Output = Result<Response, ApiError>> + Send {
+        async { Ok(([(CONTENT_TYPE, "application/json")], Catalog::get().json()).into_response()) }
+    }
+
+    /// `GET /api/products/{sku}`, from the same source as [`Self::list_products`].
+    fn get_product(
+        _shop: &Shop<Self>,
+        sku: String,
+    ) -> impl Future<Output = Result<Response, ApiError>> + Send {
+        async move {
+            Catalog::get()
+                .find(&sku)
+                .map(|product| axum::Json(product).into_response())
+                .ok_or(ApiError::UnknownSku(sku))
+        }
+    }
+
+    /// What the stage adds to the shop page.
+    const WIDGETS: &'static [Widget] = &[];
+
+    /// Response headers the page's request log shows next to each call,
+    /// lower case: the headers in which the stage shows its work.
+    const LOG_HEADERS: &'static [&'static str] = &[];
 
     /// The narrated walkthrough of `stageN demo`. `exe` is this binary,
     /// to start a fresh topology from; `services` are what
@@ -70,6 +157,32 @@ pub trait Stage: Send + Sync + 'static {
         exe: std::path::PathBuf,
         services: Services,
     ) -> impl Future<Output = Result<(), BoxError>> + Send;
+}
+
+/// One instance of stage `S`: what every request handler is given.
+pub struct Shop<S: Stage> {
+    /// Who this instance is, and how busy.
+    pub instance: Instance,
+    /// Where the carts live.
+    pub carts: S::Carts,
+    /// What the stage's own routes need.
+    pub state: S::State,
+}
+
+impl<S: Stage> std::fmt::Debug for Shop<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shop")
+            .field("stage", &S::INFO.package)
+            .field("instance", &self.instance)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Stage> Shop<S> {
+    /// The stage's name and lesson.
+    pub fn info(&self) -> &'static StageInfo {
+        S::INFO
+    }
 }
 
 /// Servers a stage started for itself, kept running while this lives.
@@ -87,13 +200,19 @@ impl Services {
         self.descriptions.push(description);
     }
 
+    /// Adds a banner line about something made for this run that is not a
+    /// running server (a shared secret, say).
+    pub fn describe(&mut self, description: String) {
+        self.descriptions.push(description);
+    }
+
     /// The running service of type `T`, to stop or inspect (demos).
     pub fn get_mut<T: Any>(&mut self) -> Option<&mut T> {
         self.running.iter_mut().find_map(|s| s.downcast_mut::<T>())
     }
 
     /// One line per service, for the banner.
-    pub fn descriptions(&self) -> &[String] {
+    pub(crate) fn descriptions(&self) -> &[String] {
         &self.descriptions
     }
 }
@@ -105,5 +224,5 @@ impl std::fmt::Debug for Services {
 }
 
 /// The flags of a stage that has none of its own.
-#[derive(Clone, Debug, Default, clap::Args)]
+#[derive(Clone, Debug, Default, clap::Args, serde::Serialize)]
 pub struct NoArgs {}

@@ -23,6 +23,6 @@ pub fn init(default_filter: &str) {
 }
 
 /// Whether test helpers should show the logs of what they start.
-pub fn test_logs_wanted() -> bool {
+pub(crate) fn test_logs_wanted() -> bool {
     std::env::var_os("TEST_LOG").is_some_and(|v| !v.is_empty() && v != "0")
 }

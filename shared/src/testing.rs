@@ -1,14 +1,16 @@
-//! Helpers for the stages' test suites (and this crate's own).
+//! Helpers for the stages' test suites (and this crate's own), behind the
+//! `testing` feature: they panic with a message instead of returning
+//! errors, which is right in a test and wrong anywhere else.
 //!
 //! * [`LocalShop`]: instances *inside the test process* behind a real `lb`,
 //!   on free ports. Quick to start; for tests that do not kill anything.
-//! * [`crate::topology::Topology`]: instances as real child processes, for
-//!   tests that kill one (see [`crate::topology::TopologyConfig::for_tests`]).
+//! * [`start_stage`]: instances as real child processes, for tests that kill
+//!   one (see [`crate::topology::TopologyConfig::for_tests`]).
 //! * [`crate::shopper::Shopper`]: a client with a cookie jar.
-//! * [`SessionShop`]: a stage's topology pointed at a private `redis-server`
-//!   the test controls (pause, kill, restart, read its keys).
 //! * [`start_up`], [`send_signal`], [`wait_until`]: a stage binary run as a
 //!   learner runs it (`stageN up`), then stopped.
+//! * [`assert_up_flags_reach_every_instance`]: every flag given to `up`
+//!   arrives in every instance it starts.
 //! * [`children_of`] and [`is_alive`]: what processes a launcher left behind.
 //!
 //! Everything binds 127.0.0.1 port 0, so suites run in parallel without
@@ -24,49 +26,42 @@ use lb::{BackendSpec, Balancer, Policy};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-use crate::http::{Instance, Shop};
-use crate::services::redis::{REDIS_URL_ENV, RedisServer};
-use crate::stage::StageInfo;
-use crate::store::CartStore;
+use crate::instance::Instance;
+use crate::stage::{Shop, Stage, StageInfo};
 use crate::topology::{Topology, TopologyConfig};
 
 /// Shop instances served from this process, behind a balancer.
 #[derive(Debug)]
 pub struct LocalShop {
     url: String,
-    instance_urls: Vec<String>,
-    balancer: Arc<Balancer>,
     // Dropping these senders stops the servers.
     _stops: Vec<oneshot::Sender<()>>,
 }
 
 impl LocalShop {
-    /// Starts one instance per store (named `i1`, `i2`, …) and a balancer in
-    /// front of them.
-    pub async fn start<S: CartStore>(
-        stage: &'static StageInfo,
-        stores: Vec<S>,
+    /// Starts one instance of stage `S` per `(carts, state)` (named `i1`,
+    /// `i2`, …) and a balancer in front of them.
+    pub async fn start<S: Stage>(
+        parts: Vec<(S::Carts, S::State)>,
         policy: Policy,
     ) -> std::io::Result<Self> {
         let mut stops = Vec::new();
         let mut specs = Vec::new();
-        let mut instance_urls = Vec::new();
-        for (index, store) in stores.into_iter().enumerate() {
+        for (index, (carts, state)) in parts.into_iter().enumerate() {
             let name = format!("i{}", index + 1);
             let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
             let url = format!("http://{}", listener.local_addr()?);
             let instance = Instance::new(&name).map_err(std::io::Error::other)?;
-            let shop = Arc::new(Shop {
-                stage,
+            let shop = Arc::new(Shop::<S> {
                 instance,
-                store,
+                carts,
+                state,
             });
             let (stop, stopped) = oneshot::channel::<()>();
-            tokio::spawn(crate::instance::run(listener, shop, async {
+            tokio::spawn(crate::http::run(listener, shop, async {
                 let _ = stopped.await;
             }));
             specs.push(BackendSpec::new(&name, &url).map_err(std::io::Error::other)?);
-            instance_urls.push(url);
             stops.push(stop);
         }
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
@@ -78,26 +73,12 @@ impl LocalShop {
             let _ = stopped.await;
         }));
         stops.push(stop);
-        Ok(Self {
-            url,
-            instance_urls,
-            balancer,
-            _stops: stops,
-        })
+        Ok(Self { url, _stops: stops })
     }
 
     /// The balancer's URL.
     pub fn url(&self) -> &str {
         &self.url
-    }
-
-    /// Each instance's own URL, to bypass the balancer.
-    pub fn instance_urls(&self) -> &[String] {
-        &self.instance_urls
-    }
-
-    pub fn balancer(&self) -> &Arc<Balancer> {
-        &self.balancer
     }
 }
 
@@ -107,88 +88,6 @@ pub async fn start_stage(exe: &str, stage: &StageInfo) -> Topology {
     Topology::start(TopologyConfig::for_tests(exe, stage))
         .await
         .unwrap_or_else(|e| panic!("{} did not start: {e}", stage.package))
-}
-
-/// A stage whose sessions live in a `redis-server` the test controls.
-#[derive(Debug)]
-pub struct SessionShop {
-    pub topology: Topology,
-    pub redis: RedisServer,
-}
-
-impl SessionShop {
-    /// Starts a private `redis-server`, then the stage (three instances
-    /// behind round-robin) pointed at it, with `env` added for every
-    /// instance (e.g. `SHOP_SESSION_TTL=2s`).
-    pub async fn start(exe: &str, stage: &StageInfo, env: &[(&str, &str)]) -> Self {
-        let redis = RedisServer::start()
-            .await
-            .unwrap_or_else(|e| panic!("a private redis-server is needed: {e}"));
-        let mut config = TopologyConfig::for_tests(exe, stage);
-        config.env.push((REDIS_URL_ENV.into(), redis.url().into()));
-        config
-            .env
-            .extend(env.iter().map(|(k, v)| ((*k).into(), (*v).into())));
-        let topology = Topology::start(config)
-            .await
-            .unwrap_or_else(|e| panic!("{} did not start: {e}", stage.package));
-        Self { topology, redis }
-    }
-
-    pub fn url(&self) -> String {
-        self.topology.url()
-    }
-
-    /// A new shopper (an empty cookie jar) at the balancer.
-    pub fn shopper(&self) -> crate::shopper::Shopper {
-        crate::shopper::Shopper::new(self.url()).expect("an HTTP client")
-    }
-
-    /// A plain connection to the same Redis, to look at what the shop wrote.
-    pub async fn redis_connection(&self) -> redis::aio::MultiplexedConnection {
-        self.redis
-            .connection()
-            .await
-            .expect("a connection to the test's redis-server")
-    }
-
-    /// Every key in Redis (SCAN, fine for a test's handful).
-    pub async fn redis_keys(&self) -> Vec<String> {
-        let mut redis = self.redis_connection().await;
-        let mut keys: Vec<String> = redis::cmd("KEYS")
-            .arg("*")
-            .query_async(&mut redis)
-            .await
-            .expect("KEYS");
-        keys.sort();
-        keys
-    }
-
-    pub async fn stop(self) {
-        self.topology.stop().await;
-    }
-}
-
-/// A request from a client without a cookie jar, carrying exactly
-/// `Cookie: sid=<sid>` when `sid` is given: how a test plays a planted,
-/// replayed or stolen session id (stages 4 and 5).
-pub fn request_with_sid(
-    method: reqwest::Method,
-    url: &str,
-    sid: Option<&str>,
-) -> reqwest::RequestBuilder {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(15))
-        .build()
-        .unwrap_or_default();
-    let request = client.request(method, url);
-    match sid {
-        Some(sid) => request.header(
-            reqwest::header::COOKIE,
-            format!("{}={sid}", crate::store::redis::SESSION_COOKIE),
-        ),
-        None => request,
-    }
 }
 
 /// Runs `EXE up` on free ports, as a learner would, and reads its banner
@@ -288,4 +187,102 @@ fn stat_of(pid: u32) -> Option<(char, u32)> {
     let state = fields.next()?.chars().next()?;
     let ppid = fields.next()?.parse().ok()?;
     Some((state, ppid))
+}
+
+/// Runs `EXE up` with `flags` (`("--db-timeout", "3s")`…) and checks that
+/// every instance it starts runs with each of them, as the instances' own
+/// start-up log line shows (`flags=--db-timeout=3s …`, values declared
+/// `hide_env_values` as `<set>`). Also checks that `flags` names every flag
+/// stage `S` declares, so a flag added later cannot go untested.
+///
+/// The variables behind the flags are removed from the launcher's
+/// environment first: what arrives must have come through `up`.
+pub fn assert_up_flags_reach_every_instance<S: Stage>(exe: &str, flags: &[(&str, &str)]) {
+    use clap::Args as _;
+    let declared = S::Args::augment_args(clap::Command::new("stage"));
+    let mut declared_longs: Vec<String> = declared
+        .get_arguments()
+        .filter_map(|arg| arg.get_long().map(|long| format!("--{long}")))
+        .collect();
+    declared_longs.sort();
+    let mut given: Vec<String> = flags.iter().map(|(flag, _)| (*flag).to_owned()).collect();
+    given.sort();
+    assert_eq!(
+        given,
+        declared_longs,
+        "the test must give every flag {} declares",
+        S::INFO.package
+    );
+
+    let instances = 2;
+    let mut command = Command::new(exe);
+    command
+        .args(["up", "--port", "0", "--instance-port-base", "0"])
+        .args(["--instances", &instances.to_string()])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for arg in declared.get_arguments() {
+        if let Some(env) = arg.get_env() {
+            command.env_remove(env);
+        }
+    }
+    for (flag, value) in flags {
+        if value.is_empty() {
+            command.arg(flag);
+        } else {
+            command.arg(format!("{flag}={value}"));
+        }
+    }
+    let mut child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("{exe} up did not start: {e}"));
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    let mut everything = Vec::new();
+    while seen.len() < instances {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                if line.contains("flags=") && line.contains("starting") {
+                    seen.push(line.clone());
+                }
+                everything.push(line);
+            }
+            Err(_) => break,
+        }
+    }
+    send_signal(&child, nix::sys::signal::Signal::SIGTERM);
+    let _ = child.wait();
+    assert_eq!(
+        seen.len(),
+        instances,
+        "every instance logs its flags when it starts; the launcher said:\n{}",
+        everything.join("\n")
+    );
+    for line in &seen {
+        for (flag, value) in flags {
+            let expected = if value.is_empty() {
+                format!("{flag}=true")
+            } else {
+                format!("{flag}={value}")
+            };
+            let hidden = format!("{flag}=<set>");
+            assert!(
+                line.contains(&format!("{expected} "))
+                    || line.ends_with(&expected)
+                    || line.contains(&hidden),
+                "{flag} did not reach an instance as {expected}: {line}"
+            );
+        }
+    }
 }

@@ -36,7 +36,7 @@ use crate::parent::LAUNCHER_PID_ENV;
 use crate::stage::StageInfo;
 
 /// What the instances print once they accept connections.
-pub const READY_MARKER: &str = "listening on ";
+pub(crate) const READY_MARKER: &str = "listening on ";
 /// How long an instance may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long an instance gets to stop after SIGTERM before SIGKILL.
@@ -68,7 +68,7 @@ pub struct TopologyConfig {
 }
 
 /// Health checks for a topology on one machine: every second, two strikes.
-pub const TEACHING_HEALTH: HealthConfig = HealthConfig {
+const TEACHING_HEALTH: HealthConfig = HealthConfig {
     interval: Duration::from_secs(1),
     timeout: Duration::from_secs(1),
     rise: 2,
@@ -78,7 +78,7 @@ pub const TEACHING_HEALTH: HealthConfig = HealthConfig {
 impl TopologyConfig {
     /// A stage as `up` starts it: its policy and stickiness, three instances
     /// from port 3001, the balancer on 8080, health checks, the dashboard.
-    pub fn for_stage(exe: impl Into<PathBuf>, stage: &StageInfo) -> Self {
+    pub(crate) fn for_stage(exe: impl Into<PathBuf>, stage: &StageInfo) -> Self {
         Self {
             exe: exe.into(),
             instances: 3,
@@ -106,11 +106,6 @@ impl TopologyConfig {
 
     pub fn instances(mut self, instances: usize) -> Self {
         self.instances = instances;
-        self
-    }
-
-    pub fn policy(mut self, policy: Policy) -> Self {
-        self.policy = policy;
         self
     }
 }
@@ -339,10 +334,6 @@ impl Topology {
     /// The balancer's URL, `http://127.0.0.1:PORT`: where shoppers go.
     pub fn url(&self) -> String {
         format!("http://{}", self.lb_addr)
-    }
-
-    pub fn lb_addr(&self) -> SocketAddr {
-        self.lb_addr
     }
 
     pub fn balancer(&self) -> &Arc<Balancer> {

@@ -12,7 +12,7 @@ use shop::http::page::escape;
 use shop::shopper::Shopper;
 use shop::store::MemoryCarts;
 use shop::testing::LocalShop;
-use shop::{Catalog, StageInfo};
+use shop::{BoxError, Catalog, NoArgs, Services, Stage, StageInfo};
 
 static TEST_STAGE: StageInfo = StageInfo {
     package: "shop-tests",
@@ -23,15 +23,34 @@ static TEST_STAGE: StageInfo = StageInfo {
     sticky: false,
 };
 
+/// The shared surface with nothing of a stage's own: carts in memory.
+struct TestStage;
+
+impl Stage for TestStage {
+    const INFO: &'static StageInfo = &TEST_STAGE;
+    type Args = NoArgs;
+    type Carts = MemoryCarts;
+    type State = ();
+
+    async fn start(_args: &NoArgs) -> Result<(MemoryCarts, ()), BoxError> {
+        Ok((MemoryCarts::default(), ()))
+    }
+
+    async fn demo(_: NoArgs, _: std::path::PathBuf, _: Services) -> Result<(), BoxError> {
+        Err("the shared crate's test stage tells no story".into())
+    }
+}
+
+/// One in-process instance behind the balancer.
+async fn one_instance() -> LocalShop {
+    LocalShop::start::<TestStage>(vec![(MemoryCarts::default(), ())], lb::Policy::RoundRobin)
+        .await
+        .expect("shop starts")
+}
+
 /// One instance behind the balancer, and a shopper with two T-shirts in the cart.
 async fn shop_with_a_cart() -> (LocalShop, Shopper) {
-    let shop = LocalShop::start(
-        &TEST_STAGE,
-        vec![MemoryCarts::default()],
-        lb::Policy::RoundRobin,
-    )
-    .await
-    .expect("shop starts");
+    let shop = one_instance().await;
     let shopper = Shopper::new(shop.url()).expect("client");
     shopper.add("TEE-RED-M", 2).await.expect("first add works");
     (shop, shopper)
@@ -413,13 +432,7 @@ async fn shop_page_shows_the_stage_the_instance_and_the_cart() {
 
 #[tokio::test]
 async fn client_id_cookie_is_http_only_and_same_site() {
-    let shop = LocalShop::start(
-        &TEST_STAGE,
-        vec![MemoryCarts::default()],
-        lb::Policy::RoundRobin,
-    )
-    .await
-    .expect("shop starts");
+    let shop = one_instance().await;
     let response = reqwest::get(format!("{}/api/cart", shop.url()))
         .await
         .expect("response");

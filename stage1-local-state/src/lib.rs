@@ -25,7 +25,7 @@
 mod demo;
 
 use shop::store::MemoryCarts;
-use shop::{BoxError, NoArgs, Stage, StageInfo};
+use shop::{BoxError, NoArgs, Services, Stage, StageInfo};
 
 /// Stage 1: carts in each instance's memory, behind round-robin.
 #[derive(Debug)]
@@ -48,16 +48,17 @@ pub static INFO: StageInfo = StageInfo {
 impl Stage for Stage1 {
     const INFO: &'static StageInfo = &INFO;
     type Args = NoArgs;
-    type Store = MemoryCarts;
+    type Carts = MemoryCarts;
+    type State = ();
 
-    async fn store(_args: &NoArgs) -> Result<MemoryCarts, BoxError> {
-        Ok(MemoryCarts::default())
+    async fn start(_args: &NoArgs) -> Result<(MemoryCarts, ()), BoxError> {
+        Ok((MemoryCarts::default(), ()))
     }
 
     async fn demo(
         _args: NoArgs,
         exe: std::path::PathBuf,
-        _services: shop::Services,
+        _services: Services,
     ) -> Result<(), BoxError> {
         demo::run(exe).await
     }

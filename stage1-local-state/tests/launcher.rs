@@ -104,3 +104,10 @@ fn demo_narrates_the_vanishing_cart_and_exits() {
     );
     assert!(story.contains("Lesson:"), "{story}");
 }
+
+#[test]
+fn up_flags_reach_every_instance() {
+    // Stage 1 has no flags of its own; the check still proves that the
+    // instances start with exactly that: nothing was invented on the way.
+    shop::testing::assert_up_flags_reach_every_instance::<stage1::Stage1>(STAGE1, &[]);
+}

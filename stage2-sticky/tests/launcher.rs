@@ -1,4 +1,5 @@
-//! `stage2 demo` tells the whole story and exits.
+//! The real `stage2` binary: `up` hands its flags on, and `demo` tells the
+//! whole story and exits.
 
 #[test]
 fn demo_narrates_pinning_the_crash_the_drain_and_the_skew() {
@@ -13,4 +14,13 @@ fn demo_narrates_pinning_the_crash_the_drain_and_the_skew() {
     );
     assert!(story.contains("drained") && story.contains("i4"), "{story}");
     assert!(story.contains("Lesson:"), "{story}");
+}
+
+#[test]
+fn up_flags_reach_every_instance() {
+    // Stage 2 has no flags of its own (stickiness is the balancer's).
+    shop::testing::assert_up_flags_reach_every_instance::<stage2::Stage2>(
+        env!("CARGO_BIN_EXE_stage2"),
+        &[],
+    );
 }

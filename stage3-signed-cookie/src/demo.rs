@@ -12,9 +12,9 @@ use serde_json::json;
 use shop::narrate::Narrator;
 use shop::shopper::set_cookie_value;
 use shop::topology::{Topology, TopologyConfig};
-use shop::{BoxError, Catalog, Stage};
+use shop::{BoxError, Catalog};
 
-use crate::{CookieArgs, Stage3};
+use crate::CookieArgs;
 
 /// One request's outcome: who served it, what cart, what cookie came back.
 struct Seen {
@@ -115,7 +115,7 @@ pub async fn run(args: CookieArgs, exe: PathBuf) -> Result<(), BoxError> {
     let mut say = Narrator::new();
     say.title("Stage 3 · Signed cookie: the cart travels with the shopper");
     let mut config = TopologyConfig::for_tests(exe, &crate::INFO);
-    config.env = Stage3::instance_env(&args);
+    config.env = shop::flags::instance_env(&args)?;
     let topology = Topology::start(config).await?;
     say.note(&format!(
         "Started 3 instances behind a round-robin balancer at {}, sharing one signing secret.",

@@ -1,7 +1,8 @@
 //! The cookie secrets: one that signs, older ones that still verify.
 //!
-//! `SHOP_COOKIE_SECRET` signs every cart; `SHOP_COOKIE_OLD_SECRETS`
-//! (comma-separated) only verify, so a secret can be rotated without
+//! `--cookie-secret` (`SHOP_COOKIE_SECRET`) signs every cart;
+//! `--cookie-old-secrets` (`SHOP_COOKIE_OLD_SECRETS`, comma-separated) only
+//! verify, so a secret can be rotated without
 //! emptying every shopper's cart: put the new one in `SHOP_COOKIE_SECRET`,
 //! the old one in `SHOP_COOKIE_OLD_SECRETS`, and cookies signed with the old
 //! one are re-signed with the new one the next time their shopper comes by.
@@ -14,14 +15,15 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE, URL_SAFE_NO_PAD};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 /// The smallest secret accepted, in bytes.
-pub const MIN_SECRET_BYTES: usize = 32;
+pub(crate) const MIN_SECRET_BYTES: usize = 32;
 /// The signing secret's environment variable.
-pub const SECRET_ENV: &str = "SHOP_COOKIE_SECRET";
+pub(crate) const SECRET_ENV: &str = "SHOP_COOKIE_SECRET";
 /// The verify-only secrets' environment variable.
-pub const OLD_SECRETS_ENV: &str = "SHOP_COOKIE_OLD_SECRETS";
+pub(crate) const OLD_SECRETS_ENV: &str = "SHOP_COOKIE_OLD_SECRETS";
 
 /// One secret and its id.
 #[derive(Clone)]
@@ -77,8 +79,41 @@ impl Key {
     }
 
     /// The secret as hex, to hand to instances through the environment.
-    pub fn to_hex(&self) -> String {
-        self.secret.iter().map(|b| format!("{b:02x}")).collect()
+    pub(crate) fn to_hex(&self) -> String {
+        hex::encode(&self.secret)
+    }
+}
+
+/// Which key signed a cookie.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyAge {
+    /// The key that signs today.
+    Current,
+    /// An older key that still verifies: the cookie should be re-signed.
+    Retired,
+}
+
+/// A secret given as a flag: kept out of `Debug` output (and so out of
+/// logs), handed on to instances as it was given.
+#[derive(Clone, Serialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for Secret {
+    fn from(text: String) -> Self {
+        Self(text)
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<secret>")
     }
 }
 
@@ -100,13 +135,8 @@ pub enum KeyError {
 }
 
 fn decode_secret(text: &str) -> Result<Vec<u8>, KeyError> {
-    let is_hex =
-        !text.is_empty() && text.len() % 2 == 0 && text.bytes().all(|b| b.is_ascii_hexdigit());
-    if is_hex {
-        return Ok((0..text.len())
-            .step_by(2)
-            .filter_map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
-            .collect());
+    if let Ok(bytes) = hex::decode(text) {
+        return Ok(bytes);
     }
     [&STANDARD, &URL_SAFE, &URL_SAFE_NO_PAD]
         .iter()
@@ -126,11 +156,15 @@ impl Keys {
         Self { current, old }
     }
 
-    /// Reads `SHOP_COOKIE_SECRET` and `SHOP_COOKIE_OLD_SECRETS`.
-    pub fn from_env() -> Result<Self, KeyError> {
-        let current = std::env::var(SECRET_ENV).map_err(|_| KeyError::Missing)?;
-        let current = Key::parse(&current)?;
-        let old = std::env::var(OLD_SECRETS_ENV)
+    /// The keys from the secret flags: the signing one, and the
+    /// comma-separated list of older ones.
+    pub(crate) fn from_secrets(
+        current: Option<&Secret>,
+        old: Option<&Secret>,
+    ) -> Result<Self, KeyError> {
+        let current = Key::parse(current.ok_or(KeyError::Missing)?.expose())?;
+        let old = old
+            .map(Secret::expose)
             .unwrap_or_default()
             .split(',')
             .map(str::trim)
@@ -145,11 +179,14 @@ impl Keys {
     }
 
     /// The key with this id, and whether it is the current one.
-    pub fn find(&self, id: &str) -> Option<(&Key, bool)> {
+    pub fn find(&self, id: &str) -> Option<(&Key, KeyAge)> {
         if self.current.id == id {
-            return Some((&self.current, true));
+            return Some((&self.current, KeyAge::Current));
         }
-        self.old.iter().find(|k| k.id == id).map(|k| (k, false))
+        self.old
+            .iter()
+            .find(|k| k.id == id)
+            .map(|k| (k, KeyAge::Retired))
     }
 }
 
@@ -160,10 +197,7 @@ mod tests {
     #[test]
     fn hex_and_base64_secrets_give_the_same_key() {
         let hex = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
-        let bytes: Vec<u8> = (0..32)
-            .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("hex"))
-            .collect();
-        let b64 = STANDARD.encode(&bytes);
+        let b64 = STANDARD.encode(hex::decode(hex).expect("hex"));
         assert_eq!(
             Key::parse(hex).expect("hex").id(),
             Key::parse(&b64).expect("b64").id()
@@ -183,5 +217,7 @@ mod tests {
     fn debug_never_shows_the_secret() {
         let key = Key::new(vec![0xAB; 32]).expect("key");
         assert!(!format!("{key:?}").to_lowercase().contains("abab"));
+        let secret = Secret::from("abab".repeat(16));
+        assert!(!format!("{secret:?}").contains("abab"));
     }
 }

@@ -9,10 +9,11 @@
 //! the last response to arrive wins.
 //!
 //! **What changed since stage 2:** the cart store ([`store::CookieCarts`]
-//! instead of `MemoryCarts`), and the balancer is plain round-robin again:
-//! stickiness is no longer needed. One piece of state is still shared by
-//! the instances: the signing secret (`SHOP_COOKIE_SECRET`). `stage3 up`
-//! makes one and hands it to every instance it starts.
+//! instead of `MemoryCarts`), a cookie meter on the page ([`page`]), and
+//! the balancer is plain round-robin again: stickiness is no longer needed.
+//! One piece of state is still shared by the instances: the signing secret
+//! (`SHOP_COOKIE_SECRET`). `stage3 up` makes one and hands it to every
+//! instance it starts.
 //!
 //! **Run it:** `cargo run -p stage3`, open <http://127.0.0.1:8080> and watch
 //! the cookie meter under the cart grow; or `cargo run -p stage3 -- demo`.
@@ -24,19 +25,21 @@
 //! ```
 //!
 //! The modules: [`keys`] (secrets and rotation), [`token`] (the signed
-//! format, by hand), [`store`] (the cart store that uses them).
+//! format, by hand), [`store`] (the cart store that uses them, and its one
+//! error), [`page`] (the cookie meter).
 
 mod demo;
 pub mod keys;
+mod page;
 pub mod store;
 pub mod token;
 
-use std::ffi::OsString;
 use std::time::Duration;
 
-use shop::{BoxError, Stage, StageInfo};
+use serde::Serialize;
+use shop::{BoxError, Scope, Services, Stage, StageInfo, Widget};
 
-use crate::keys::{Key, Keys, SECRET_ENV};
+use crate::keys::{Key, Keys, OLD_SECRETS_ENV, SECRET_ENV, Secret};
 use crate::store::CookieCarts;
 use crate::token::Codec;
 
@@ -61,7 +64,7 @@ pub static INFO: StageInfo = StageInfo {
 
 /// Stage 3's flags. Each has an environment fallback, which is also how
 /// `up` hands them to its instances.
-#[derive(Clone, Debug, clap::Args)]
+#[derive(Clone, Debug, clap::Args, Serialize)]
 pub struct CookieArgs {
     /// The cart cookie's name.
     #[arg(long, env = "SHOP_CART_COOKIE", default_value = "cart")]
@@ -69,56 +72,66 @@ pub struct CookieArgs {
     /// How long a cart cookie stays valid after its last change (enforced by
     /// the server through `exp`, not only by the browser's `Max-Age`).
     #[arg(long, env = "SHOP_CART_TTL", default_value = "7days", value_parser = humantime::parse_duration)]
+    #[serde(serialize_with = "shop::flags::duration")]
     pub cart_ttl: Duration,
     /// Mark the cookie `Secure` (only sent over HTTPS).
     #[arg(long, env = "SHOP_SECURE_COOKIES")]
     pub secure_cookies: bool,
+    /// The secret that signs carts: at least 32 bytes, hex or base64. Every
+    /// instance needs the same one; `up` and `demo` make one when it is
+    /// unset. Prefer the variable: a flag shows in `ps`.
+    #[arg(long, env = SECRET_ENV, hide_env_values = true)]
+    pub cookie_secret: Option<Secret>,
+    /// Older secrets that still verify, comma-separated (key rotation).
+    #[arg(long, env = OLD_SECRETS_ENV, hide_env_values = true)]
+    pub cookie_old_secrets: Option<Secret>,
 }
 
 impl Stage for Stage3 {
     const INFO: &'static StageInfo = &INFO;
     type Args = CookieArgs;
-    type Store = CookieCarts;
+    type Carts = CookieCarts;
+    type State = ();
 
-    async fn store(args: &CookieArgs) -> Result<CookieCarts, BoxError> {
+    /// The key is the one piece of state the instances still share: with
+    /// different keys, each would reject the others' cookies. So `up` and
+    /// `demo` make one for the whole fleet when none was given; an instance
+    /// started on its own must be given one (it would share it with nobody).
+    async fn services(args: &mut CookieArgs, scope: Scope) -> Result<Services, BoxError> {
+        let mut services = Services::default();
+        if scope == Scope::Fleet && args.cookie_secret.is_none() {
+            args.cookie_secret = Some(Secret::from(Key::random()?.to_hex()));
+            services.describe(format!(
+                "Cookie key: made at random for this run (set {SECRET_ENV} to keep carts valid across runs)"
+            ));
+        }
+        Ok(services)
+    }
+
+    async fn start(args: &CookieArgs) -> Result<(CookieCarts, ()), BoxError> {
         // No secret, or a short one: refuse to start rather than sign with
         // something guessable.
-        let keys = Keys::from_env()?;
+        let keys = Keys::from_secrets(
+            args.cookie_secret.as_ref(),
+            args.cookie_old_secrets.as_ref(),
+        )?;
         tracing::info!(key_id = keys.current().id(), "signing cart cookies");
-        Ok(CookieCarts::new(
+        let carts = CookieCarts::new(
             Codec::new(keys, args.cart_ttl.as_secs()),
             args.cart_cookie.clone(),
             args.cart_ttl,
             args.secure_cookies,
-        ))
+        );
+        Ok((carts, ()))
     }
 
-    fn instance_env(args: &CookieArgs) -> Vec<(OsString, OsString)> {
-        let mut env = vec![
-            ("SHOP_CART_COOKIE".into(), args.cart_cookie.clone().into()),
-            (
-                "SHOP_CART_TTL".into(),
-                humantime::format_duration(args.cart_ttl).to_string().into(),
-            ),
-        ];
-        if args.secure_cookies {
-            env.push(("SHOP_SECURE_COOKIES".into(), "true".into()));
-        }
-        // The key is the one piece of state the instances still share: with
-        // different keys, each would reject the others' cookies.
-        if std::env::var_os(SECRET_ENV).is_none() {
-            match Key::random() {
-                Ok(key) => env.push((SECRET_ENV.into(), key.to_hex().into())),
-                Err(error) => tracing::error!(%error, "cannot make a cookie secret"),
-            }
-        }
-        env
-    }
+    const WIDGETS: &'static [Widget] = &[page::METER];
+    const LOG_HEADERS: &'static [&'static str] = &["x-cart-cookie"];
 
     async fn demo(
         args: CookieArgs,
         exe: std::path::PathBuf,
-        _services: shop::Services,
+        _services: Services,
     ) -> Result<(), BoxError> {
         demo::run(args, exe).await
     }

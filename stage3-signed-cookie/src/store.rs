@@ -13,17 +13,48 @@
 //!   change is lost (last writer wins);
 //! * an old cookie, sent again, is still valid until it expires.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use cookie::{Cookie, CookieJar};
 use shop::cart::{Cart, CartOp};
 use shop::cookies::shop_cookie;
-use shop::http::{CART_COOKIE, CART_COOKIE_BYTES, COOKIE_LIMIT};
-use shop::{ApiError, CartReply, CartStore};
+use shop::{ApiError, CartReply, CartStore, StageError};
 
+use crate::keys::KeyAge;
 use crate::token::{Codec, Rejection};
+
+/// The size of the cart's `Set-Cookie` header, in bytes.
+pub(crate) const CART_COOKIE_BYTES: HeaderName = HeaderName::from_static("x-cart-cookie-bytes");
+/// What happened to the cart cookie, e.g. `rejected; reason=expired`.
+pub(crate) const CART_COOKIE: HeaderName = HeaderName::from_static("x-cart-cookie");
+/// The size browsers guarantee a cookie, attributes included.
+pub(crate) const COOKIE_LIMIT: usize = 4096;
+
+/// Stage 3's own failure.
+#[derive(Debug, thiserror::Error)]
+pub enum CookieError {
+    /// 413 `cart_too_large_for_cookie`: the cart's cookie would pass the
+    /// 4096-byte limit browsers guarantee; the cart is unchanged.
+    #[error(
+        "that change would make your cart's cookie {bytes} bytes; the limit is {limit} bytes, so the cart was left as it was"
+    )]
+    CartTooLargeForCookie { bytes: usize, limit: usize },
+}
+
+impl StageError for CookieError {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::CartTooLargeForCookie { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            Self::CartTooLargeForCookie { .. } => "cart_too_large_for_cookie",
+        }
+    }
+}
 
 /// Carts kept in signed cookies.
 #[derive(Debug)]
@@ -32,8 +63,6 @@ pub struct CookieCarts {
     name: String,
     ttl: Duration,
     secure: bool,
-    /// Cookies re-signed because they were signed with an old key.
-    resigned: AtomicU64,
 }
 
 impl CookieCarts {
@@ -43,13 +72,7 @@ impl CookieCarts {
             name,
             ttl,
             secure,
-            resigned: AtomicU64::new(0),
         }
-    }
-
-    /// How many cookies this instance re-signed with the current key.
-    pub fn resigned(&self) -> u64 {
-        self.resigned.load(Ordering::Relaxed)
     }
 
     /// The cookie as it will be sent: value plus every attribute.
@@ -61,15 +84,12 @@ impl CookieCarts {
         cookie
     }
 
-    /// Reads the cart out of the request's cookie.
-    fn read(&self, cookies: &CookieJar, now: u64) -> (Cart, Result<bool, Rejection>) {
-        let Some(cookie) = cookies.get(&self.name) else {
-            return (Cart::new(), Err(Rejection::Missing));
-        };
-        match self.codec.verify(&self.name, cookie.value(), now) {
-            Ok(verified) => (verified.cart, Ok(verified.old_key)),
-            Err(reason) => (Cart::new(), Err(reason)),
-        }
+    /// Reads the cart out of the request's cookie: the cart and which key
+    /// signed it, or why it was not accepted (`Missing` when there was none).
+    fn read(&self, cookies: &CookieJar, now: u64) -> Result<(Cart, KeyAge), Rejection> {
+        let cookie = cookies.get(&self.name).ok_or(Rejection::Missing)?;
+        let verified = self.codec.verify(&self.name, cookie.value(), now)?;
+        Ok((verified.cart, verified.key))
     }
 }
 
@@ -82,11 +102,22 @@ fn unix_now() -> u64 {
 impl CartStore for CookieCarts {
     async fn apply(&self, cookies: &CookieJar, op: CartOp) -> Result<CartReply, ApiError> {
         let now = unix_now();
-        let (mut cart, read) = self.read(cookies, now);
+        let read = self.read(cookies, now);
+        let cookie_is_fine = matches!(read, Ok((_, KeyAge::Current)));
         let mut headers = HeaderMap::new();
         let mut notices = Vec::new();
-        match read {
-            Err(Rejection::Missing) | Ok(false) => {}
+        let mut cart = match read {
+            Ok((cart, KeyAge::Current)) => cart,
+            Ok((cart, KeyAge::Retired)) => {
+                headers.insert(
+                    CART_COOKIE,
+                    HeaderValue::from_static("resigned; reason=old-key"),
+                );
+                tracing::info!("re-signing a cart cookie made with an old key");
+                cart
+            }
+            // A first visit: nothing to report, it is not an attack.
+            Err(Rejection::Missing) => Cart::new(),
             Err(reason) => {
                 // The reason, never the value: a log is no place for a cart
                 // someone may be trying to forge.
@@ -100,20 +131,15 @@ impl CartStore for CookieCarts {
                     headers.insert(CART_COOKIE, value);
                 }
                 notices.push(format!("Your cart was reset: {}.", reason.explain()));
+                Cart::new()
             }
-            Ok(true) => {
-                headers.insert(
-                    CART_COOKIE,
-                    HeaderValue::from_static("resigned; reason=old-key"),
-                );
-            }
-        }
+        };
         // A refused change leaves the cookie (and so the cart) as it was.
         cart.apply(op)?;
 
         // Write a new cookie when something changed, when the old one must
-        // be replaced (rejected, or under an old key), or on first contact.
-        let rewrite = op.is_write() || read != Ok(false);
+        // be replaced (rejected, or under a retired key), or on first contact.
+        let rewrite = op.is_write() || !cookie_is_fine;
         let (value, send) = match (rewrite, cookies.get(&self.name)) {
             (false, Some(existing)) => (existing.value().to_owned(), false),
             _ => (self.codec.sign(&self.name, &cart, now), true),
@@ -121,14 +147,11 @@ impl CartStore for CookieCarts {
         let cookie = self.cookie(value);
         let bytes = cookie.to_string().len();
         if send && bytes > COOKIE_LIMIT {
-            return Err(ApiError::CartTooLargeForCookie {
+            return Err(CookieError::CartTooLargeForCookie {
                 bytes,
                 limit: COOKIE_LIMIT,
-            });
-        }
-        if read == Ok(true) {
-            let total = self.resigned.fetch_add(1, Ordering::Relaxed) + 1;
-            tracing::info!(total, "re-signed a cart cookie made with an old key");
+            }
+            .into());
         }
         headers.insert(CART_COOKIE_BYTES, HeaderValue::from(bytes));
         let mut reply = CartReply::new(cart);

@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use shop::cart::{Cart, CartLine};
 
-use crate::keys::{Key, Keys};
+use crate::keys::{Key, KeyAge, Keys};
 
 const VERSION: &str = "v1";
 
@@ -100,8 +100,8 @@ struct Payload {
 #[derive(Debug)]
 pub struct Verified {
     pub cart: Cart,
-    /// Signed with an old key: should be re-signed with the current one.
-    pub old_key: bool,
+    /// Which key signed it: a retired one's cookie is re-signed.
+    pub key: KeyAge,
 }
 
 /// Signs carts into tokens and verifies tokens back into carts.
@@ -166,7 +166,7 @@ impl Codec {
         if version != VERSION {
             return Err(Rejection::Malformed);
         }
-        let (key, current) = self.keys.find(kid).ok_or(Rejection::UnknownKey)?;
+        let (key, age) = self.keys.find(kid).ok_or(Rejection::UnknownKey)?;
         let tag = URL_SAFE_NO_PAD
             .decode(mac_b64)
             .map_err(|_| Rejection::Malformed)?;
@@ -191,10 +191,7 @@ impl Codec {
         // Signed by this shop, so it followed the rules when signed; the
         // catalog may have changed since.
         let cart = Cart::from_lines(lines).map_err(|_| Rejection::Malformed)?;
-        Ok(Verified {
-            cart,
-            old_key: !current,
-        })
+        Ok(Verified { cart, key: age })
     }
 
     /// A MAC failed: was it a value signed for another cookie, or altered?
@@ -253,7 +250,7 @@ mod tests {
         let token = codec().sign("cart", &cart(), 1_000);
         let verified = codec().verify("cart", &token, 1_001).expect("valid");
         assert_eq!(verified.cart, cart());
-        assert!(!verified.old_key);
+        assert_eq!(verified.key, KeyAge::Current);
     }
 
     #[test]

@@ -9,9 +9,10 @@ use std::path::PathBuf;
 use shop::BoxError;
 use shop::narrate::Narrator;
 use shop::shopper::{Shopper, set_cookie_value};
-use shop::store::RedisCarts;
-use shop::store::redis::{SESSION_COOKIE, SessionArgs};
 use shop::topology::{Topology, TopologyConfig};
+
+use crate::SessionArgs;
+use crate::sessions::{RedisSessions, SESSION_COOKIE};
 
 pub async fn run(args: SessionArgs, exe: PathBuf) -> Result<(), BoxError> {
     let mut say = Narrator::new();
@@ -21,7 +22,7 @@ pub async fn run(args: SessionArgs, exe: PathBuf) -> Result<(), BoxError> {
         .clone()
         .ok_or("no Redis: set REDIS_URL or install redis-server")?;
     let topology = Topology::start(TopologyConfig {
-        env: args.instance_env(),
+        env: shop::flags::instance_env(&args)?,
         ..TopologyConfig::for_tests(exe, &crate::INFO)
     })
     .await?;
@@ -55,7 +56,7 @@ pub async fn run(args: SessionArgs, exe: PathBuf) -> Result<(), BoxError> {
     let mut redis = redis::Client::open(redis_url.as_str())?
         .get_multiplexed_async_connection()
         .await?;
-    let key = RedisCarts::key_for(&sid);
+    let key = RedisSessions::key_for(&sid);
     let fields: Vec<String> = redis::cmd("HGETALL")
         .arg(&key)
         .query_async(&mut redis)

@@ -10,10 +10,10 @@
 //! empty cart).
 //!
 //! **What changed since stage 3:** the cart store
-//! ([`shop::store::RedisCarts`] instead of signed cookies), and a
-//! `DELETE /api/session` route to end a session. The balancer stays plain
-//! round-robin. The instances share one thing: `REDIS_URL`; `stage4 up`
-//! starts a private `redis-server` when it is unset.
+//! ([`sessions::RedisSessions`] instead of signed cookies), and a
+//! `DELETE /api/session` route to end a session ([`routes`]). The balancer
+//! stays plain round-robin. The instances share one thing: `REDIS_URL`;
+//! `stage4 up` starts a private `redis-server` when it is unset.
 //!
 //! **Run it:** `cargo run -p stage4`, open <http://127.0.0.1:8080>, kill
 //! the instance that served you from the dashboard, and reload; or
@@ -26,16 +26,24 @@
 //! redis-cli -u "$REDIS_URL" --scan --pattern 'myclothes:session:*'   # the cart's home
 //! ```
 //!
-//! The session store itself is in `shop` (stage 5 keeps sessions in Redis
-//! too); this crate holds the stage's lesson, flags, demo and tests.
+//! The modules: [`sessions`] (the store: sessions in Redis, each holding a
+//! cart, changed by Lua scripts), [`error`] (its one failure), [`routes`]
+//! (ending a session). Stage 5 keeps its sessions here too.
 
 mod demo;
+pub mod error;
+pub mod routes;
+pub mod sessions;
+#[cfg(feature = "testing")]
+pub mod testing;
 
-use std::ffi::OsString;
+use std::time::Duration;
 
-use shop::store::RedisCarts;
-use shop::store::redis::SessionArgs;
-use shop::{BoxError, Services, Stage, StageInfo};
+use serde::Serialize;
+use shop::services::redis::{REDIS_URL_ENV, RedisServer};
+use shop::{BoxError, Scope, Services, Stage, StageInfo};
+
+use crate::sessions::{RedisSessions, SessionSettings};
 
 /// Stage 4: carts in Redis under a server-side session, behind round-robin.
 #[derive(Debug)]
@@ -56,24 +64,79 @@ pub static INFO: StageInfo = StageInfo {
     sticky: false,
 };
 
+/// The flags of a stage that keeps sessions in Redis (stages 4 and 5). Each
+/// has an environment fallback, which is also how `up` hands them to its
+/// instances.
+#[derive(Clone, Debug, clap::Args, Serialize)]
+pub struct SessionArgs {
+    /// The Redis that holds the sessions. Unset: a private `redis-server`
+    /// is started (and stopped on exit).
+    #[arg(long, env = REDIS_URL_ENV, hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// Idle lifetime of a session; every request renews it.
+    #[arg(long, env = "SHOP_SESSION_TTL", default_value = "30m", value_parser = humantime::parse_duration)]
+    #[serde(serialize_with = "shop::flags::duration")]
+    pub session_ttl: Duration,
+    /// How long a request waits for Redis before answering 503.
+    #[arg(long, env = "SHOP_STORE_TIMEOUT", default_value = "500ms", value_parser = humantime::parse_duration)]
+    #[serde(serialize_with = "shop::flags::duration")]
+    pub store_timeout: Duration,
+    /// Mark the `sid` cookie `Secure` (only sent over HTTPS).
+    #[arg(long, env = "SHOP_SECURE_COOKIES")]
+    pub secure_cookies: bool,
+}
+
+impl SessionArgs {
+    /// Starts a private `redis-server` when no Redis URL was given, and
+    /// records its URL.
+    pub async fn start_redis_if_unset(&mut self, services: &mut Services) -> Result<(), BoxError> {
+        if self.redis_url.is_none() {
+            let server = RedisServer::start().await?;
+            let url = server.url();
+            services.keep(
+                server,
+                format!("Redis:      {url}   (private redis-server; set {REDIS_URL_ENV} to use your own)"),
+            );
+            self.redis_url = Some(url);
+        }
+        Ok(())
+    }
+
+    /// The session store these flags describe.
+    pub fn connect(&self) -> Result<RedisSessions, BoxError> {
+        let url = self.redis_url.as_deref().ok_or_else(|| {
+            format!("no Redis to keep sessions in: set {REDIS_URL_ENV}=redis://host:port")
+        })?;
+        let settings = SessionSettings {
+            ttl: self.session_ttl,
+            timeout: self.store_timeout,
+            secure_cookies: self.secure_cookies,
+        };
+        Ok(RedisSessions::connect(url, settings)?)
+    }
+}
+
 impl Stage for Stage4 {
     const INFO: &'static StageInfo = &INFO;
     type Args = SessionArgs;
-    type Store = RedisCarts;
+    type Carts = RedisSessions;
+    type State = ();
 
-    async fn services(args: &mut SessionArgs) -> Result<Services, BoxError> {
+    async fn services(args: &mut SessionArgs, _scope: Scope) -> Result<Services, BoxError> {
         let mut services = Services::default();
         args.start_redis_if_unset(&mut services).await?;
         Ok(services)
     }
 
-    async fn store(args: &SessionArgs) -> Result<RedisCarts, BoxError> {
-        args.connect()
+    async fn start(args: &SessionArgs) -> Result<(RedisSessions, ()), BoxError> {
+        Ok((args.connect()?, ()))
     }
 
-    fn instance_env(args: &SessionArgs) -> Vec<(OsString, OsString)> {
-        args.instance_env()
+    fn routes() -> axum::Router<std::sync::Arc<shop::Shop<Self>>> {
+        routes::session_routes()
     }
+
+    const LOG_HEADERS: &'static [&'static str] = &["x-session"];
 
     async fn demo(
         args: SessionArgs,

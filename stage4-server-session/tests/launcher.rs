@@ -84,3 +84,18 @@ fn demo_narrates_the_disposable_instance_and_exits() {
     assert!(story.contains("cart empty"), "no resurrection: {story}");
     assert!(story.contains("Lesson:"), "{story}");
 }
+
+#[test]
+fn up_flags_reach_every_instance() {
+    // The instances connect to Redis on first use, so an address nothing
+    // listens on is enough to see the flag arrive.
+    shop::testing::assert_up_flags_reach_every_instance::<stage4::Stage4>(
+        STAGE4,
+        &[
+            ("--redis-url", "redis://127.0.0.1:9/"),
+            ("--session-ttl", "7m"),
+            ("--store-timeout", "750ms"),
+            ("--secure-cookies", ""),
+        ],
+    );
+}

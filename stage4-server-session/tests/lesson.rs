@@ -14,9 +14,8 @@ use futures_util::future::join_all;
 use reqwest::header::RETRY_AFTER;
 use reqwest::{Method, StatusCode};
 use shop::shopper::{Shopper, set_cookie_value};
-use shop::store::RedisCarts;
-use shop::store::redis::{SESSION_COOKIE, SESSION_HEADER, SESSION_KEY_PREFIX};
-use shop::testing::{SessionShop, request_with_sid};
+use stage4::sessions::{RedisSessions, SESSION_COOKIE, SESSION_HEADER, SESSION_KEY_PREFIX};
+use stage4::testing::{SessionShop, request_with_sid};
 
 const STAGE4: &str = env!("CARGO_BIN_EXE_stage4");
 
@@ -204,7 +203,7 @@ async fn redis_key_does_not_contain_the_session_id() {
     let keys = shop.redis_keys().await;
     assert_eq!(
         keys,
-        [RedisCarts::key_for(&sid)],
+        [RedisSessions::key_for(&sid)],
         "one session, under the hash of its id"
     );
     assert!(keys[0].starts_with(SESSION_KEY_PREFIX));
@@ -237,7 +236,7 @@ async fn session_expires_after_idle_ttl() {
     let alice = shop.shopper();
     let sid = start_session(&alice).await;
     alice.add("TEE-RED-M", 1).await.expect("add");
-    let key = RedisCarts::key_for(&sid);
+    let key = RedisSessions::key_for(&sid);
     let mut redis = shop.redis_connection().await;
     let ttl_ms: i64 = redis::cmd("PTTL")
         .arg(&key)
@@ -283,7 +282,7 @@ async fn every_request_slides_the_idle_expiry() {
     let shop = spawn_shop().await;
     let alice = shop.shopper();
     let sid = start_session(&alice).await;
-    let key = RedisCarts::key_for(&sid);
+    let key = RedisSessions::key_for(&sid);
     let mut redis = shop.redis_connection().await;
 
     // Pretend the session has sat idle for most of its 30 minutes.
@@ -328,7 +327,7 @@ async fn unknown_session_id_is_not_adopted() {
     assert_ne!(issued, planted, "the client's id is replaced");
     assert_eq!(
         shop.redis_keys().await,
-        [RedisCarts::key_for(&issued)],
+        [RedisSessions::key_for(&issued)],
         "nothing is stored under the planted id"
     );
 

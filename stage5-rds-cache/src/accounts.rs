@@ -4,7 +4,7 @@
 //! | --- | --- |
 //! | `POST /api/signup {"email","password","name"}` | 201, logged in; 409 `email_taken` |
 //! | `POST /api/login {"email","password"}` | 200; 401 `invalid_credentials` |
-//! | `POST /api/logout` | 204; the session is gone for good |
+//! | `DELETE /api/session` | log out: 204, the session is gone for good (stage 4's route) |
 //! | `GET /api/me` | the profile; 401 `not_logged_in` |
 //! | `PUT /api/me {"name","address":{"line1","line2","city","postcode","country"}}` | the updated profile |
 //!
@@ -17,7 +17,8 @@
 //! Logging in rotates the session id (the anonymous cart moves along): an
 //! id someone planted or saw before login is worth nothing after it.
 //! The session remembers the user (`_user`) and the primary's WAL position
-//! after the shopper's last write (`_lsn`, for read-your-writes).
+//! after the shopper's last write (`_lsn`, for read-your-writes), read back
+//! as a [`Login`].
 
 use std::sync::{Arc, LazyLock};
 
@@ -28,34 +29,70 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use shop::ApiError;
 use shop::cookies::request_jar;
-use shop::http::Shop;
-use shop::http::api::append_reply_headers;
+use shop::http::api::set_cookies;
 use shop::http::json::ApiJson;
+use shop::{ApiError, Shop};
 use sqlx::Row;
+use stage4::sessions::{RedisSessions, Session};
 
+use crate::Stage5;
 use crate::data_path::{self, DATA_PATH, Step};
-use crate::db::database_error;
-use crate::store::DataShop;
+use crate::db::WalPosition;
+use crate::error::DataError;
 
-/// Session fields this module keeps.
+/// The session fields this module keeps.
 const USER: &str = "_user";
 const LSN: &str = "_lsn";
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Signup {
-    pub email: String,
-    pub password: String,
-    pub name: String,
+/// An account's id (`users.id`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct UserId(i64);
+
+/// Who a session is logged in as, and where their last write left the
+/// primary: the session fields, read back as types.
+#[derive(Debug)]
+struct Login {
+    user: UserId,
+    /// Reads of this shopper's own data wait for a replica this far along.
+    last_write: Option<WalPosition>,
+}
+
+impl Login {
+    /// The login a session holds; `None` for an anonymous session.
+    fn from_session(session: &Session) -> Option<Self> {
+        let user = session.get(USER)?.parse().ok().map(UserId)?;
+        Some(Self {
+            user,
+            last_write: session.get(LSN).map(WalPosition::from_stored),
+        })
+    }
+
+    /// The login of the request's session, or 401.
+    async fn of(sessions: &RedisSessions, headers: &HeaderMap) -> Result<Self, ApiError> {
+        let session = sessions
+            .session(&request_jar(headers), &[USER, LSN])
+            .await?;
+        Ok(session
+            .as_ref()
+            .and_then(Self::from_session)
+            .ok_or(DataError::NotLoggedIn)?)
+    }
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Login {
-    pub email: String,
-    pub password: String,
+pub(crate) struct Signup {
+    email: String,
+    password: String,
+    name: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Credentials {
+    email: String,
+    password: String,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -71,9 +108,9 @@ pub struct Address {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ProfileUpdate {
-    pub name: String,
-    pub address: Address,
+pub(crate) struct ProfileUpdate {
+    name: String,
+    address: Address,
 }
 
 /// What `GET /api/me` answers (and what the cache holds).
@@ -85,8 +122,8 @@ pub struct Profile {
 }
 
 /// `POST /api/signup`: creates the account on the primary and logs in.
-pub async fn signup(
-    State(shop): State<Arc<Shop<DataShop>>>,
+pub(crate) async fn signup(
+    State(shop): State<Arc<Shop<Stage5>>>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<Signup>,
 ) -> Result<Response, ApiError> {
@@ -94,7 +131,7 @@ pub async fn signup(
     let name = valid_text("name", &body.name, 1, 100)?;
     valid_password(&body.password)?;
     let hash = hash_password(body.password).await?;
-    let db = &shop.store.db;
+    let db = &shop.state.db;
     let id: i64 = sqlx::query_scalar(
         "INSERT INTO users (email, password_hash, name) VALUES ($1, $2, $3) RETURNING id",
     )
@@ -103,18 +140,15 @@ pub async fn signup(
     .bind(&name)
     .fetch_one(db.primary())
     .await
-    .map_err(|error| match &error {
-        sqlx::Error::Database(e) if e.code().as_deref() == Some("23505") => ApiError::EmailTaken,
-        _ => database_error(&error),
-    })?;
+    .map_err(DataError::from)?;
+    db.count_write();
     let lsn = db.wal_position().await?;
     tracing::info!(user = id, "signed up");
     let cookie = shop
-        .store
         .carts
         .rotate(
             &request_jar(&headers),
-            &[(USER, &id.to_string()), (LSN, &lsn)],
+            &[(USER, &id.to_string()), (LSN, lsn.as_str())],
         )
         .await?;
     let profile = Profile {
@@ -129,10 +163,10 @@ pub async fn signup(
 }
 
 /// `POST /api/login`
-pub async fn login(
-    State(shop): State<Arc<Shop<DataShop>>>,
+pub(crate) async fn login(
+    State(shop): State<Arc<Shop<Stage5>>>,
     headers: HeaderMap,
-    ApiJson(body): ApiJson<Login>,
+    ApiJson(body): ApiJson<Credentials>,
 ) -> Result<Response, ApiError> {
     // Logging in reads the primary: an account made a moment ago may not be
     // on the replica yet, and "no such account" would be wrong. Logins are
@@ -141,24 +175,23 @@ pub async fn login(
         "SELECT id, email, name, password_hash FROM users WHERE lower(email) = lower($1)",
     )
     .bind(body.email.trim())
-    .fetch_optional(shop.store.db.primary())
+    .fetch_optional(shop.state.db.primary())
     .await
-    .map_err(|error| database_error(&error))?;
+    .map_err(DataError::from)?;
     let (found, hash) = match &row {
         Some(row) => (
             true,
             row.try_get::<String, _>("password_hash")
-                .map_err(|error| database_error(&error))?,
+                .map_err(DataError::from)?,
         ),
         None => (false, DUMMY_HASH.clone()),
     };
     let matches = verify_password(body.password, hash).await?;
     let Some(row) = row.filter(|_| found && matches) else {
-        return Err(ApiError::InvalidCredentials);
+        return Err(DataError::InvalidCredentials.into());
     };
-    let id: i64 = row.try_get("id").map_err(|error| database_error(&error))?;
+    let id: i64 = row.try_get("id").map_err(DataError::from)?;
     let cookie = shop
-        .store
         .carts
         .rotate(&request_jar(&headers), &[(USER, &id.to_string())])
         .await?;
@@ -173,40 +206,26 @@ pub async fn login(
 /// A signup or login answer: the new session's cookie, and where the
 /// account was read or written.
 fn logged_in_response(mut response: Response, cookie: cookie::Cookie<'static>) -> Response {
-    append_reply_headers(response.headers_mut(), vec![cookie], HeaderMap::new());
+    set_cookies(response.headers_mut(), [cookie]);
     response
         .headers_mut()
         .insert(DATA_PATH, data_path::header("account", &[Step::Primary]));
     response
 }
 
-/// `POST /api/logout`: deletes the session (cart included), for good.
-pub async fn logout(
-    State(shop): State<Arc<Shop<DataShop>>>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let removal = shop.store.carts.end(&request_jar(&headers)).await?;
-    let mut response = StatusCode::NO_CONTENT.into_response();
-    append_reply_headers(response.headers_mut(), vec![removal], HeaderMap::new());
-    response.headers_mut().insert(
-        DATA_PATH,
-        data_path::header("session", &[Step::SessionStore]),
-    );
-    Ok(response)
-}
-
 /// `GET /api/me`: from the cache, else the replica (or the primary when the
 /// replica has not replayed this shopper's last write).
-pub async fn get_me(
-    State(shop): State<Arc<Shop<DataShop>>>,
+pub(crate) async fn get_me(
+    State(shop): State<Arc<Shop<Stage5>>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (user, lsn) = logged_in(&shop.store, &headers).await?;
-    shop.store
+    let login = Login::of(&shop.carts, &headers).await?;
+    let UserId(user) = login.user;
+    shop.state
         .cached_json(
             &format!("profile:{user}"),
             "profile",
-            lsn.as_deref(),
+            login.last_write.as_ref(),
             move |pool| {
                 Box::pin(async move {
                     let row = sqlx::query(
@@ -224,12 +243,12 @@ pub async fn get_me(
 }
 
 /// `PUT /api/me`: writes the primary, commits, then drops the cached copy.
-pub async fn put_me(
-    State(shop): State<Arc<Shop<DataShop>>>,
+pub(crate) async fn put_me(
+    State(shop): State<Arc<Shop<Stage5>>>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<ProfileUpdate>,
 ) -> Result<Response, ApiError> {
-    let (user, _) = logged_in(&shop.store, &headers).await?;
+    let UserId(user) = Login::of(&shop.carts, &headers).await?.user;
     let name = valid_text("name", &body.name, 1, 100)?;
     let address = Address {
         line1: valid_text("address.line1", &body.address.line1, 1, 200)?,
@@ -238,9 +257,8 @@ pub async fn put_me(
         postcode: valid_text("address.postcode", &body.address.postcode, 1, 20)?,
         country: valid_country(&body.address.country)?,
     };
-    let store = &shop.store;
-    let unavailable = |error: sqlx::Error| database_error(&error);
-    let mut tx = store.db.primary().begin().await.map_err(unavailable)?;
+    let data = &shop.state;
+    let mut tx = data.db.primary().begin().await.map_err(DataError::from)?;
     let email: String = sqlx::query_scalar(
         "UPDATE users SET name = $2, updated_at = now() WHERE id = $1 RETURNING email",
     )
@@ -248,7 +266,7 @@ pub async fn put_me(
     .bind(&name)
     .fetch_one(&mut *tx)
     .await
-    .map_err(unavailable)?;
+    .map_err(DataError::from)?;
     sqlx::query(
         "INSERT INTO addresses (user_id, line1, line2, city, postcode, country)
          VALUES ($1, $2, $3, $4, $5, $6)
@@ -263,17 +281,19 @@ pub async fn put_me(
     .bind(&address.country)
     .execute(&mut *tx)
     .await
-    .map_err(unavailable)?;
-    tx.commit().await.map_err(unavailable)?;
+    .map_err(DataError::from)?;
+    tx.commit().await.map_err(DataError::from)?;
+    data.db.count_write();
     let mut path = vec![Step::Primary];
     // Remember how far the primary was, so this shopper's next read waits
     // for a replica that has it; then drop the stale cached copy.
-    let lsn = store.db.wal_position().await?;
-    if let Some(session) = store.carts.session(&request_jar(&headers), &[]).await? {
-        store.carts.set_fields(&session, &[(LSN, &lsn)]).await?;
+    let lsn = data.db.wal_position().await?;
+    if let Some(session) = shop.carts.session(&request_jar(&headers), &[]).await? {
+        shop.carts
+            .set_fields(&session, &[(LSN, lsn.as_str())])
+            .await?;
     }
-    store
-        .cache
+    data.cache
         .invalidate(&format!("profile:{user}"), &mut path)
         .await;
     let mut response = Json(Profile {
@@ -286,26 +306,6 @@ pub async fn put_me(
         .headers_mut()
         .insert(DATA_PATH, data_path::header("profile", &path));
     Ok(response)
-}
-
-/// The logged-in user's id and last write position, or 401.
-async fn logged_in(
-    store: &DataShop,
-    headers: &HeaderMap,
-) -> Result<(i64, Option<String>), ApiError> {
-    let session = store
-        .carts
-        .session(&request_jar(headers), &[USER, LSN])
-        .await?
-        .ok_or(ApiError::NotLoggedIn)?;
-    let user = session
-        .values
-        .first()
-        .cloned()
-        .flatten()
-        .and_then(|v| v.parse::<i64>().ok())
-        .ok_or(ApiError::NotLoggedIn)?;
-    Ok((user, session.values.get(1).cloned().flatten()))
 }
 
 fn profile_from(row: &sqlx::postgres::PgRow) -> Result<Profile, sqlx::Error> {
@@ -328,10 +328,11 @@ fn profile_from(row: &sqlx::postgres::PgRow) -> Result<Profile, sqlx::Error> {
 }
 
 fn invalid(field: &'static str, problem: impl Into<String>) -> ApiError {
-    ApiError::InvalidField {
+    DataError::InvalidField {
         field,
         problem: problem.into(),
     }
+    .into()
 }
 
 fn valid_email(email: &str) -> Result<String, ApiError> {

@@ -23,10 +23,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 
 use crate::data_path::Step;
-use crate::db::DataStats;
+
+/// What the cache counts, for `/metrics` and the benchmarks.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    /// Calls that failed or timed out.
+    pub errors: AtomicU64,
+}
 
 /// What a lookup found.
 #[derive(Debug)]
@@ -44,7 +52,7 @@ pub struct Cache {
     redis: Option<ConnectionManager>,
     ttl: Duration,
     timeout: Duration,
-    stats: Arc<DataStats>,
+    stats: Arc<CacheStats>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -60,33 +68,26 @@ impl std::fmt::Debug for Cache {
 pub const CACHE_KEY_PREFIX: &str = "myclothes:cache:";
 
 impl Cache {
-    /// A cache in the Redis at `url` (`None`: caching off).
+    /// A cache in the Redis at `url` (`None`: caching off), through the
+    /// same kind of client as the sessions ([`shop::services::redis::client`]).
     pub fn connect(
         url: Option<&str>,
         ttl: Duration,
         timeout: Duration,
-        stats: Arc<DataStats>,
     ) -> Result<Self, redis::RedisError> {
-        let redis = match url {
-            Some(url) => {
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(timeout))
-                    .set_response_timeout(Some(timeout))
-                    .set_max_delay(Duration::from_secs(1))
-                    .set_number_of_retries(1);
-                Some(ConnectionManager::new_lazy_with_config(
-                    redis::Client::open(url)?,
-                    config,
-                )?)
-            }
-            None => None,
-        };
+        let redis = url
+            .map(|url| shop::services::redis::client(url, timeout))
+            .transpose()?;
         Ok(Self {
             redis,
             ttl,
             timeout,
-            stats,
+            stats: Arc::default(),
         })
+    }
+
+    pub fn stats(&self) -> &CacheStats {
+        &self.stats
     }
 
     /// The full key for `name` (e.g. `profile:42`).
@@ -106,12 +107,12 @@ impl Cache {
         let call = command.query_async::<Option<Vec<u8>>>(&mut redis);
         match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(Some(bytes))) => {
-                count(&self.stats.cache_hits);
+                count(&self.stats.hits);
                 path.push(Step::CacheHit);
                 Lookup::Hit(bytes)
             }
             Ok(Ok(None)) => {
-                count(&self.stats.cache_misses);
+                count(&self.stats.misses);
                 path.push(Step::CacheMiss);
                 Lookup::Miss
             }
@@ -135,10 +136,10 @@ impl Cache {
         match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(())) => path.push(Step::Cached),
             Ok(Err(error)) => {
-                count(&self.stats.cache_errors);
+                count(&self.stats.errors);
                 tracing::warn!(%error, "could not fill the cache");
             }
-            Err(_) => count(&self.stats.cache_errors),
+            Err(_) => count(&self.stats.errors),
         }
     }
 
@@ -152,7 +153,7 @@ impl Cache {
         match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(_)) => path.push(Step::Invalidated),
             outcome => {
-                count(&self.stats.cache_errors);
+                count(&self.stats.errors);
                 tracing::warn!(
                     ok = outcome.is_ok(),
                     key = name,
@@ -164,7 +165,7 @@ impl Cache {
     }
 
     fn down(&self, reason: &str, path: &mut Vec<Step>) -> Lookup {
-        count(&self.stats.cache_errors);
+        count(&self.stats.errors);
         tracing::warn!(reason, "cache unavailable; serving from the database");
         path.push(Step::CacheDown);
         Lookup::Unavailable

@@ -4,17 +4,13 @@
 //! earlier stages' static catalog, now from the `products` table (on the
 //! replica), cached under `catalog:all` and `product:<SKU>`.
 
-use std::sync::Arc;
-
-use axum::extract::{Path, State};
 use axum::response::Response;
 use shop::catalog::Product;
-use shop::http::Shop;
 use shop::{ApiError, Catalog};
 use sqlx::Row;
 use sqlx::postgres::PgRow;
 
-use crate::store::DataShop;
+use crate::data::Data;
 
 const COLUMNS: &str = "sku, name, garment, colour, size, price_cents";
 
@@ -30,42 +26,36 @@ fn product(row: &PgRow) -> Result<Product, sqlx::Error> {
 }
 
 /// `GET /api/products`
-pub async fn list_products(State(shop): State<Arc<Shop<DataShop>>>) -> Result<Response, ApiError> {
-    shop.store
-        .cached_json("catalog:all", "catalog", None, |pool| {
-            Box::pin(async move {
-                let rows =
-                    sqlx::query(&format!("SELECT {COLUMNS} FROM products ORDER BY position"))
-                        .fetch_all(pool)
-                        .await?;
-                let products = rows.iter().map(product).collect::<Result<Vec<_>, _>>()?;
-                Ok(Some(products))
-            })
+pub(crate) async fn list_products(data: &Data) -> Result<Response, ApiError> {
+    data.cached_json("catalog:all", "catalog", None, |pool| {
+        Box::pin(async move {
+            let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM products ORDER BY position"))
+                .fetch_all(pool)
+                .await?;
+            let products = rows.iter().map(product).collect::<Result<Vec<_>, _>>()?;
+            Ok(Some(products))
         })
-        .await
+    })
+    .await
 }
 
 /// `GET /api/products/{sku}`
-pub async fn get_product(
-    State(shop): State<Arc<Shop<DataShop>>>,
-    Path(sku): Path<String>,
-) -> Result<Response, ApiError> {
+pub(crate) async fn get_product(data: &Data, sku: String) -> Result<Response, ApiError> {
     // Unknown SKUs never reach the database (nor fill the cache with
     // misses): the catalog's shape is known to every instance.
     if Catalog::get().find(&sku).is_none() {
         return Err(ApiError::UnknownSku(sku));
     }
     let name = format!("product:{sku}");
-    shop.store
-        .cached_json(&name, "catalog", None, move |pool| {
-            let sku = sku.clone();
-            Box::pin(async move {
-                let row = sqlx::query(&format!("SELECT {COLUMNS} FROM products WHERE sku = $1"))
-                    .bind(sku)
-                    .fetch_optional(pool)
-                    .await?;
-                row.as_ref().map(product).transpose()
-            })
+    data.cached_json(&name, "catalog", None, move |pool| {
+        let sku = sku.clone();
+        Box::pin(async move {
+            let row = sqlx::query(&format!("SELECT {COLUMNS} FROM products WHERE sku = $1"))
+                .bind(sku)
+                .fetch_optional(pool)
+                .await?;
+            row.as_ref().map(product).transpose()
         })
-        .await
+    })
+    .await
 }

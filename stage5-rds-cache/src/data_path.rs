@@ -6,8 +6,8 @@
 //! X-Data-Path: catalog=cache-down,replica-down,primary
 //! ```
 //!
-//! Every stage-5 API response carries it, and the shop page's request log
-//! shows it: the lesson of this stage is *where reads go*, so the shop says
+//! Every account and catalog answer carries it, and the shop page's
+//! request log shows it: the lesson of this stage is *where reads go*, so the shop says
 //! so on every answer instead of asking the learner to believe it.
 
 use axum::http::{HeaderName, HeaderValue};
@@ -40,8 +40,6 @@ pub enum Step {
     Invalidated,
     /// Deleting the cached copy failed (it expires with its TTL).
     InvalidateFailed,
-    /// The cart, from the session store (Redis).
-    SessionStore,
 }
 
 impl Step {
@@ -58,7 +56,6 @@ impl Step {
             Self::Primary => "primary",
             Self::Invalidated => "invalidated",
             Self::InvalidateFailed => "invalidate-failed",
-            Self::SessionStore => "session-store",
         }
     }
 }

@@ -22,12 +22,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use shop::ApiError;
 use shop::catalog::{Catalog, Product};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
 use crate::data_path::Step;
+use crate::error::DataError;
 
 /// How long reads skip a replica that just failed before trying it again.
 const REPLICA_RETRY_AFTER: Duration = Duration::from_secs(2);
@@ -35,24 +35,38 @@ const REPLICA_RETRY_AFTER: Duration = Duration::from_secs(2);
 /// A read, given the pool to run on.
 pub type Query<'p, T> = Pin<Box<dyn Future<Output = Result<T, sqlx::Error>> + Send + 'p>>;
 
-/// What the data layer counts, for `/metrics` and the benchmarks.
+/// What the database layer counts, for `/metrics` and the benchmarks.
 #[derive(Debug, Default)]
-pub struct DataStats {
+pub struct DbStats {
     pub replica_reads: AtomicU64,
     pub primary_reads: AtomicU64,
     pub replica_fallbacks: AtomicU64,
     pub writes: AtomicU64,
-    pub cache_hits: AtomicU64,
-    pub cache_misses: AtomicU64,
-    pub cache_errors: AtomicU64,
 }
 
-impl DataStats {
-    /// Every statement sent to either database on a request's behalf.
-    pub fn db_queries(&self) -> u64 {
+impl DbStats {
+    /// Every read and write sent to either database on a request's behalf.
+    pub fn queries(&self) -> u64 {
         self.replica_reads.load(Ordering::Relaxed)
             + self.primary_reads.load(Ordering::Relaxed)
             + self.writes.load(Ordering::Relaxed)
+    }
+}
+
+/// A position in the primary's write-ahead log (`pg_lsn` as text, e.g.
+/// `0/3000148`): a replica that has replayed this far has every write
+/// committed before it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WalPosition(String);
+
+impl WalPosition {
+    /// A position as stored (in the shopper's session).
+    pub fn from_stored(text: &str) -> Self {
+        Self(text.to_owned())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 
@@ -65,7 +79,7 @@ fn count(counter: &AtomicU64) {
 pub struct Database {
     primary: PgPool,
     replica: PgPool,
-    stats: Arc<DataStats>,
+    stats: Arc<DbStats>,
     /// Until when the replica is skipped after a failure (a circuit
     /// breaker): without it, every read during a replica outage would
     /// first wait for a connection that cannot come.
@@ -79,7 +93,6 @@ impl Database {
         primary_url: &str,
         replica_url: &str,
         timeout: Duration,
-        stats: Arc<DataStats>,
     ) -> Result<Self, sqlx::Error> {
         let pool = |url: &str| {
             PgPoolOptions::new()
@@ -96,12 +109,12 @@ impl Database {
         Ok(Self {
             primary: pool(primary_url)?,
             replica: pool(replica_url)?,
-            stats,
+            stats: Arc::default(),
             replica_skipped_until: Arc::new(Mutex::new(None)),
         })
     }
 
-    pub fn stats(&self) -> &Arc<DataStats> {
+    pub fn stats(&self) -> &DbStats {
         &self.stats
     }
 
@@ -151,10 +164,10 @@ impl Database {
     /// server in `path`.
     pub async fn read<T>(
         &self,
-        min_lsn: Option<&str>,
+        min_lsn: Option<&WalPosition>,
         path: &mut Vec<Step>,
         query: impl for<'p> Fn(&'p PgPool) -> Query<'p, T>,
-    ) -> Result<T, ApiError> {
+    ) -> Result<T, DataError> {
         let replica_usable = match min_lsn {
             _ if self.replica_skipped() => {
                 count(&self.stats.replica_fallbacks);
@@ -165,7 +178,7 @@ impl Database {
             Some(lsn) => sqlx::query_scalar::<_, Option<bool>>(
                 "SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn",
             )
-            .bind(lsn)
+            .bind(lsn.as_str())
             .fetch_one(&self.replica)
             .await
             .map(|caught_up| caught_up.unwrap_or(false)),
@@ -185,7 +198,7 @@ impl Database {
         }
         let value = query(&self.primary).await.map_err(|error| {
             tracing::error!(%error, "read failed on the primary too");
-            database_error(&error)
+            DataError::from(error)
         })?;
         count(&self.stats.primary_reads);
         path.push(Step::Primary);
@@ -219,14 +232,18 @@ impl Database {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Counts a write and returns the primary's WAL position after it: a
-    /// replica that has replayed this far has the write.
-    pub async fn wal_position(&self) -> Result<String, ApiError> {
+    /// Counts a write transaction that committed on the primary.
+    pub fn count_write(&self) {
         count(&self.stats.writes);
-        sqlx::query_scalar::<_, String>("SELECT pg_current_wal_lsn()::text")
+    }
+
+    /// The primary's WAL position now: asked right after a commit, a
+    /// replica that has replayed this far has the write.
+    pub async fn wal_position(&self) -> Result<WalPosition, DataError> {
+        let text = sqlx::query_scalar::<_, String>("SELECT pg_current_wal_lsn()::text")
             .fetch_one(&self.primary)
-            .await
-            .map_err(|error| database_error(&error))
+            .await?;
+        Ok(WalPosition(text))
     }
 
     /// How far the replica is behind the primary, in bytes of WAL; `None`
@@ -251,31 +268,5 @@ impl Database {
             .await
             .ok()
             .flatten()
-    }
-}
-
-/// The shopper-facing error for a database failure: 503 when a server is
-/// unreachable or shutting down, 500 (logged) for anything else.
-pub fn database_error(error: &sqlx::Error) -> ApiError {
-    let unavailable = match error {
-        sqlx::Error::Io(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::Tls(_) => true,
-        // 08: connection exceptions; 57: operator intervention (shutdown);
-        // 25006: read-only transaction (a write reached a standby).
-        sqlx::Error::Database(db) => db
-            .code()
-            .is_some_and(|c| c.starts_with("08") || c.starts_with("57") || c == "25006"),
-        _ => false,
-    };
-    if unavailable {
-        tracing::warn!(%error, "database unavailable");
-        ApiError::DatabaseUnavailable
-    } else {
-        tracing::error!(%error, "database error");
-        ApiError::Internal
     }
 }

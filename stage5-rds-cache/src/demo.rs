@@ -12,9 +12,9 @@ use shop::narrate::Narrator;
 use shop::services::postgres::PostgresCluster;
 use shop::shopper::Shopper;
 use shop::topology::{Topology, TopologyConfig};
-use shop::{BoxError, Services, Stage};
+use shop::{BoxError, Services};
 
-use crate::{DataArgs, Stage5};
+use crate::DataArgs;
 
 /// Status, `X-Data-Path` and JSON body of one request.
 async fn ask(request: reqwest::RequestBuilder) -> Result<(u16, String, Value), BoxError> {
@@ -34,7 +34,7 @@ pub async fn run(args: DataArgs, exe: PathBuf, mut services: Services) -> Result
     let mut say = Narrator::new();
     say.title("Stage 5 · Database, replica and cache: where reads go");
     let topology = Topology::start(TopologyConfig {
-        env: Stage5::instance_env(&args),
+        env: shop::flags::instance_env(&args)?,
         ..TopologyConfig::for_tests(exe, &crate::INFO)
     })
     .await?;

@@ -10,9 +10,12 @@
 //! came from in `X-Data-Path`.
 //!
 //! **What changed since stage 4:** carts and sessions stay exactly where
-//! they were ([`shop::store::RedisCarts`]); the store gains a database
-//! ([`db`]), a cache ([`cache`]), accounts ([`accounts`]) and a catalog read
-//! from the database ([`catalog`]). Login rotates the session id.
+//! they were (stage 4's [`stage4::sessions::RedisSessions`], and its
+//! `DELETE /api/session`, which is now "log out"). The stage adds a data
+//! tier ([`data`]: a database with a replica, [`db`], behind a cache,
+//! [`cache`]), accounts ([`accounts`]), a catalog read from the database
+//! ([`catalog`]), `/metrics` ([`metrics`]) and an account panel on the page
+//! ([`page`]). Login rotates the session id. Its errors are [`error`]'s.
 //!
 //! **Run it:** `cargo run -p stage5` (it starts a private PostgreSQL
 //! primary + replica and two private Redis servers, sessions and cache,
@@ -27,26 +30,33 @@
 //! curl -si -b jar http://127.0.0.1:8080/api/me | grep -i x-data-path   # cache-hit
 //! ```
 
-pub mod accounts;
-pub mod cache;
-pub mod catalog;
-pub mod data_path;
-pub mod db;
+mod accounts;
+mod cache;
+mod catalog;
+mod data;
+mod data_path;
+mod db;
 mod demo;
-pub mod store;
+mod error;
+mod metrics;
+mod page;
 
-use std::ffi::OsString;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
+use axum::response::Response;
+use axum::routing::{get, post};
+use serde::Serialize;
 use shop::services::postgres::{DATABASE_REPLICA_URL_ENV, DATABASE_URL_ENV, PostgresCluster};
 use shop::services::redis::{RedisRole, RedisServer};
-use shop::store::redis::SessionArgs;
-use shop::{BoxError, Services, Stage, StageInfo};
+use shop::{ApiError, BoxError, Scope, Services, Shop, Stage, StageInfo, Widget};
+use stage4::SessionArgs;
+use stage4::sessions::RedisSessions;
 
 use crate::cache::Cache;
-use crate::db::{DataStats, Database};
-use crate::store::DataShop;
+use crate::data::Data;
+use crate::db::Database;
 
 /// The variable that points the shop at a cache Redis it did not start.
 pub const CACHE_URL_ENV: &str = "CACHE_URL";
@@ -71,26 +81,29 @@ pub static INFO: StageInfo = StageInfo {
 };
 
 /// Stage 5's flags: stage 4's session flags, plus the databases and cache.
-#[derive(Clone, Debug, clap::Args)]
+#[derive(Clone, Debug, clap::Args, Serialize)]
 pub struct DataArgs {
     #[command(flatten)]
+    #[serde(flatten)]
     pub session: SessionArgs,
     /// The PostgreSQL primary (writes). Unset, with the replica unset too: a
     /// private primary and replica are started.
-    #[arg(long, env = DATABASE_URL_ENV)]
+    #[arg(long, env = DATABASE_URL_ENV, hide_env_values = true)]
     pub database_url: Option<String>,
     /// The PostgreSQL streaming replica (reads).
-    #[arg(long, env = DATABASE_REPLICA_URL_ENV)]
+    #[arg(long, env = DATABASE_REPLICA_URL_ENV, hide_env_values = true)]
     pub database_replica_url: Option<String>,
     /// The cache's Redis. Unset: a private cache `redis-server` is started.
-    #[arg(long, env = CACHE_URL_ENV)]
+    #[arg(long, env = CACHE_URL_ENV, hide_env_values = true)]
     pub cache_url: Option<String>,
     /// How long a cached product or profile lives (plus up to 10% jitter).
     #[arg(long, env = "SHOP_CACHE_TTL", default_value = "5m", value_parser = humantime::parse_duration)]
+    #[serde(serialize_with = "shop::flags::duration")]
     pub cache_ttl: Duration,
     /// How long a request waits for a database connection before the read
     /// falls back (replica) or the write answers 503 (primary).
     #[arg(long, env = "SHOP_DB_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[serde(serialize_with = "shop::flags::duration")]
     pub db_timeout: Duration,
     /// Turn the cache off: every read goes to the database (for comparison).
     #[arg(long, env = "SHOP_NO_CACHE")]
@@ -100,9 +113,10 @@ pub struct DataArgs {
 impl Stage for Stage5 {
     const INFO: &'static StageInfo = &INFO;
     type Args = DataArgs;
-    type Store = DataShop;
+    type Carts = RedisSessions;
+    type State = Data;
 
-    async fn services(args: &mut DataArgs) -> Result<Services, BoxError> {
+    async fn services(args: &mut DataArgs, _scope: Scope) -> Result<Services, BoxError> {
         let mut services = Services::default();
         args.session.start_redis_if_unset(&mut services).await?;
         if args.cache_url.is_none() && !args.no_cache {
@@ -138,13 +152,12 @@ impl Stage for Stage5 {
         Ok(services)
     }
 
-    async fn store(args: &DataArgs) -> Result<DataShop, BoxError> {
+    async fn start(args: &DataArgs) -> Result<(RedisSessions, Data), BoxError> {
         let (Some(primary), Some(replica)) = (&args.database_url, &args.database_replica_url)
         else {
             return Err(format!("set {DATABASE_URL_ENV} and {DATABASE_REPLICA_URL_ENV}").into());
         };
-        let stats = Arc::new(DataStats::default());
-        let db = Database::connect(primary, replica, args.db_timeout, Arc::clone(&stats))?;
+        let db = Database::connect(primary, replica, args.db_timeout)?;
         db.prepare()
             .await
             .map_err(|e| format!("cannot prepare the database at {DATABASE_URL_ENV}: {e}"))?;
@@ -153,36 +166,28 @@ impl Stage for Stage5 {
         } else {
             args.cache_url.as_deref()
         };
-        let cache = Cache::connect(cache_url, args.cache_ttl, args.session.store_timeout, stats)?;
-        Ok(DataShop {
-            carts: args.session.connect()?,
-            db,
-            cache,
-        })
+        let cache = Cache::connect(cache_url, args.cache_ttl, args.session.store_timeout)?;
+        Ok((args.session.connect()?, Data { db, cache }))
     }
 
-    fn instance_env(args: &DataArgs) -> Vec<(OsString, OsString)> {
-        let mut env = args.session.instance_env();
-        for (name, value) in [
-            (DATABASE_URL_ENV, &args.database_url),
-            (DATABASE_REPLICA_URL_ENV, &args.database_replica_url),
-            (CACHE_URL_ENV, &args.cache_url),
-        ] {
-            if let Some(value) = value {
-                env.push((name.into(), value.into()));
-            }
-        }
-        env.push((
-            "SHOP_CACHE_TTL".into(),
-            humantime::format_duration(args.cache_ttl)
-                .to_string()
-                .into(),
-        ));
-        if args.no_cache {
-            env.push(("SHOP_NO_CACHE".into(), "true".into()));
-        }
-        env
+    fn routes() -> Router<Arc<Shop<Self>>> {
+        stage4::routes::session_routes()
+            .route("/api/signup", post(accounts::signup))
+            .route("/api/login", post(accounts::login))
+            .route("/api/me", get(accounts::get_me).put(accounts::put_me))
+            .route("/metrics", get(metrics::metrics))
     }
+
+    async fn list_products(shop: &Shop<Self>) -> Result<Response, ApiError> {
+        catalog::list_products(&shop.state).await
+    }
+
+    async fn get_product(shop: &Shop<Self>, sku: String) -> Result<Response, ApiError> {
+        catalog::get_product(&shop.state, sku).await
+    }
+
+    const WIDGETS: &'static [Widget] = &[page::ACCOUNT];
+    const LOG_HEADERS: &'static [&'static str] = &["x-session", "x-data-path"];
 
     async fn demo(
         args: DataArgs,

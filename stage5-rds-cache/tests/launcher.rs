@@ -68,3 +68,32 @@ fn demo_narrates_where_reads_go_and_exits() {
     assert!(story.contains("replica-down,primary"), "fallback: {story}");
     assert!(story.contains("Lesson:"), "{story}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn up_flags_reach_every_instance() {
+    // Instances prepare the database when they start, so it must be real;
+    // Redis is connected on first use, so any address will do.
+    let postgres = shop::services::postgres::PostgresCluster::start()
+        .await
+        .unwrap_or_else(|e| panic!("a private PostgreSQL primary + replica is needed: {e}"));
+    let (primary, replica) = (postgres.primary_url(), postgres.replica_url());
+    tokio::task::spawn_blocking(move || {
+        shop::testing::assert_up_flags_reach_every_instance::<stage5::Stage5>(
+            env!("CARGO_BIN_EXE_stage5"),
+            &[
+                ("--redis-url", "redis://127.0.0.1:9/"),
+                ("--session-ttl", "7m"),
+                ("--store-timeout", "750ms"),
+                ("--secure-cookies", ""),
+                ("--database-url", &primary),
+                ("--database-replica-url", &replica),
+                ("--cache-url", "redis://127.0.0.1:9/"),
+                ("--cache-ttl", "2m"),
+                ("--db-timeout", "3s"),
+                ("--no-cache", ""),
+            ],
+        );
+    })
+    .await
+    .expect("the check ran");
+}

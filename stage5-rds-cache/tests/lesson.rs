@@ -9,7 +9,7 @@
 mod support;
 
 use reqwest::{Method, StatusCode};
-use shop::testing::request_with_sid;
+use stage4::testing::request_with_sid;
 use support::{Answer, TestShop, login, me, send, signup, spawn_shop, update_me};
 
 const PASSWORD: &str = "correct horse battery";
@@ -207,7 +207,7 @@ async fn logout_cannot_be_undone() {
     let sid = answer.new_sid.expect("signup logs in");
     ada.add("SOCK-GREY-L", 1).await.expect("add");
 
-    let out = send(ada.http().post(ada.url("/api/logout"))).await;
+    let out = send(ada.http().delete(ada.url("/api/session"))).await;
     assert_eq!(out.status, StatusCode::NO_CONTENT);
     assert_eq!(me(&ada).await.status, StatusCode::UNAUTHORIZED);
 

@@ -6,43 +6,35 @@
 //! render the store's [`CartReply`] as `{lines, total_cents, served_by}`
 //! plus the cookies and headers the store asked for.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::header::{CONTENT_TYPE, SET_COOKIE};
+use axum::http::header::SET_COOKIE;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use crate::cart::{CartOp, KnownSku, PricedLine, Quantity};
-use crate::catalog::{Catalog, Product};
 use crate::cookies::request_jar;
 use crate::error::ApiError;
-use crate::http::Shop;
 use crate::http::json::ApiJson;
+use crate::stage::{Shop, Stage};
 use crate::store::{CartReply, CartStore};
 
-/// The catalog never changes while the process runs: serialise it once.
-static PRODUCTS_JSON: LazyLock<Vec<u8>> = LazyLock::new(|| {
-    serde_json::to_vec(Catalog::get().products()).unwrap_or_else(|_| b"[]".to_vec())
-});
-
 /// `GET /api/products`
-pub async fn list_products() -> Response {
-    (
-        [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
-        PRODUCTS_JSON.as_slice(),
-    )
-        .into_response()
+pub(super) async fn list_products<S: Stage>(
+    State(shop): State<Arc<Shop<S>>>,
+) -> Result<Response, ApiError> {
+    S::list_products(&shop).await
 }
 
 /// `GET /api/products/{sku}`
-pub async fn get_product(Path(sku): Path<String>) -> Result<Json<&'static Product>, ApiError> {
-    Catalog::get()
-        .find(&sku)
-        .map(Json)
-        .ok_or(ApiError::UnknownSku(sku))
+pub(super) async fn get_product<S: Stage>(
+    State(shop): State<Arc<Shop<S>>>,
+    Path(sku): Path<String>,
+) -> Result<Response, ApiError> {
+    S::get_product(&shop, sku).await
 }
 
 /// The body of every cart response.
@@ -51,7 +43,7 @@ pub struct CartBody {
     pub lines: Vec<PricedLine>,
     pub total_cents: u64,
     pub served_by: String,
-    /// Plain-words notes from the stage (e.g. why a cookie was rejected).
+    /// Plain-words notes from the stage (e.g. why a cart was reset).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notices: Vec<String>,
 }
@@ -59,19 +51,19 @@ pub struct CartBody {
 /// `POST /api/cart/items` body.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AddItem {
-    pub sku: String,
+pub(super) struct AddItem {
+    sku: String,
     /// Defaults to 1. Read as a wide integer so that `-1` or `1000` are
     /// reported as bad quantities rather than as unreadable JSON.
     #[serde(default = "one")]
-    pub qty: i64,
+    qty: i64,
 }
 
 /// `PUT /api/cart/items/{sku}` body.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SetItem {
-    pub qty: i64,
+pub(super) struct SetItem {
+    qty: i64,
 }
 
 fn one() -> i64 {
@@ -79,7 +71,7 @@ fn one() -> i64 {
 }
 
 /// `GET /api/cart`
-pub async fn view_cart<S: CartStore>(
+pub(super) async fn view_cart<S: Stage>(
     State(shop): State<Arc<Shop<S>>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -87,7 +79,7 @@ pub async fn view_cart<S: CartStore>(
 }
 
 /// `POST /api/cart/items {"sku","qty"}`
-pub async fn add_item<S: CartStore>(
+pub(super) async fn add_item<S: Stage>(
     State(shop): State<Arc<Shop<S>>>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<AddItem>,
@@ -97,7 +89,7 @@ pub async fn add_item<S: CartStore>(
 }
 
 /// `PUT /api/cart/items/{sku} {"qty"}`
-pub async fn set_item<S: CartStore>(
+pub(super) async fn set_item<S: Stage>(
     State(shop): State<Arc<Shop<S>>>,
     Path(sku): Path<String>,
     headers: HeaderMap,
@@ -108,7 +100,7 @@ pub async fn set_item<S: CartStore>(
 }
 
 /// `DELETE /api/cart/items/{sku}`
-pub async fn remove_item<S: CartStore>(
+pub(super) async fn remove_item<S: Stage>(
     State(shop): State<Arc<Shop<S>>>,
     Path(sku): Path<String>,
     headers: HeaderMap,
@@ -117,24 +109,24 @@ pub async fn remove_item<S: CartStore>(
 }
 
 /// `DELETE /api/cart`
-pub async fn clear_cart<S: CartStore>(
+pub(super) async fn clear_cart<S: Stage>(
     State(shop): State<Arc<Shop<S>>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     run(&shop, &headers, CartOp::Clear).await
 }
 
-async fn run<S: CartStore>(
+async fn run<S: Stage>(
     shop: &Shop<S>,
     headers: &HeaderMap,
     op: CartOp,
 ) -> Result<Response, ApiError> {
-    let reply = shop.store.apply(&request_jar(headers), op).await?;
+    let reply = shop.carts.apply(&request_jar(headers), op).await?;
     Ok(cart_response(shop.instance.id(), reply))
 }
 
 /// Renders a store's reply: JSON body, then the store's cookies and headers.
-pub fn cart_response(served_by: &str, reply: CartReply) -> Response {
+fn cart_response(served_by: &str, reply: CartReply) -> Response {
     let priced = reply.cart.priced();
     let body = CartBody {
         lines: priced.lines,
@@ -143,15 +135,15 @@ pub fn cart_response(served_by: &str, reply: CartReply) -> Response {
         notices: reply.notices,
     };
     let mut response = Json(body).into_response();
-    append_reply_headers(response.headers_mut(), reply.cookies, reply.headers);
+    set_cookies(response.headers_mut(), reply.cookies);
+    response.headers_mut().extend(reply.headers);
     response
 }
 
-/// Adds a store's cookies and extra headers to a response.
-pub fn append_reply_headers(
+/// Adds `Set-Cookie` headers for `cookies` to a response.
+pub fn set_cookies(
     target: &mut HeaderMap,
-    cookies: Vec<cookie::Cookie<'static>>,
-    extra: HeaderMap,
+    cookies: impl IntoIterator<Item = cookie::Cookie<'static>>,
 ) {
     for cookie in cookies {
         // A cookie the `cookie` crate built always encodes to a valid header
@@ -160,5 +152,4 @@ pub fn append_reply_headers(
             target.append(SET_COOKIE, value);
         }
     }
-    target.extend(extra);
 }

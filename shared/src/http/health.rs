@@ -9,25 +9,24 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::http::Shop;
-use crate::store::CartStore;
+use crate::stage::{Shop, Stage};
 
 /// The `/healthz` body.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Health {
-    pub instance: String,
-    pub stage: String,
-    pub uptime_s: u64,
+#[derive(Debug, Serialize)]
+pub(super) struct Health {
+    instance: String,
+    stage: String,
+    uptime_s: u64,
     /// Requests being served right now, not counting this one.
-    pub in_flight: usize,
+    in_flight: usize,
 }
 
-pub async fn healthz<S: CartStore>(State(shop): State<Arc<Shop<S>>>) -> Json<Health> {
+pub(super) async fn healthz<S: Stage>(State(shop): State<Arc<Shop<S>>>) -> Json<Health> {
     Json(Health {
         instance: shop.instance.id().to_owned(),
-        stage: shop.stage.package.to_owned(),
+        stage: S::INFO.package.to_owned(),
         uptime_s: shop.instance.uptime_s(),
         in_flight: shop.instance.in_flight().saturating_sub(1),
     })

@@ -6,6 +6,10 @@
 //! "served by" badge after every request so a learner *sees* which instance
 //! answered and what that instance knew about the cart.
 //!
+//! A stage adds its own parts through [`Stage::WIDGETS`] (HTML under the
+//! cart, a style, a script that uses `window.shop`) and names the headers
+//! the request log shows through [`Stage::LOG_HEADERS`].
+//!
 //! The template is a plain HTML file with `{{slots}}`; every value put into a
 //! slot goes through [`escape`]. A template engine (askama, minijinja) would
 //! do the same with more ceremony than one page needs.
@@ -20,22 +24,22 @@ use axum::response::{Html, IntoResponse, Response};
 use crate::cart::{CartOp, PricedCart};
 use crate::catalog::Catalog;
 use crate::cookies::request_jar;
-use crate::http::api::append_reply_headers;
-use crate::http::{CART_COOKIE_BYTES, COOKIE_LIMIT, Shop};
+use crate::http::api::set_cookies;
+use crate::stage::{Shop, Stage};
 use crate::store::CartStore;
 
 const TEMPLATE: &str = include_str!("page.html");
 const SCRIPT: &str = include_str!("shop.js");
 
 /// `GET /`
-pub async fn shop_page<S: CartStore>(
+pub(super) async fn shop_page<S: Stage>(
     State(shop): State<Arc<Shop<S>>>,
     headers: HeaderMap,
 ) -> Response {
     // The page still renders when the store fails: it says so instead of
     // showing an empty cart as if nothing were wrong.
     let (cart, notices, cookies, extra) =
-        match shop.store.apply(&request_jar(&headers), CartOp::View).await {
+        match shop.carts.apply(&request_jar(&headers), CartOp::View).await {
             Ok(reply) => (
                 Some(reply.cart.priced()),
                 reply.notices,
@@ -44,11 +48,13 @@ pub async fn shop_page<S: CartStore>(
             ),
             Err(error) => (None, vec![error.to_string()], Vec::new(), HeaderMap::new()),
         };
-    let stage = shop.stage;
+    let stage = S::INFO;
+    let widgets = S::WIDGETS;
     let html = TEMPLATE
         .replace("{{title}}", &escape(stage.title))
         .replace("{{lesson}}", &escape(stage.lesson))
         .replace("{{instance}}", &escape(shop.instance.id()))
+        .replace("{{log_headers}}", &escape(&S::LOG_HEADERS.join(" ")))
         .replace("{{filters}}", &garment_filter())
         .replace("{{catalog}}", &catalog_cards())
         .replace(
@@ -62,15 +68,31 @@ pub async fn shop_page<S: CartStore>(
                 .map_or_else(|| "—".to_owned(), |c| money(c.total_cents)),
         )
         .replace("{{notices}}", &notice_items(&notices))
-        .replace("{{meter}}", &cookie_meter(&extra))
-        .replace("{{script}}", SCRIPT);
+        .replace(
+            "{{widget_styles}}",
+            &widgets.iter().map(|w| w.style).collect::<String>(),
+        )
+        .replace(
+            "{{widgets}}",
+            &widgets.iter().map(|w| (w.html)(&extra)).collect::<String>(),
+        )
+        .replace("{{script}}", SCRIPT)
+        .replace(
+            "{{widget_scripts}}",
+            &widgets
+                .iter()
+                .map(|w| w.script)
+                .collect::<Vec<_>>()
+                .join("\n"),
+        );
     let mut response = Html(html).into_response();
-    append_reply_headers(response.headers_mut(), cookies, extra);
+    set_cookies(response.headers_mut(), cookies);
+    response.headers_mut().extend(extra);
     response
 }
 
 /// `1900` → `€19.00`.
-pub fn money(cents: u64) -> String {
+pub(crate) fn money(cents: u64) -> String {
     format!("€{}.{:02}", cents / 100, cents % 100)
 }
 
@@ -149,21 +171,6 @@ fn cart_lines(cart: &PricedCart) -> String {
         );
     }
     html
-}
-
-/// Stage 3's cookie budget: how much of the 4096 bytes the cart uses.
-fn cookie_meter(headers: &HeaderMap) -> String {
-    let bytes = headers
-        .get(CART_COOKIE_BYTES)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    match bytes {
-        Some(bytes) => format!(
-            r#"<div id="meter" data-bytes="{bytes}"><span>Cookie: {bytes} / {COOKIE_LIMIT} bytes</span><div class="bar"><div style="width:{:.1}%"></div></div></div>"#,
-            (bytes.min(COOKIE_LIMIT) as f64) * 100.0 / COOKIE_LIMIT as f64
-        ),
-        None => r#"<div id="meter" hidden></div>"#.to_owned(),
-    }
 }
 
 fn notice_items(notices: &[String]) -> String {

@@ -38,24 +38,6 @@ function showNotices(notices, isError) {
   }
 }
 
-// Stage 3: how much of the 4096-byte cookie budget the cart uses.
-function drawMeter(bytesHeader) {
-  const meter = $("#meter");
-  if (!meter || bytesHeader === null) return;
-  const bytes = parseInt(bytesHeader, 10);
-  meter.hidden = false;
-  meter.classList.toggle("full", bytes > 3600);
-  meter.innerHTML = "";
-  const label = document.createElement("span");
-  label.textContent = `Cookie: ${bytes} / 4096 bytes`;
-  const bar = document.createElement("div");
-  bar.className = "bar";
-  const fill = document.createElement("div");
-  fill.style.width = `${Math.min(100, (100 * bytes) / 4096).toFixed(1)}%`;
-  bar.append(fill);
-  meter.append(label, bar);
-}
-
 function drawCart(cart) {
   const list = $("#cart");
   list.replaceChildren();
@@ -78,7 +60,23 @@ function drawCart(cart) {
   $("#total").textContent = money(cart.total_cents);
 }
 
-async function call(method, path, body) {
+// The headers this stage shows its work in (the page's data-log-headers),
+// noted next to each request in the log.
+const logHeaders = (document.body.dataset.logHeaders || "").split(" ").filter(Boolean);
+function headerNotes(response) {
+  return logHeaders
+    .map((name) => response.headers.get(name))
+    .filter(Boolean)
+    .join(" · ");
+}
+
+// Stages add widgets to the page; each may ask to hear about every answer.
+const listeners = [];
+
+// One call to the JSON API: paints the badge, logs the call, tells the
+// widgets. Resolves to {status, data, response}; a network failure is
+// shown and resolves to status 0.
+async function api(method, path, body) {
   const options = { method, headers: { Accept: "application/json" }, credentials: "same-origin" };
   if (body !== undefined) {
     options.headers["Content-Type"] = "application/json";
@@ -89,29 +87,33 @@ async function call(method, path, body) {
     response = await fetch(path, options);
   } catch (e) {
     showNotices(["The shop could not be reached: " + e.message], true);
-    return;
+    return { status: 0, data: {}, response: null };
   }
   const servedBy = response.headers.get("X-Served-By");
   if (servedBy) paintBadge(servedBy);
   let data = {};
-  try { data = await response.json(); } catch (e) { /* not JSON */ }
-  if (!response.ok) {
-    showNotices([data.message || `HTTP ${response.status}`], true);
-    logRequest(method, path, response.status, servedBy, data.error || "error");
+  try { data = await response.json(); } catch (e) { /* 204, or not JSON */ }
+  const notes = headerNotes(response);
+  const summary = !response.ok
+    ? data.error || "error"
+    : Array.isArray(data.lines)
+      ? `${data.lines.reduce((n, l) => n + l.qty, 0)} item(s)`
+      : "ok";
+  logRequest(method, path, response.status, servedBy, summary + (notes ? " · " + notes : ""));
+  for (const listener of listeners) listener({ method, path, response, data });
+  return { status: response.status, data, response };
+}
+
+// A cart call: the answer re-draws the cart, or says why not.
+async function call(method, path, body) {
+  const { status, data } = await api(method, path, body);
+  if (status === 0) return;
+  if (status < 200 || status >= 300) {
+    showNotices([data.message || `HTTP ${status}`], true);
     return;
   }
   drawCart(data);
-  drawMeter(response.headers.get("X-Cart-Cookie-Bytes"));
-  const notices = data.notices || [];
-  // Stage 3 says what happened to the cart cookie; stages 4-5 to the session.
-  const cartCookie = response.headers.get("X-Cart-Cookie");
-  const session = response.headers.get("X-Session");
-  const dataPath = response.headers.get("X-Data-Path");  // stage 5: where the data came from
-  const cookieNote = [cartCookie ? "cookie " + cartCookie : session ? "session " + session : "", dataPath || ""]
-    .filter(Boolean).join(" · ");
-  showNotices(notices, false);
-  const items = data.lines.reduce((n, l) => n + l.qty, 0);
-  logRequest(method, path, response.status, servedBy, `${items} item(s)${cookieNote ? " · " + cookieNote : ""}`);
+  showNotices(data.notices || [], false);
 }
 
 document.addEventListener("click", (event) => {
@@ -130,49 +132,6 @@ document.addEventListener("click", (event) => {
   else if (button.id === "refresh") call("GET", "/api/cart");
 });
 
-// Stage 5's account panel. Earlier stages have no /api/me (404): the panel
-// stays hidden. Each call is logged with its X-Data-Path, so reading the
-// profile twice shows the cache miss, then the hit.
-async function api(method, path, body) {
-  const options = { method, headers: { Accept: "application/json" }, credentials: "same-origin" };
-  if (body !== undefined) {
-    options.headers["Content-Type"] = "application/json";
-    options.body = JSON.stringify(body);
-  }
-  const response = await fetch(path, options);
-  const servedBy = response.headers.get("X-Served-By");
-  if (servedBy) paintBadge(servedBy);
-  let data = {};
-  try { data = await response.json(); } catch (e) { /* 204, or not JSON */ }
-  const dataPath = response.headers.get("X-Data-Path");
-  // The probe for accounts in stages 1-4 is not worth a log line.
-  if (response.status !== 404) logRequest(method, path, response.status, servedBy, data.error || dataPath || "ok");
-  if (!response.ok && response.status !== 401 && response.status !== 404) showNotices([data.message || `HTTP ${response.status}`], true);
-  return { status: response.status, data };
-}
-
-async function showAccount() {
-  const { status, data } = await api("GET", "/api/me");
-  if (status === 404) return;
-  $("#account").hidden = false;
-  const signedIn = status === 200;
-  $("#auth").hidden = signedIn;
-  $("#signed-in").hidden = !signedIn;
-  $("#who").textContent = signedIn ? `Logged in as ${data.name} (${data.email})` : "Not logged in: your cart is anonymous.";
-}
-
-$("#auth").addEventListener("submit", async (event) => {
-  event.preventDefault();
-  const act = event.submitter && event.submitter.dataset.act;
-  const body = { email: $("#email").value, password: $("#password").value };
-  if (act === "signup") body.name = $("#name").value;
-  const { status } = await api("POST", act === "signup" ? "/api/signup" : "/api/login", body);
-  if (status === 200 || status === 201) { $("#password").value = ""; await showAccount(); call("GET", "/api/cart"); }
-});
-$("#profile").addEventListener("click", showAccount);
-$("#logout").addEventListener("click", async () => { await api("POST", "/api/logout"); await showAccount(); call("GET", "/api/cart"); });
-showAccount();
-
 function applyFilter() {
   const text = $("#filter").value.trim().toLowerCase();
   const garment = $("#garment").value;
@@ -184,3 +143,12 @@ function applyFilter() {
 $("#filter").addEventListener("input", applyFilter);
 $("#garment").addEventListener("change", applyFilter);
 paintBadge($("#badge").dataset.instance);
+
+// What a stage's widget script may use.
+window.shop = {
+  $,
+  api,
+  refreshCart: () => call("GET", "/api/cart"),
+  showNotices,
+  onResponse: (listener) => listeners.push(listener),
+};

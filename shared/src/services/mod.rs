@@ -1,9 +1,9 @@
 //! The servers a stage depends on, started from the machine's own binaries.
 //!
-//! When no `REDIS_URL` is given, stage 4 runs its own private
-//! `redis-server` ([`redis::RedisServer`]): free port, temporary directory,
-//! stopped when the launcher stops. Tests use the same code to get a real
-//! server they can pause, kill and restart.
+//! When a stage needs Redis or PostgreSQL and no URL is given, it runs its
+//! own private server ([`redis::RedisServer`], [`postgres::PostgresCluster`]):
+//! free port, temporary directory, stopped when the launcher stops. Tests
+//! use the same code to get a real server they can pause, kill and restart.
 //!
 //! [`ManagedProcess`] is the part every such server shares: spawn, tie the
 //! child's life to ours, read its log when it fails, stop it politely and
@@ -53,7 +53,7 @@ pub enum ServiceError {
 }
 
 /// Finds `program` on `PATH`.
-pub fn find_on_path(program: &str) -> Option<PathBuf> {
+pub(crate) fn find_on_path(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|dir| dir.join(program))
@@ -66,7 +66,7 @@ pub fn find_on_path(program: &str) -> Option<PathBuf> {
 /// else could take it in between, so callers retry on "address in use".
 /// (Asking the server for port 0 would avoid the race, but then it would
 /// have to tell us its port, which `redis-server` and `postgres` do not.)
-pub fn free_port() -> std::io::Result<u16> {
+pub(crate) fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
         .local_addr()?
         .port())
@@ -77,7 +77,7 @@ pub fn free_port() -> std::io::Result<u16> {
 /// Dropping it stops the process (SIGTERM, then SIGKILL after a grace
 /// period), so a panicking test leaves no server behind.
 #[derive(Debug)]
-pub struct ManagedProcess {
+pub(crate) struct ManagedProcess {
     program: &'static str,
     child: Child,
     log: PathBuf,
@@ -93,7 +93,7 @@ impl ManagedProcess {
     /// code between fork and exec; `setpriv` does exactly that, and is on
     /// every Debian and Ubuntu machine.) `as_user` runs it as that user,
     /// which PostgreSQL needs when we are root.
-    pub fn spawn<I, S>(
+    pub(crate) fn spawn<I, S>(
         program: &'static str,
         binary: &Path,
         args: I,
@@ -115,34 +115,34 @@ impl ManagedProcess {
 
     /// Stops with `signal` instead of SIGTERM (PostgreSQL: SIGINT, its "fast"
     /// shutdown; SIGTERM would wait for every client to disconnect).
-    pub fn stop_with(mut self, signal: Signal) -> Self {
+    pub(crate) fn stop_with(mut self, signal: Signal) -> Self {
         self.stop_signal = signal;
         self
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// Sends `signal` to the process (SIGSTOP and SIGCONT pause and resume it).
-    pub fn signal(&self, signal: Signal) -> std::io::Result<()> {
+    pub(crate) fn signal(&self, signal: Signal) -> std::io::Result<()> {
         kill(Pid::from_raw(self.pid_i32()), signal).map_err(std::io::Error::from)
     }
 
     /// `Some` once the process has exited.
-    pub fn exited(&mut self) -> Option<ExitStatus> {
+    pub(crate) fn exited(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().ok().flatten()
     }
 
     /// The last `lines` lines of the process's log, for error messages.
-    pub fn log_tail(&self, lines: usize) -> String {
+    fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
     /// A [`ServiceError::NotReady`] carrying the log's last lines.
-    pub fn not_ready(&self, reason: impl Into<String>) -> ServiceError {
+    pub(crate) fn not_ready(&self, reason: impl Into<String>) -> ServiceError {
         ServiceError::NotReady {
             program: self.program,
             reason: reason.into(),
@@ -153,7 +153,7 @@ impl ManagedProcess {
 
     /// Stops the process: SIGTERM (a clean shutdown: Redis flushes its
     /// append-only file), then SIGKILL if it is still there after `grace`.
-    pub fn stop(&mut self, grace: Duration) {
+    pub(crate) fn stop(&mut self, grace: Duration) {
         if self.exited().is_some() {
             return;
         }
@@ -173,7 +173,7 @@ impl ManagedProcess {
     }
 
     /// Kills the process at once, as a crash would.
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -234,7 +234,7 @@ where
 /// Runs a setup command (`initdb`, `pg_basebackup`) to the end, as
 /// `as_user` when given; its output goes to `log`, whose end is shown if it
 /// fails.
-pub fn run_to_end<I, S>(
+pub(crate) fn run_to_end<I, S>(
     program: &'static str,
     binary: &Path,
     args: I,

@@ -9,7 +9,7 @@
 //!
 //! The replica replays the primary's write-ahead log as it streams in, a few
 //! milliseconds behind: close enough to serve reads, far enough that a read
-//! right after a write can miss it (stage 5's read-your-writes lesson).
+//! right after a write can miss it.
 //!
 //! The binaries: Debian keeps them off `PATH`; `pg_config --bindir` names
 //! their folder. `initdb` and `postgres` refuse to run as root, so when we
@@ -104,14 +104,6 @@ impl PostgresCluster {
         url(self.replica.port)
     }
 
-    pub fn primary_pid(&self) -> Option<u32> {
-        self.primary.process.as_ref().map(ManagedProcess::pid)
-    }
-
-    pub fn replica_pid(&self) -> Option<u32> {
-        self.replica.process.as_ref().map(ManagedProcess::pid)
-    }
-
     /// Stops the replica (fast shutdown); reads must fall back.
     pub fn stop_replica(&mut self) {
         stop(&mut self.replica);
@@ -125,11 +117,6 @@ impl PostgresCluster {
     /// Stops the primary (fast shutdown); writes must fail with 503.
     pub fn stop_primary(&mut self) {
         stop(&mut self.primary);
-    }
-
-    /// Starts the stopped primary again.
-    pub async fn start_primary(&mut self) -> Result<(), ServiceError> {
-        self.start_server(true).await
     }
 
     fn log(&self, name: &str) -> PathBuf {

@@ -1,4 +1,5 @@
-//! A private `redis-server`: free port, temporary directory, durable.
+//! A private `redis-server` (free port, temporary directory), and the
+//! client settings every stage uses to talk to Redis.
 //!
 //! ```text
 //! redis-server --port <free> --bind 127.0.0.1 --dir <tmp>
@@ -18,10 +19,11 @@
 //! keeps every connection open, the nastiest kind of outage),
 //! [`RedisServer::kill`] and [`RedisServer::restart`].
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -30,6 +32,24 @@ use super::{ManagedProcess, ServiceError, find_on_path, free_port};
 
 /// The variable that points the shop at a Redis it did not start.
 pub const REDIS_URL_ENV: &str = "REDIS_URL";
+
+/// A client for the Redis at `url`: one multiplexed connection that
+/// reconnects by itself, shared by every request of an instance.
+///
+/// One connection, not a pool: Redis answers in order on one socket, so
+/// concurrent requests pipeline through it for free. Each call waits at
+/// most `timeout`. After a failure the client reconnects once and then
+/// fails: a refused connection should be a fast answer (a 503, or a cache
+/// miss), and the next request tries again anyway. Redis need not be up
+/// yet: the client connects on first use. A malformed URL fails here.
+pub fn client(url: &str, timeout: Duration) -> redis::RedisResult<ConnectionManager> {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        .set_max_delay(Duration::from_secs(1))
+        .set_number_of_retries(1);
+    ConnectionManager::new_lazy_with_config(redis::Client::open(url)?, config)
+}
 
 /// How long Redis may take to answer its first PING (loading a large AOF
 /// takes a while).
@@ -49,21 +69,21 @@ pub struct RedisServer {
 /// What a Redis is for, which decides how it treats its data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RedisRole {
-    /// Sessions: durable (append-only file), never evicts. Losing a session
-    /// loses a cart.
-    Sessions,
-    /// A cache (stage 5): no persistence, 64 MB, evicts the least recently
-    /// used key when full. Everything in it can be read again from the
-    /// database. (Why a second server? One Redis cannot both evict under
-    /// pressure and promise never to drop a session.)
+    /// A record: durable (append-only file), never evicts. What is in it
+    /// exists nowhere else.
+    Record,
+    /// A cache: no persistence, 64 MB, evicts the least recently used key
+    /// when full. Everything in it can be read again from where it came
+    /// from. (Why a separate server? One Redis cannot both evict under
+    /// pressure and promise never to drop a record.)
     Cache,
 }
 
 impl RedisServer {
-    /// Starts a fresh sessions server on a free port in a new temporary
-    /// directory.
+    /// Starts a fresh durable server ([`RedisRole::Record`]) on a free port
+    /// in a new temporary directory.
     pub async fn start() -> Result<Self, ServiceError> {
-        Self::start_as(RedisRole::Sessions).await
+        Self::start_as(RedisRole::Record).await
     }
 
     /// Starts a server for `role`.
@@ -105,11 +125,6 @@ impl RedisServer {
 
     pub fn port(&self) -> u16 {
         self.port
-    }
-
-    /// The server's directory: its append-only file and its log.
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
     }
 
     /// The server's process id, while it runs.
@@ -184,7 +199,7 @@ impl RedisServer {
             "notice".as_ref(),
         ];
         match self.role {
-            RedisRole::Sessions => args.extend::<[&std::ffi::OsStr; 6]>([
+            RedisRole::Record => args.extend::<[&std::ffi::OsStr; 6]>([
                 "--appendonly".as_ref(),
                 "yes".as_ref(),
                 "--appendfsync".as_ref(),

@@ -1,6 +1,6 @@
 //! Carts in this process's memory, keyed by a random client id cookie.
 //!
-//! This is the store of stages 1 and 2, and the root of their trouble: the
+//! This is where the shop starts, and the root of its first trouble: the
 //! map lives inside *one* instance. Another instance has its own map, in
 //! which this shopper's id finds nothing. Nothing is shared, nothing
 //! survives a restart.
@@ -23,9 +23,9 @@ use crate::ids;
 use crate::store::{CartReply, CartStore};
 
 /// The cookie that names the shopper to *this* instance.
-pub const CLIENT_COOKIE: &str = "client_id";
+const CLIENT_COOKIE: &str = "client_id";
 /// How many carts one instance keeps before dropping the least recently used.
-pub const DEFAULT_CAPACITY: usize = 100_000;
+const DEFAULT_CAPACITY: usize = 100_000;
 
 #[derive(Debug)]
 struct Stored {
@@ -38,7 +38,6 @@ struct Stored {
 pub struct MemoryCarts {
     carts: Mutex<HashMap<String, Stored>>,
     capacity: usize,
-    secure_cookies: bool,
 }
 
 impl Default for MemoryCarts {
@@ -48,27 +47,17 @@ impl Default for MemoryCarts {
 }
 
 impl MemoryCarts {
-    pub fn with_capacity(capacity: usize) -> Self {
+    fn with_capacity(capacity: usize) -> Self {
         Self {
             carts: Mutex::new(HashMap::new()),
             capacity: capacity.max(1),
-            secure_cookies: false,
         }
     }
 
-    /// Adds `Secure` to the client id cookie (for a shop served over TLS).
-    pub fn secure_cookies(mut self, secure: bool) -> Self {
-        self.secure_cookies = secure;
-        self
-    }
-
     /// How many carts this instance holds.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Stored>> {
@@ -131,9 +120,7 @@ impl CartStore for MemoryCarts {
         let cart = self.apply_to(&id, op)?;
         let mut reply = CartReply::new(cart);
         if is_new {
-            reply
-                .cookies
-                .push(shop_cookie(CLIENT_COOKIE, id, self.secure_cookies));
+            reply.cookies.push(shop_cookie(CLIENT_COOKIE, id, false));
         }
         Ok(reply)
     }
@@ -155,7 +142,7 @@ mod tests {
     fn looking_stores_nothing_changing_stores_the_cart() {
         let store = MemoryCarts::default();
         store.apply_to("a", CartOp::View).expect("view");
-        assert!(store.is_empty());
+        assert_eq!(store.len(), 0);
         store.apply_to("a", add("TEE-RED-M", 1)).expect("add");
         assert_eq!(store.len(), 1);
     }

@@ -12,9 +12,9 @@ use serde_json::{Value, json};
 use shop::services::postgres::{DATABASE_REPLICA_URL_ENV, DATABASE_URL_ENV, PostgresCluster};
 use shop::services::redis::{REDIS_URL_ENV, RedisRole, RedisServer};
 use shop::shopper::{Shopper, set_cookie_value};
-use shop::store::redis::SESSION_COOKIE;
 use shop::topology::{Topology, TopologyConfig};
 use sqlx::PgPool;
+use stage4::sessions::SESSION_COOKIE;
 
 pub const STAGE5: &str = env!("CARGO_BIN_EXE_stage5");
 

@@ -13,13 +13,12 @@
 -- KEYS[1]  the session's hash (derived from the session id, never the id)
 -- ARGV[1]  'resume' (the session must exist) or 'create' (it must not)
 -- ARGV[2]  view | add | set | remove | clear (a known session's plain
---          view does not come here: see `read_and_renew` in redis.rs)
+--          view does not come here: see `read_and_renew` in sessions/mod.rs)
 -- ARGV[3]  SKU (already checked against the catalog)
 -- ARGV[4]  quantity (already checked: 1..=99)
 -- ARGV[5]  idle lifetime in milliseconds (sliding: renewed by every request)
 -- ARGV[6]  the most lines a cart may hold
 -- ARGV[7]  the most a line may hold
--- ARGV[8]  now, unix seconds
 --
 -- Returns {'ok', field, value, field, value, ...} (the whole hash), or
 -- {'unknown'}, {'taken'}, {'cart_full'}, {'line_full', total}.
@@ -34,7 +33,8 @@ if ARGV[1] == 'create' then
   if exists then
     return {'taken'}
   end
-  redis.call('HSET', key, '_born', ARGV[8])
+  -- Redis's own clock: the same for every instance, whatever theirs say.
+  redis.call('HSET', key, '_born', redis.call('TIME')[1])
 end
 
 -- Sliding expiry: any request, even a refused change, keeps the session.

@@ -1,0 +1,82 @@
+//! What Redis answers for a cart operation, as a type.
+//!
+//! `cart.lua` replies with a flat list whose first element says what
+//! happened (`ok`, `unknown`, `taken`, `cart_full`, `line_full`); the rest
+//! is the session's hash (`ok`) or the refused total (`line_full`). This is
+//! read into [`Answer`] once, where the reply arrives, so that nothing else
+//! matches on strings.
+
+use redis::{FromRedisValue, ParsingError, Value};
+
+/// One cart operation's outcome in Redis.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Answer {
+    /// Applied (or only looked at): the session's hash afterwards, as
+    /// `(field, value)` pairs, `_`-prefixed session fields included.
+    Session(Vec<(String, String)>),
+    /// The session does not exist (expired, ended, never issued).
+    Unknown,
+    /// A new session's key was taken already (a 128-bit id collided, or
+    /// the random source is broken).
+    Taken,
+    /// The cart already has the most lines it may hold.
+    CartFull,
+    /// The line would hold this many, more than it may.
+    LineFull(u32),
+}
+
+impl FromRedisValue for Answer {
+    fn from_redis_value(value: Value) -> Result<Self, ParsingError> {
+        let words: Vec<String> = FromRedisValue::from_redis_value(value)?;
+        let mut words = words.into_iter();
+        let answer = match words.next().as_deref() {
+            Some("ok") => {
+                let mut pairs = Vec::new();
+                while let (Some(field), Some(value)) = (words.next(), words.next()) {
+                    pairs.push((field, value));
+                }
+                Self::Session(pairs)
+            }
+            Some("unknown") => Self::Unknown,
+            Some("taken") => Self::Taken,
+            Some("cart_full") => Self::CartFull,
+            Some("line_full") => Self::LineFull(
+                words
+                    .next()
+                    .and_then(|total| total.parse().ok())
+                    .ok_or("line_full without a total")?,
+            ),
+            other => return Err(format!("the cart script answered {other:?}").into()),
+        };
+        Ok(answer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(list: &[&str]) -> Value {
+        Value::Array(
+            list.iter()
+                .map(|w| Value::BulkString(w.as_bytes().to_vec()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn each_reply_reads_as_its_variant() {
+        let read = |list: &[&str]| Answer::from_redis_value(words(list));
+        assert_eq!(
+            read(&["ok", "_born", "1", "TEE-RED-M", "2"]),
+            Ok(Answer::Session(vec![
+                ("_born".into(), "1".into()),
+                ("TEE-RED-M".into(), "2".into())
+            ]))
+        );
+        assert_eq!(read(&["unknown"]), Ok(Answer::Unknown));
+        assert_eq!(read(&["line_full", "100"]), Ok(Answer::LineFull(100)));
+        assert!(read(&["line_full"]).is_err());
+        assert!(read(&["what"]).is_err());
+    }
+}

@@ -1,0 +1,105 @@
+//! Stage 5's own failures: accounts, and a database that cannot answer.
+//!
+//! Every database error goes through one `From<sqlx::Error>`, which decides
+//! what the shopper is told: a unique violation of the email index is
+//! `email_taken`, a connection that failed is `database_unavailable`, and
+//! anything else is a bug (logged, and answered 500 `internal`).
+
+use axum::http::StatusCode;
+use shop::StageError;
+
+/// The unique index that keeps one account per email, whatever its case
+/// (`migrations/0001_accounts_and_catalog.sql`).
+const EMAIL_INDEX: &str = "users_email_key";
+
+/// What can go wrong in accounts and the data tier, as the shopper is told.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// 422 `invalid_field`: one field of an account or profile is not
+    /// acceptable; `field` names it.
+    #[error("{field}: {problem}")]
+    InvalidField {
+        field: &'static str,
+        problem: String,
+    },
+    /// 401 `invalid_credentials`: wrong email or password. One message for
+    /// both, so the answer does not reveal which emails have accounts.
+    #[error("that email and password do not match an account")]
+    InvalidCredentials,
+    /// 401 `not_logged_in`: the route needs a logged-in shopper.
+    #[error("log in first")]
+    NotLoggedIn,
+    /// 409 `email_taken`: an account with that email exists.
+    #[error("an account with that email already exists")]
+    EmailTaken,
+    /// 503 `database_unavailable`: the PostgreSQL primary cannot take the
+    /// request (down, shutting down, or out of connections). Nothing was
+    /// changed.
+    #[error(
+        "the database cannot take changes right now; nothing was changed, please try again in a moment"
+    )]
+    DatabaseUnavailable,
+    /// 500 `internal`: the database refused a statement for a reason that
+    /// is a bug here; the details are logged, not shown.
+    #[error("something went wrong on our side")]
+    Database(#[source] sqlx::Error),
+}
+
+impl StageError for DataError {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidField { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::InvalidCredentials | Self::NotLoggedIn => StatusCode::UNAUTHORIZED,
+            Self::EmailTaken => StatusCode::CONFLICT,
+            Self::DatabaseUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidField { .. } => "invalid_field",
+            Self::InvalidCredentials => "invalid_credentials",
+            Self::NotLoggedIn => "not_logged_in",
+            Self::EmailTaken => "email_taken",
+            Self::DatabaseUnavailable => "database_unavailable",
+            Self::Database(_) => "internal",
+        }
+    }
+
+    fn field(&self) -> Option<&str> {
+        match self {
+            Self::InvalidField { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+}
+
+impl From<sqlx::Error> for DataError {
+    fn from(error: sqlx::Error) -> Self {
+        let unavailable = match &error {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::Tls(_) => true,
+            sqlx::Error::Database(db) if db.constraint() == Some(EMAIL_INDEX) => {
+                return Self::EmailTaken;
+            }
+            // 08: connection exceptions; 57: operator intervention (shutdown);
+            // 25006: read-only transaction (a write reached a standby).
+            sqlx::Error::Database(db) => db
+                .code()
+                .is_some_and(|c| c.starts_with("08") || c.starts_with("57") || c == "25006"),
+            _ => false,
+        };
+        if unavailable {
+            tracing::warn!(%error, "database unavailable");
+            Self::DatabaseUnavailable
+        } else {
+            tracing::error!(%error, "database error");
+            Self::Database(error)
+        }
+    }
+}
