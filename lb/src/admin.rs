@@ -11,20 +11,39 @@
 //! | `GET /_lb/config` | policy, stickiness, whether instance controls exist |
 //! | `POST /_lb/instances`, `POST /_lb/instances/{name}/kill` · `/restart` | with a [`Supervisor`](crate::supervisor::Supervisor) only |
 //!
-//! Only clients on the loopback interface may use it: adding a backend
-//! decides where the balancer sends traffic, and must not be open to the
-//! shoppers the balancer serves. (A production balancer puts its admin API
-//! on a separate, private listener; HAProxy's stats socket, Envoy's admin
+//! Adding a backend decides where the balancer sends traffic (and the
+//! shoppers' cookies), so the API is closed the way routers' and
+//! databases' admin pages are ([`AdminAccess`]):
+//!
+//! * only clients on this machine (loopback, IPv4-mapped included);
+//! * only requests *addressed* to this machine (`Host: 127.0.0.1…`,
+//!   `localhost…`, `[::1]…`): a web page that points its own domain at
+//!   127.0.0.1 (DNS rebinding) sends its own name as `Host`;
+//! * no requests from another site's page (`Origin` must match `Host`;
+//!   `Sec-Fetch-Site` must be `same-origin` or `none`);
+//! * changes only with `Content-Type: application/json` (a cross-site form
+//!   cannot send that without a CORS preflight, which is never granted) and
+//!   the per-run admin token (`Authorization: Bearer …`), which only the
+//!   dashboard link on the launcher's banner carries;
+//! * backends added at run time only on this machine, unless the balancer
+//!   was started with `--allow-remote-backends`.
+//!
+//! (A production balancer puts its admin API on a separate, private
+//! listener, often a Unix socket: HAProxy's stats socket, Envoy's admin
 //! port.)
 
 use std::net::SocketAddr;
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
+use hmac::{Hmac, Mac};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderValue};
+use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
+use sha2::Sha256;
 
 use crate::backend::{Backend, BackendSetError, BackendSpec, BackendState};
 use crate::body::ProxyBody;
@@ -76,9 +95,169 @@ struct NewBackend {
     url: String,
 }
 
+/// The shortest admin token accepted.
+const MIN_TOKEN_CHARS: usize = 16;
+
+/// Why an admin token was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminTokenError {
+    #[error("the admin token must be at least {MIN_TOKEN_CHARS} characters")]
+    TooShort,
+    #[error("the operating system's random source failed: {0}")]
+    Random(String),
+}
+
+/// Who may use the admin API, and what it may add.
+#[derive(Clone)]
+pub struct AdminAccess {
+    token: String,
+    allow_remote_backends: bool,
+}
+
+impl std::fmt::Debug for AdminAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminAccess")
+            .field("allow_remote_backends", &self.allow_remote_backends)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AdminAccess {
+    /// With `token`, or a fresh random one (128 bits from the OS).
+    pub fn new(
+        token: Option<String>,
+        allow_remote_backends: bool,
+    ) -> Result<Self, AdminTokenError> {
+        let token = match token {
+            Some(token) if token.chars().count() < MIN_TOKEN_CHARS => {
+                return Err(AdminTokenError::TooShort);
+            }
+            Some(token) => token,
+            None => {
+                let mut bytes = [0u8; 16];
+                getrandom::fill(&mut bytes).map_err(|e| AdminTokenError::Random(e.to_string()))?;
+                URL_SAFE_NO_PAD.encode(bytes)
+            }
+        };
+        Ok(Self {
+            token,
+            allow_remote_backends,
+        })
+    }
+
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// Whether `presented` is the token, compared in constant time (by
+    /// their HMACs under a key of the day: equal inputs, equal tags).
+    fn accepts(&self, presented: &str) -> bool {
+        let tag = |text: &str| {
+            let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.token.as_bytes())
+                .unwrap_or_else(|_| unreachable!("HMAC accepts keys of every length"));
+            mac.update(text.as_bytes());
+            mac
+        };
+        let expected = tag(&self.token).finalize().into_bytes();
+        tag(presented).verify_slice(&expected).is_ok()
+    }
+}
+
 /// Whether `path` belongs to the admin API.
 pub fn is_admin_path(path: &str) -> bool {
     path == PREFIX || path.starts_with("/_lb/")
+}
+
+/// Whether a `Host` header names this machine: an IP literal on loopback,
+/// or `localhost`, with any port.
+fn host_is_local(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        // `[::1]:8080`
+        Some(bracketed) => bracketed.split(']').next().unwrap_or(""),
+        // `127.0.0.1:8080`, `localhost:8080`
+        None => host.rsplit_once(':').map_or(host, |(name, _port)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.to_canonical().is_loopback())
+}
+
+/// The checks every admin request passes (see the module's docs), and for
+/// a change the token and the content type. `Err` is the refusal to send.
+fn admitted(
+    access: &AdminAccess,
+    client: SocketAddr,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<(), Box<Response<ProxyBody>>> {
+    let forbidden = |why: &str| Box::new(json_response(StatusCode::FORBIDDEN, "forbidden", why));
+    if !client.ip().to_canonical().is_loopback() {
+        return Err(forbidden(
+            "the balancer's admin API is only open to this machine",
+        ));
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if headers.get_all(header::HOST).iter().count() != 1 || !host_is_local(host) {
+        return Err(forbidden(
+            "the admin API answers only requests addressed to this machine (Host: 127.0.0.1, localhost or [::1])",
+        ));
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let same = origin
+            .to_str()
+            .ok()
+            .and_then(|o| o.strip_prefix("http://"))
+            .is_some_and(|o| o.eq_ignore_ascii_case(host));
+        if !same {
+            return Err(forbidden(
+                "the admin API does not answer other sites' pages",
+            ));
+        }
+    }
+    let site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+    if site.is_some_and(|site| site != "same-origin" && site != "none") {
+        return Err(forbidden(
+            "the admin API does not answer other sites' pages",
+        ));
+    }
+    if method == Method::GET || method == Method::HEAD {
+        return Ok(());
+    }
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if !presented.is_some_and(|token| access.accepts(token.trim())) {
+        let mut refused = json_response(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "changes need the admin token (Authorization: Bearer …): open the dashboard from the link the balancer printed when it started",
+        );
+        refused
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return Err(Box::new(refused));
+    }
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+        });
+    if !json {
+        return Err(Box::new(json_response(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "changes must be sent with Content-Type: application/json",
+        )));
+    }
+    Ok(())
 }
 
 /// Serves one admin request.
@@ -87,13 +266,14 @@ pub async fn handle(
     client: SocketAddr,
     request: Request<Incoming>,
 ) -> Response<ProxyBody> {
-    if !client.ip().is_loopback() {
-        return json_response(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "the balancer's admin API is only open to this machine",
-        );
+    let Some(access) = balancer.admin_access() else {
+        return json_response(StatusCode::NOT_FOUND, "not_found", "the admin API is off");
+    };
+    if let Err(refusal) = admitted(access, client, request.method(), request.headers()) {
+        crate::body::linger(request.into_body());
+        return *refusal;
     }
+    let allow_remote_backends = access.allow_remote_backends;
     let method = request.method().clone();
     let path = request.uri().path().trim_end_matches('/').to_owned();
     let rest = path.strip_prefix(PREFIX).unwrap_or("");
@@ -111,7 +291,9 @@ pub async fn handle(
                 .collect();
             json(StatusCode::OK, &views)
         }
-        (&Method::POST, ["backends"]) => add_backend(balancer, request).await,
+        (&Method::POST, ["backends"]) => {
+            add_backend(balancer, request, allow_remote_backends).await
+        }
         (&Method::POST, ["backends", name, "drain"]) => match balancer.backends().get(name) {
             Some(backend) => {
                 backend.drain();
@@ -160,7 +342,11 @@ fn config(balancer: &Balancer) -> serde_json::Value {
     })
 }
 
-async fn add_backend(balancer: &Balancer, request: Request<Incoming>) -> Response<ProxyBody> {
+async fn add_backend(
+    balancer: &Balancer,
+    request: Request<Incoming>,
+    allow_remote_backends: bool,
+) -> Response<ProxyBody> {
     let body = match Limited::new(request.into_body(), BODY_LIMIT)
         .collect()
         .await
@@ -185,6 +371,14 @@ async fn add_backend(balancer: &Balancer, request: Request<Incoming>) -> Respons
         }
     };
     let spec = match BackendSpec::new(&new.name, &new.url) {
+        Ok(spec) if !allow_remote_backends && !spec.is_loopback() => {
+            let refused = crate::BackendSpecError::NotLoopback(new.url);
+            return json_response(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_backend",
+                &refused.to_string(),
+            );
+        }
         Ok(spec) => spec,
         Err(e) => {
             return json_response(
@@ -298,4 +492,47 @@ fn text(body: String) -> Response<ProxyBody> {
         "text/plain; version=0.0.4; charset=utf-8",
         Bytes::from(body),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_hosts_on_this_machine_are_local() {
+        for local in [
+            "127.0.0.1:8080",
+            "localhost",
+            "LOCALHOST:1",
+            "[::1]:80",
+            "[::ffff:127.0.0.1]:80",
+            "127.0.0.1",
+        ] {
+            assert!(host_is_local(local), "{local}");
+        }
+        for foreign in [
+            "evil.example",
+            "evil.example:8080",
+            "10.0.0.1:80",
+            "127.0.0.1.evil.example",
+            "",
+        ] {
+            assert!(!host_is_local(foreign), "{foreign}");
+        }
+    }
+
+    #[test]
+    fn the_token_is_checked_whole() {
+        let access =
+            AdminAccess::new(Some("a-token-of-twenty-chars".into()), false).expect("token");
+        assert!(access.accepts("a-token-of-twenty-chars"));
+        assert!(!access.accepts("a-token-of-twenty-char"));
+        assert!(!access.accepts(""));
+        assert!(matches!(
+            AdminAccess::new(Some("short".into()), false),
+            Err(AdminTokenError::TooShort)
+        ));
+        let random = AdminAccess::new(None, false).expect("random token");
+        assert!(random.token().len() >= MIN_TOKEN_CHARS);
+    }
 }

@@ -5,8 +5,14 @@
 //! backend's own base URI, never from anything in the request. That is what
 //! "the LB forwards only to configured backends" means in code.
 //!
-//! Each backend carries the live numbers the policies and the (later) health
-//! checks need: requests in flight, requests served, and a state. The set is a
+//! Each backend carries the live numbers the policies and the health checks
+//! need: requests in flight, requests served, and a state. It also bounds
+//! its own load ([`Limits`]): at most `max_conns` requests at once, a short
+//! queue behind them, and a 503 with `Retry-After` past that, so a burst of
+//! clients cannot pile thousands of connections onto one instance (whose
+//! accept queue would overflow, whose health would then be misjudged, and
+//! whose shoppers would all get errors). HAProxy's `maxconn` and queue, and
+//! nginx's `max_conns`, do the same. The set is a
 //! `RwLock<Vec<Arc<Backend>>>`: reads (one per request) vastly outnumber
 //! changes (an operator adding or removing an instance), and the lock is never
 //! held across an `.await`. A lock-free structure (e.g. `arc-swap`) would also
@@ -14,11 +20,60 @@
 //! is not the bottleneck and is easier to read.
 
 use std::fmt;
+use std::net::IpAddr;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::time::Duration;
 
 use hyper::Uri;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
+
+/// Connection timeouts in a row that take a backend out. A refused
+/// connection takes it out at once (nothing listens there); a timeout may
+/// be a busy backend, or a busy balancer, and one alone proves nothing.
+const TIMEOUTS_BEFORE_DOWN: u32 = 3;
+
+/// How much load one backend is given at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Requests in flight to one backend at most (HAProxy's `maxconn`,
+    /// nginx's `max_conns`).
+    pub max_conns: usize,
+    /// Requests that may wait for a free slot on one backend; more are
+    /// answered 503 with `Retry-After` at once.
+    pub queue: usize,
+    /// How long a request waits in that queue before it is answered 503.
+    pub queue_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_conns: 100,
+            queue: 1000,
+            queue_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why a backend did not take a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// Every slot is busy and the queue is full.
+    QueueFull,
+    /// The request waited in the queue for the whole queue timeout.
+    QueueTimeout,
+}
+
+/// How a new connection to a backend failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectFailure {
+    /// Refused or reset: nothing is listening there.
+    Refused,
+    /// No answer within the connect timeout.
+    TimedOut,
+}
 
 /// What the balancer does with a backend, as the admin API shows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -57,6 +112,10 @@ pub enum BackendSpecError {
     Scheme(String),
     #[error("backend URL `{0}` must not have a path or query: the request's own path is kept")]
     Path(String),
+    #[error(
+        "backend URL `{0}` must be on this machine (127.0.0.1, ::1): a backend elsewhere would receive the shoppers' cookies (start lb with --allow-remote-backends to allow it)"
+    )]
+    NotLoopback(String),
 }
 
 impl BackendSpec {
@@ -99,6 +158,20 @@ impl BackendSpec {
     }
 }
 
+impl BackendSpec {
+    /// Whether the backend's host is a loopback address (`127.0.0.0/8`,
+    /// `::1`, or `::ffff:127.x.y.z`), written as an IP literal. A name such
+    /// as `localhost` does not count: what a name resolves to can change
+    /// after it was checked.
+    pub fn is_loopback(&self) -> bool {
+        self.url
+            .host()
+            .map(|host| host.trim_start_matches('[').trim_end_matches(']'))
+            .and_then(|host| host.parse::<IpAddr>().ok())
+            .is_some_and(|ip| ip.to_canonical().is_loopback())
+    }
+}
+
 impl FromStr for BackendSpec {
     type Err = BackendSpecError;
 
@@ -130,9 +203,17 @@ pub struct Backend {
     health_check_failures: AtomicU64,
     /// Duration of the last health check in ms; `u64::MAX` = none yet.
     last_check_ms: AtomicU64,
+    /// One permit per request this backend may be given at once.
+    slots: Arc<Semaphore>,
+    /// Requests waiting for a slot.
+    queued: AtomicUsize,
+    /// Requests refused because the queue was full or timed out.
+    refused: AtomicU64,
+    /// Connection timeouts in a row while proxying.
+    timeouts: AtomicU32,
 }
 
-/// Consecutive health check outcomes, for the rise/fall thresholds.
+/// Consecutive outcomes, for the rise/fall thresholds.
 #[derive(Debug, Default)]
 struct HealthRun {
     successes: u32,
@@ -159,7 +240,7 @@ impl fmt::Debug for Backend {
 }
 
 impl Backend {
-    pub fn new(spec: BackendSpec) -> Self {
+    pub fn new(spec: BackendSpec, limits: Limits) -> Self {
         let address = spec.url.authority().map_or_else(String::new, |a| {
             format!("{}:{}", a.host(), a.port_u16().unwrap_or(80))
         });
@@ -175,6 +256,10 @@ impl Backend {
             health: Mutex::new(HealthRun::default()),
             health_check_failures: AtomicU64::new(0),
             last_check_ms: AtomicU64::new(u64::MAX),
+            slots: Arc::new(Semaphore::new(limits.max_conns.max(1))),
+            queued: AtomicUsize::new(0),
+            refused: AtomicU64::new(0),
+            timeouts: AtomicU32::new(0),
         }
     }
 
@@ -202,17 +287,17 @@ impl Backend {
         }
     }
 
-    pub fn is_healthy(&self) -> bool {
+    pub(crate) fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Acquire)
     }
 
     /// Whether this backend may be given a shopper it has not seen.
-    pub fn takes_new(&self) -> bool {
+    pub(crate) fn takes_new(&self) -> bool {
         self.state() == BackendState::Up
     }
 
     /// Whether this backend may keep serving shoppers pinned to it.
-    pub fn takes_pinned(&self) -> bool {
+    pub(crate) fn takes_pinned(&self) -> bool {
         self.is_healthy()
     }
 
@@ -228,22 +313,44 @@ impl Backend {
         *run = HealthRun::default();
     }
 
-    /// A connection to this backend failed: out of rotation at once
-    /// (passive health checking, like nginx's `max_fails=1`). The active
-    /// checks bring it back after `rise` good checks.
-    pub fn mark_failed(&self) -> HealthChange {
-        let was_healthy = self.healthy.swap(false, Ordering::AcqRel);
+    /// A new connection to this backend failed while proxying (passive
+    /// health checking). Refused: out of rotation at once, nothing listens
+    /// there. Timed out: out after [`TIMEOUTS_BEFORE_DOWN`] in a row, since
+    /// one timeout may only mean a busy moment. The active checks bring it
+    /// back after `rise` good checks.
+    pub(crate) fn connect_failed(&self, failure: ConnectFailure) -> HealthChange {
+        if failure == ConnectFailure::TimedOut {
+            let in_a_row = self.timeouts.fetch_add(1, Ordering::AcqRel) + 1;
+            if in_a_row < TIMEOUTS_BEFORE_DOWN {
+                return HealthChange::None;
+            }
+        }
+        self.timeouts.store(0, Ordering::Release);
         let mut run = self.health.lock().unwrap_or_else(|p| p.into_inner());
         run.successes = 0;
-        if was_healthy {
+        if self.healthy.swap(false, Ordering::AcqRel) {
             HealthChange::WentDown
         } else {
             HealthChange::None
         }
     }
 
+    /// A new connection to this backend succeeded: the timeouts in a row
+    /// start again from zero.
+    pub(crate) fn connected(&self) {
+        if self.timeouts.load(Ordering::Acquire) != 0 {
+            self.timeouts.store(0, Ordering::Release);
+        }
+    }
+
     /// Records one active health check and applies the rise/fall thresholds.
-    pub fn record_check(&self, ok: bool, took_ms: u64, rise: u32, fall: u32) -> HealthChange {
+    pub(crate) fn record_check(
+        &self,
+        ok: bool,
+        took_ms: u64,
+        rise: u32,
+        fall: u32,
+    ) -> HealthChange {
         self.last_check_ms.store(took_ms, Ordering::Relaxed);
         let mut run = self.health.lock().unwrap_or_else(|p| p.into_inner());
         if ok {
@@ -277,11 +384,11 @@ impl Backend {
     }
 
     /// Responses by status class, in the order of [`STATUS_CLASSES`].
-    pub fn served_by_class(&self) -> [u64; 5] {
+    pub(crate) fn served_by_class(&self) -> [u64; 5] {
         std::array::from_fn(|i| self.by_class[i].load(Ordering::Relaxed))
     }
 
-    pub fn health_check_failures(&self) -> u64 {
+    pub(crate) fn health_check_failures(&self) -> u64 {
         self.health_check_failures.load(Ordering::Relaxed)
     }
 
@@ -293,12 +400,45 @@ impl Backend {
         }
     }
 
-    /// Counts a request as in flight until the returned guard is dropped.
-    pub fn start_request(self: &Arc<Self>) -> InFlight {
+    /// Requests waiting for a free slot on this backend.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
+
+    /// Requests refused because this backend's queue was full or too slow.
+    pub(crate) fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Admits a request: takes one of the backend's slots, waiting in its
+    /// queue if every slot is busy (within `limits`). The request counts as
+    /// in flight until the returned guard is dropped, which frees the slot.
+    pub(crate) async fn admit(self: &Arc<Self>, limits: &Limits) -> Result<InFlight, Refused> {
+        let slot = match Arc::clone(&self.slots).try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(TryAcquireError::Closed) => return Err(self.refuse(Refused::QueueFull)),
+            Err(TryAcquireError::NoPermits) => {
+                let Some(_waiting) = Waiting::join(&self.queued, limits.queue) else {
+                    return Err(self.refuse(Refused::QueueFull));
+                };
+                let acquired = Arc::clone(&self.slots).acquire_owned();
+                match tokio::time::timeout(limits.queue_timeout, acquired).await {
+                    Ok(Ok(slot)) => slot,
+                    Ok(Err(_closed)) => return Err(self.refuse(Refused::QueueFull)),
+                    Err(_elapsed) => return Err(self.refuse(Refused::QueueTimeout)),
+                }
+            }
+        };
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        InFlight {
+        Ok(InFlight {
             backend: Arc::clone(self),
-        }
+            _slot: slot,
+        })
+    }
+
+    fn refuse(&self, why: Refused) -> Refused {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        why
     }
 
     /// Counts a response (or a balancer error on this backend's behalf).
@@ -309,12 +449,35 @@ impl Backend {
     }
 }
 
-/// Holds one unit of a backend's in-flight count; releases it when dropped,
-/// which for a proxied request is when the response body has been streamed
-/// to the client (or the client went away).
+/// One place in a backend's queue, left when dropped (also when the
+/// waiting request is cancelled: its client went away).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    /// Joins the queue, unless `limit` requests wait already.
+    fn join(queued: &'a AtomicUsize, limit: usize) -> Option<Self> {
+        let joined = queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .is_ok();
+        joined.then(|| Self(queued))
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Holds one of a backend's slots and one unit of its in-flight count;
+/// releases both when dropped, which for a proxied request is when the
+/// response body has been streamed to the client (or the client went away).
 #[derive(Debug)]
 pub struct InFlight {
     backend: Arc<Backend>,
+    _slot: OwnedSemaphorePermit,
 }
 
 impl Drop for InFlight {
@@ -336,11 +499,18 @@ pub enum BackendSetError {
 #[derive(Debug, Default)]
 pub struct BackendSet {
     backends: RwLock<Vec<Arc<Backend>>>,
+    limits: Limits,
 }
 
 impl BackendSet {
-    pub fn new(specs: impl IntoIterator<Item = BackendSpec>) -> Result<Self, BackendSetError> {
-        let set = Self::default();
+    pub fn new(
+        specs: impl IntoIterator<Item = BackendSpec>,
+        limits: Limits,
+    ) -> Result<Self, BackendSetError> {
+        let set = Self {
+            backends: RwLock::default(),
+            limits,
+        };
         for spec in specs {
             set.add(spec)?;
         }
@@ -360,7 +530,7 @@ impl BackendSet {
         if backends.iter().any(|b| b.name == spec.name) {
             return Err(BackendSetError::DuplicateName(spec.name));
         }
-        let backend = Arc::new(Backend::new(spec));
+        let backend = Arc::new(Backend::new(spec, self.limits));
         backends.push(Arc::clone(&backend));
         Ok(backend)
     }
@@ -385,7 +555,7 @@ impl BackendSet {
     }
 
     /// A snapshot of the backends that take new shoppers.
-    pub fn available(&self) -> Vec<Arc<Backend>> {
+    pub(crate) fn available(&self) -> Vec<Arc<Backend>> {
         self.read()
             .iter()
             .filter(|b| b.takes_new())
@@ -397,6 +567,13 @@ impl BackendSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn test_backend(limits: Limits) -> Backend {
+        Backend::new(
+            BackendSpec::new("a", "http://127.0.0.1:1").expect("spec"),
+            limits,
+        )
+    }
 
     #[test]
     fn spec_parses_name_and_keeps_only_scheme_and_authority() {
@@ -427,10 +604,13 @@ mod tests {
 
     #[test]
     fn names_are_unique_and_removal_leaves_the_others() {
-        let set = BackendSet::new([
-            BackendSpec::new("a", "http://127.0.0.1:1").expect("spec"),
-            BackendSpec::new("b", "http://127.0.0.1:2").expect("spec"),
-        ])
+        let set = BackendSet::new(
+            [
+                BackendSpec::new("a", "http://127.0.0.1:1").expect("spec"),
+                BackendSpec::new("b", "http://127.0.0.1:2").expect("spec"),
+            ],
+            Limits::default(),
+        )
         .expect("set");
         assert_eq!(
             set.add(BackendSpec::new("a", "http://127.0.0.1:3").expect("spec"))
@@ -444,7 +624,7 @@ mod tests {
 
     #[test]
     fn health_follows_rise_and_fall_thresholds() {
-        let backend = Backend::new(BackendSpec::new("a", "http://127.0.0.1:1").expect("spec"));
+        let backend = test_backend(Limits::default());
         assert_eq!(
             backend.record_check(false, 1, 2, 2),
             HealthChange::None,
@@ -460,30 +640,90 @@ mod tests {
         assert_eq!(backend.record_check(true, 1, 2, 2), HealthChange::WentUp);
         assert_eq!(backend.health_check_failures(), 2);
         assert_eq!(
-            backend.mark_failed(),
+            backend.connect_failed(ConnectFailure::Refused),
             HealthChange::WentDown,
             "a refused connection is down at once"
         );
     }
 
     #[test]
+    fn connect_timeouts_take_a_backend_down_only_in_a_row() {
+        let backend = test_backend(Limits::default());
+        for _ in 1..TIMEOUTS_BEFORE_DOWN {
+            assert_eq!(
+                backend.connect_failed(ConnectFailure::TimedOut),
+                HealthChange::None
+            );
+        }
+        backend.connected();
+        assert_eq!(
+            backend.connect_failed(ConnectFailure::TimedOut),
+            HealthChange::None,
+            "a connection in between starts the count again"
+        );
+        for _ in 1..TIMEOUTS_BEFORE_DOWN {
+            backend.connect_failed(ConnectFailure::TimedOut);
+        }
+        assert_eq!(backend.state(), BackendState::Down);
+    }
+
+    #[test]
+    fn only_loopback_ip_literals_count_as_this_machine() {
+        let spec = |url: &str| BackendSpec::new("a", url).expect("spec");
+        assert!(spec("http://127.0.0.1:1").is_loopback());
+        assert!(spec("http://127.9.9.9:1").is_loopback());
+        assert!(spec("http://[::1]:1").is_loopback());
+        assert!(spec("http://[::ffff:127.0.0.1]:1").is_loopback());
+        assert!(!spec("http://10.0.0.1:1").is_loopback());
+        assert!(!spec("http://localhost:1").is_loopback());
+        assert!(!spec("http://evil.example:1").is_loopback());
+    }
+
+    #[tokio::test]
+    async fn a_full_backend_queues_then_refuses() {
+        let limits = Limits {
+            max_conns: 1,
+            queue: 1,
+            queue_timeout: Duration::from_millis(50),
+        };
+        let backend = Arc::new(test_backend(limits));
+        let busy = backend.admit(&limits).await.expect("the one slot");
+        assert_eq!(
+            backend.admit(&limits).await.map(drop),
+            Err(Refused::QueueTimeout),
+            "waited its turn, then gave up"
+        );
+        let (waiting, _) = tokio::join!(backend.admit(&limits), async {
+            tokio::task::yield_now().await;
+            assert_eq!(backend.queued(), 1);
+            assert_eq!(
+                backend.admit(&limits).await.map(drop),
+                Err(Refused::QueueFull)
+            );
+            drop(busy);
+        });
+        assert!(waiting.is_ok(), "the queued request got the freed slot");
+        assert_eq!(backend.queued(), 0);
+        assert_eq!(backend.refused(), 2);
+    }
+
+    #[test]
     fn draining_keeps_pinned_shoppers_only_while_healthy() {
-        let backend = Backend::new(BackendSpec::new("a", "http://127.0.0.1:1").expect("spec"));
+        let backend = test_backend(Limits::default());
         backend.drain();
         assert_eq!(backend.state(), BackendState::Draining);
         assert!(!backend.takes_new() && backend.takes_pinned());
-        backend.mark_failed();
+        backend.connect_failed(ConnectFailure::Refused);
         assert_eq!(backend.state(), BackendState::Down);
         assert!(!backend.takes_pinned());
     }
 
-    #[test]
-    fn in_flight_guard_counts_until_dropped() {
-        let backend = Arc::new(Backend::new(
-            BackendSpec::new("a", "http://127.0.0.1:1").expect("spec"),
-        ));
-        let first = backend.start_request();
-        let second = backend.start_request();
+    #[tokio::test]
+    async fn in_flight_guard_counts_until_dropped() {
+        let limits = Limits::default();
+        let backend = Arc::new(test_backend(limits));
+        let first = backend.admit(&limits).await.expect("admitted");
+        let second = backend.admit(&limits).await.expect("admitted");
         assert_eq!(backend.in_flight(), 2);
         drop(first);
         assert_eq!(backend.in_flight(), 1);

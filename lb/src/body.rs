@@ -2,17 +2,33 @@
 //!
 //! Request and response bodies are passed on as they stream in, never
 //! buffered: a large upload or download costs the balancer a few buffers,
-//! not its size in memory. The one thing the balancer adds is [`Tracked`],
-//! which, once the last byte of a response has gone out, releases the
-//! backend's in-flight count (so least-connections sees a slow download as
-//! the load it is) and returns the backend connection to the pool.
+//! not its size in memory. (The one exception: the small body of an
+//! idempotent request is held, so that the request can be sent again
+//! elsewhere; see [`crate::proxy`].) The balancer adds two wrappers:
+//!
+//! * [`Tracked`], which, once the last byte of a response has gone out,
+//!   releases the backend's in-flight count and slot (so least-connections
+//!   sees a slow download as the load it is) and returns the backend
+//!   connection to the pool;
+//! * [`FromClient`], which notes when a *client's* request body breaks
+//!   (an invalid chunk size, a connection cut mid-upload), so that the
+//!   failure is answered as the client's fault (400), not the backend's;
+//!   and which, if the answer comes before the upload is done (a backend's
+//!   early 413), keeps reading and dropping the rest for a while
+//!   ([`linger`]). Closing a connection with unread data in it makes the
+//!   kernel reset it, and a client still sending then fails before it ever
+//!   reads the answer. nginx calls this `lingering_close`.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
+use http_body_util::BodyExt as _;
 use http_body_util::combinators::BoxBody;
-use hyper::body::{Body, Frame, SizeHint};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::backend::InFlight;
 use crate::pool::Pooled;
@@ -82,6 +98,81 @@ impl Drop for Tracked {
         // went away) leaves its connection mid-response: close it.
         if self.inner.is_end_stream() {
             self.finished();
+        }
+    }
+}
+
+/// How long the rest of an unwanted upload is read and dropped.
+const LINGER: Duration = Duration::from_secs(30);
+
+/// Reads what is left of a client's request body and drops it, for at most
+/// [`LINGER`], so that the client finishes sending and reads the answer it
+/// was given. Call it with a body nobody will read.
+pub fn linger(mut body: Incoming) {
+    if body.is_end_stream() {
+        return;
+    }
+    tokio::spawn(async move {
+        let drain = async { while let Some(Ok(_)) = body.frame().await {} };
+        let _ = tokio::time::timeout(LINGER, drain).await;
+    });
+}
+
+/// A client's request body on its way to a backend, which remembers whether
+/// it was the client's side that failed, and lingers if dropped unfinished.
+pub struct FromClient {
+    /// Always `Some` until dropped.
+    inner: Option<Incoming>,
+    broken: Arc<AtomicBool>,
+}
+
+impl FromClient {
+    /// Wraps `inner`; the flag turns true if reading it fails.
+    pub fn new(inner: Incoming) -> (Self, Arc<AtomicBool>) {
+        let broken = Arc::new(AtomicBool::new(false));
+        let body = Self {
+            inner: Some(inner),
+            broken: Arc::clone(&broken),
+        };
+        (body, broken)
+    }
+}
+
+impl Body for FromClient {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(inner).poll_frame(cx);
+        if let Poll::Ready(Some(Err(_))) = &polled {
+            self.broken.store(true, Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(Incoming::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Incoming::size_hint)
+    }
+}
+
+impl Drop for FromClient {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.take()
+            && !self.broken.load(Ordering::Acquire)
+        {
+            linger(inner);
         }
     }
 }

@@ -2,7 +2,10 @@
 //!
 //! They are JSON in the same `{"error","message"}` shape the shop uses, so a
 //! client (and the shop page's JavaScript) handles a balancer failure the
-//! same way as any other API error.
+//! same way as any other API error. A client's own mistake is a 4xx, the
+//! balancer's or a backend's trouble a 5xx; a 503 says when to come back
+//! (`Retry-After`). No message names an internal address: those go to the
+//! balancer's log.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -14,42 +17,67 @@ use crate::body::ProxyBody;
 /// Everything the balancer itself may answer with.
 #[derive(Debug, thiserror::Error)]
 pub enum LbError {
-    /// 503: no backend takes requests right now.
+    /// 503 `no_backend_available`: no backend takes requests right now.
     #[error("no backend is available to serve this request")]
     NoBackendAvailable,
-    /// 502: the chosen backend refused the connection, reset it, or sent
-    /// something that is not HTTP.
+    /// 503 `backend_busy`: the backend's slots are all taken and its queue
+    /// is full, or the request waited in it too long.
+    #[error("backend `{backend}` is busy ({why}); please try again in a moment")]
+    BackendBusy { backend: String, why: &'static str },
+    /// 503 `balancer_overloaded`: the balancer could not open a connection
+    /// (out of file descriptors or ports).
+    #[error("the balancer is overloaded; please try again in a moment")]
+    Overloaded,
+    /// 502 `bad_gateway`: the chosen backend refused the connection, reset
+    /// it, or sent something that is not HTTP.
     #[error("backend `{backend}` failed: {reason}")]
     BadGateway { backend: String, reason: String },
-    /// 504: the backend did not answer within the request timeout.
+    /// 504 `gateway_timeout`: the backend did not answer within the
+    /// request timeout.
     #[error("backend `{backend}` did not answer within {timeout_ms} ms")]
     GatewayTimeout { backend: String, timeout_ms: u128 },
-    /// 400: the request cannot be forwarded (e.g. a path that is not valid).
+    /// 400 `bad_request`: the request cannot be forwarded (two `Host`
+    /// headers, a path that is not valid, a body that is not valid HTTP).
     #[error("{0}")]
     BadRequest(String),
+    /// 405 `method_not_allowed`: `CONNECT`; this is no forward proxy.
+    #[error("{0} is not allowed: this balancer is a reverse proxy, not a tunnel")]
+    MethodNotAllowed(String),
 }
 
 impl LbError {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::NoBackendAvailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoBackendAvailable | Self::BackendBusy { .. } | Self::Overloaded => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::BadGateway { .. } => StatusCode::BAD_GATEWAY,
             Self::GatewayTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 
     pub fn code(&self) -> &'static str {
         match self {
             Self::NoBackendAvailable => "no_backend_available",
+            Self::BackendBusy { .. } => "backend_busy",
+            Self::Overloaded => "balancer_overloaded",
             Self::BadGateway { .. } => "bad_gateway",
             Self::GatewayTimeout { .. } => "gateway_timeout",
             Self::BadRequest(_) => "bad_request",
+            Self::MethodNotAllowed(_) => "method_not_allowed",
         }
     }
 
     pub fn into_response(self) -> Response<ProxyBody> {
-        json_response(self.status(), self.code(), &self.to_string())
+        let mut response = json_response(self.status(), self.code(), &self.to_string());
+        if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 

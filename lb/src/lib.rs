@@ -45,8 +45,9 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+pub use admin::AdminTokenError;
 pub use backend::{
-    Backend, BackendSet, BackendSetError, BackendSpec, BackendSpecError, BackendState,
+    Backend, BackendSet, BackendSetError, BackendSpec, BackendSpecError, BackendState, Limits,
 };
 pub use health::HealthConfig;
 pub use policy::Policy;
@@ -63,12 +64,18 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// How long to wait for a backend's response head once the request is sent.
     pub request_timeout: Duration,
+    /// How much load each backend is given at once.
+    pub limits: Limits,
     /// Pin shoppers to backends with the `lb_sticky` cookie.
     pub sticky: Option<Sticky>,
     /// Active health checks; `None` turns them off.
     pub health: Option<HealthConfig>,
     /// Serve the dashboard and admin API under `/_lb/`.
     pub admin: bool,
+    /// The token admin changes must carry; `None` makes a random one.
+    pub admin_token: Option<String>,
+    /// Let the admin API add backends that are not on this machine.
+    pub allow_remote_backends: bool,
 }
 
 impl Config {
@@ -80,9 +87,12 @@ impl Config {
             policy,
             connect_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(30),
+            limits: Limits::default(),
             sticky: None,
             health: Some(HealthConfig::default()),
             admin: false,
+            admin_token: None,
+            allow_remote_backends: false,
         }
     }
 }
@@ -106,6 +116,15 @@ pub struct Args {
     /// Time allowed for a backend's response head (e.g. 30s).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
+    /// Requests in flight to one backend at most; more wait in its queue.
+    #[arg(long, default_value_t = Limits::default().max_conns, value_parser = clap::value_parser!(usize))]
+    pub max_conns: usize,
+    /// Requests that may wait for one backend; more get 503 + Retry-After.
+    #[arg(long, default_value_t = Limits::default().queue)]
+    pub queue: usize,
+    /// How long a request may wait in a backend's queue.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub queue_timeout: Duration,
     /// Pin each shopper to one backend with the `lb_sticky` cookie.
     #[arg(long)]
     pub sticky: bool,
@@ -131,9 +150,16 @@ pub struct Args {
     /// Turn active health checks off (passive marking stays).
     #[arg(long)]
     pub no_health_checks: bool,
-    /// Serve the dashboard and admin API under /_lb/ (to loopback clients only).
+    /// Serve the dashboard and admin API under /_lb/ (to loopback clients
+    /// only; changes need the admin token, printed at start).
     #[arg(long)]
     pub admin: bool,
+    /// The admin token (at least 16 characters). Default: random per run.
+    #[arg(long, env = "LB_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Let the admin API add backends that are not on this machine.
+    #[arg(long)]
+    pub allow_remote_backends: bool,
     /// Worker threads, each with its own event loop (default: one per core).
     #[arg(long)]
     pub workers: Option<usize>,
@@ -151,6 +177,11 @@ impl Args {
             policy: self.policy,
             connect_timeout: self.connect_timeout,
             request_timeout: self.request_timeout,
+            limits: Limits {
+                max_conns: self.max_conns,
+                queue: self.queue,
+                queue_timeout: self.queue_timeout,
+            },
             sticky,
             health: (!self.no_health_checks).then_some(HealthConfig {
                 interval: self.health_interval,
@@ -159,6 +190,8 @@ impl Args {
                 fall: self.fall,
             }),
             admin: self.admin,
+            admin_token: self.admin_token.clone(),
+            allow_remote_backends: self.allow_remote_backends,
         })
     }
 }
@@ -169,7 +202,25 @@ pub enum RunError {
     #[error(transparent)]
     Backends(#[from] BackendSetError),
     #[error(transparent)]
+    AdminToken(#[from] AdminTokenError),
+    #[error(transparent)]
     Io(#[from] std::io::Error),
+}
+
+/// Raises this process's open-file limit to the most it may have.
+///
+/// Every connection is a file descriptor, and a balancer holds two per
+/// proxied request (client and backend). The usual soft limit, 1024, is
+/// reached by a burst of a few hundred clients; the hard limit is often a
+/// thousand times higher. (nginx has `worker_rlimit_nofile` for this.)
+/// Returns the new soft limit.
+pub fn raise_fd_limit() -> std::io::Result<u64> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(std::io::Error::from)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map_err(std::io::Error::from)?;
+    }
+    Ok(hard.max(soft))
 }
 
 /// Runs a balancer on `addr` with one single-threaded runtime per worker
@@ -184,6 +235,10 @@ pub enum RunError {
 pub fn run_threaded(addr: SocketAddr, config: Config, workers: usize) -> Result<(), RunError> {
     let workers = workers.max(1);
     let balancer = Balancer::new(config)?;
+    if let Some(token) = balancer.admin_token() {
+        // Stderr, like the rest of the log; the token never goes elsewhere.
+        eprintln!("admin API and dashboard: http://{addr}/_lb/#token={token}");
+    }
     // Bind every socket up front, so a busy port is reported before anything
     // starts, and port 0 resolves to one port shared by all workers.
     let first = reuseport_listener(addr)?;
@@ -233,12 +288,35 @@ pub fn run_threaded(addr: SocketAddr, config: Config, workers: usize) -> Result<
 
 /// A listening socket with `SO_REUSEPORT`, so several can share one port.
 fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    listening_socket(addr, true)
+}
+
+/// Connections the kernel queues for `accept` before it starts dropping
+/// new ones (the kernel caps it at `net.core.somaxconn`, 4096 on current
+/// Linux). A burst of clients lands here all at once; a short queue makes
+/// the ones that do not fit retry their handshake a second later, then
+/// three, then seven.
+const ACCEPT_BACKLOG: i32 = 4096;
+
+/// A listening socket on `addr` with a long accept queue, for a balancer
+/// to serve on (what `run_threaded` uses, one per worker).
+pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::from_std(listening_socket(addr, false)?)
+}
+
+fn listening_socket(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    if addr.is_ipv6() {
+        // `[::]` takes IPv4 clients too (as `::ffff:a.b.c.d`).
+        socket.set_only_v6(false)?;
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    socket.listen(1024)?;
+    socket.listen(ACCEPT_BACKLOG)?;
     Ok(socket.into())
 }

@@ -16,6 +16,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let args = lb::Args::parse();
+    if let Err(error) = lb::raise_fd_limit() {
+        tracing::warn!(%error, "cannot raise the open-file limit");
+    }
     let config = match args.config() {
         Ok(config) => config,
         Err(error) => {

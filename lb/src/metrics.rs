@@ -129,6 +129,30 @@ pub(crate) fn render(balancer: &Balancer) -> String {
         );
     }
     out.family(
+        "lb_queued",
+        Kind::Gauge,
+        "Requests waiting for a free slot, by backend.",
+    );
+    for backend in &backends {
+        out.sample(
+            "lb_queued",
+            &[("backend", backend.name())],
+            backend.queued(),
+        );
+    }
+    out.family(
+        "lb_refused_total",
+        Kind::Counter,
+        "Requests answered 503 because a backend's queue was full or too slow.",
+    );
+    for backend in &backends {
+        out.sample(
+            "lb_refused_total",
+            &[("backend", backend.name())],
+            backend.refused(),
+        );
+    }
+    out.family(
         "lb_backend_up",
         Kind::Gauge,
         "1 when the backend is healthy, 0 when down.",

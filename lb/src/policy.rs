@@ -66,7 +66,7 @@ impl Picker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::BackendSpec;
+    use crate::backend::{BackendSpec, Limits};
 
     fn backends(n: usize) -> Vec<Arc<Backend>> {
         (0..n)
@@ -74,6 +74,7 @@ mod tests {
                 Arc::new(Backend::new(
                     BackendSpec::new(&format!("b{i}"), &format!("http://127.0.0.1:{}", 4000 + i))
                         .expect("spec"),
+                    Limits::default(),
                 ))
             })
             .collect()
@@ -89,13 +90,14 @@ mod tests {
         assert_eq!(names, ["b0", "b1", "b2", "b0", "b1", "b2"]);
     }
 
-    #[test]
-    fn least_conn_avoids_the_busy_backend() {
+    #[tokio::test]
+    async fn least_conn_avoids_the_busy_backend() {
         let set = backends(3);
+        let limits = Limits::default();
         let _busy = (
-            set[0].start_request(),
-            set[0].start_request(),
-            set[1].start_request(),
+            set[0].admit(&limits).await,
+            set[0].admit(&limits).await,
+            set[1].admit(&limits).await,
         );
         let picker = Picker::new(Policy::LeastConn);
         for _ in 0..5 {

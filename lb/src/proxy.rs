@@ -6,6 +6,8 @@
 //!
 //! Per request:
 //! 1. `/_lb/…` with `--admin`: the balancer's own API ([`crate::admin`]);
+//!    `CONNECT` (405) and two `Host` headers (400) are refused: they are
+//!    the client's mistakes, or tricks;
 //! 2. choose a backend: the one the `lb_sticky` cookie names, if it can
 //!    still take this shopper, else one the policy picks among those taking
 //!    new shoppers (none → 503);
@@ -14,13 +16,22 @@
 //!    `GET http://elsewhere/ HTTP/1.1` goes to the backend all the same:
 //!    the balancer is not an open proxy);
 //! 4. drop hop-by-hop headers and the sticky cookie, add `X-Forwarded-*`;
-//! 5. send with the request body streaming through; wait for the response
+//! 5. take one of the backend's slots, waiting in its short queue if all
+//!    are busy (a full queue → 503 with `Retry-After`; see
+//!    [`crate::backend::Limits`]);
+//! 6. send with the request body streaming through; wait for the response
 //!    head at most `request_timeout` (→ 504);
-//! 6. if nothing reached the backend (its connection failed: mark it down),
-//!    send the request, still whole, to one other backend; if the exchange
-//!    failed after the request went out, answer 502 (it may have been acted
-//!    on: sending it again could, say, add an item twice);
-//! 7. return the response with its body streaming through, counting the
+//! 7. if nothing reached the backend (its connection failed), send the
+//!    request, still whole, to one other backend. If the request went out
+//!    and the exchange failed before any of the response arrived, send it
+//!    elsewhere only if it is *idempotent* (GET, HEAD, PUT, DELETE,
+//!    OPTIONS: sending it twice does no more than once) and its body is
+//!    empty or was held; anything else gets a 502, since it may have been
+//!    acted on (sending a POST again could add an item twice; the client
+//!    may retry it safely with an `Idempotency-Key`). nginx's
+//!    `proxy_next_upstream error` and HAProxy's `retry-on` draw the same
+//!    line;
+//! 8. return the response with its body streaming through, counting the
 //!    request in flight until its last byte, and (when sticky) a refreshed
 //!    `lb_sticky` cookie.
 
@@ -28,34 +39,40 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use hyper::header::{HOST, HeaderValue, SET_COOKIE};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full, Limited};
+use hyper::body::{Body, Incoming};
+use hyper::header::{CONTENT_LENGTH, HOST, HeaderMap, HeaderValue, SET_COOKIE};
+use hyper::http::request::Parts;
 use hyper::service::service_fn;
-use hyper::{Request, Response, Uri};
+use hyper::{Method, Request, Response, Uri, Version};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::Config;
 use crate::admin;
-use crate::backend::{Backend, BackendSet, BackendSetError, HealthChange};
-use crate::body::{ProxyBody, Tracked};
+use crate::admin::AdminAccess;
+use crate::backend::{Backend, BackendSet, HealthChange, Limits, Refused};
+use crate::body::{FromClient, ProxyBody, Tracked, linger};
 use crate::errors::LbError;
 use crate::headers;
 use crate::health::{self, HealthConfig};
 use crate::metrics::Counters;
 use crate::policy::{Picker, Policy};
-use crate::pool::{self, PoolKey, SendError};
+use crate::pool::{self, PoolKey, SendError, Unsent};
 use crate::sticky::{self, Sticky};
 use crate::supervisor::Supervisor;
 
 /// How long open client connections get to finish after shutdown begins.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// The largest body of an idempotent request held so that the request can
+/// be sent again; larger ones stream through and are not retried.
+const REPLAY_BODY_LIMIT: usize = 64 * 1024;
 
 /// A running balancer's shared state.
 pub struct Balancer {
@@ -65,9 +82,10 @@ pub struct Balancer {
     picker: Picker,
     connect_timeout: Duration,
     request_timeout: Duration,
+    limits: Limits,
     sticky: Option<Sticky>,
     health: Option<HealthConfig>,
-    admin: bool,
+    admin: Option<AdminAccess>,
     counters: Counters,
     supervisor: OnceLock<Arc<dyn Supervisor>>,
 }
@@ -78,7 +96,7 @@ impl std::fmt::Debug for Balancer {
             .field("backends", &self.backends)
             .field("policy", &self.picker.policy())
             .field("sticky", &self.sticky)
-            .field("admin", &self.admin)
+            .field("admin", &self.admin.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -92,6 +110,53 @@ struct Route {
     from_cookie: bool,
 }
 
+/// An idempotent request, kept so that it can be sent again when the first
+/// attempt fails before any of the response arrives.
+struct Replay {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Replay {
+    fn of(parts: &Parts, body: Bytes) -> Self {
+        Self {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+            body,
+        }
+    }
+
+    fn request(&self) -> Request<ProxyBody> {
+        let mut request = Request::new(full(self.body.clone()));
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.version_mut() = self.version;
+        *request.headers_mut() = self.headers.clone();
+        request
+    }
+}
+
+/// Sending it twice does no more than sending it once (RFC 9110 §9.2.2).
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS | Method::TRACE
+    )
+}
+
+fn full(bytes: Bytes) -> ProxyBody {
+    if bytes.is_empty() {
+        Empty::new().map_err(|never| match never {}).boxed()
+    } else {
+        Full::new(bytes).map_err(|never| match never {}).boxed()
+    }
+}
+
 /// What one attempt to forward came to.
 enum Attempt {
     Done(Response<ProxyBody>),
@@ -101,20 +166,35 @@ enum Attempt {
 }
 
 impl Balancer {
-    pub fn new(config: Config) -> Result<Arc<Self>, BackendSetError> {
+    pub fn new(config: Config) -> Result<Arc<Self>, crate::RunError> {
         static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
+        let admin = match (config.admin, config.admin_token) {
+            (false, _) => None,
+            (true, token) => Some(AdminAccess::new(token, config.allow_remote_backends)?),
+        };
         Ok(Arc::new(Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            backends: BackendSet::new(config.backends)?,
+            backends: BackendSet::new(config.backends, config.limits)?,
             picker: Picker::new(config.policy),
             connect_timeout: config.connect_timeout,
             request_timeout: config.request_timeout,
+            limits: config.limits,
             sticky: config.sticky,
             health: config.health,
-            admin: config.admin,
+            admin,
             counters: Counters::default(),
             supervisor: OnceLock::new(),
         }))
+    }
+
+    /// The token that admin API changes must carry (`Authorization: Bearer
+    /// …`), when the admin API is on. The dashboard link carries it.
+    pub fn admin_token(&self) -> Option<&str> {
+        self.admin.as_ref().map(AdminAccess::token)
+    }
+
+    pub(crate) fn admin_access(&self) -> Option<&AdminAccess> {
+        self.admin.as_ref()
     }
 
     /// The backends, for inspection and runtime changes.
@@ -218,30 +298,47 @@ impl Balancer {
         client_addr: SocketAddr,
         request: Request<Incoming>,
     ) -> Response<ProxyBody> {
-        if self.admin && admin::is_admin_path(request.uri().path()) {
+        if self.admin.is_some() && admin::is_admin_path(request.uri().path()) {
             return admin::handle(self, client_addr, request).await;
         }
         let (mut parts, body) = request.into_parts();
+        // Every early answer below lets the client finish sending first.
+        let refuse = |error: LbError, body: Incoming| {
+            linger(body);
+            error.into_response()
+        };
+        if parts.method == Method::CONNECT {
+            return refuse(LbError::MethodNotAllowed("CONNECT".to_owned()), body);
+        }
+        if parts.headers.get_all(HOST).iter().count() > 1 {
+            let error = LbError::BadRequest("the request has more than one Host header".to_owned());
+            return refuse(error, body);
+        }
         let pinned = sticky::take_cookie(&mut parts.headers);
         let Some(route) = self.route(pinned.as_deref(), None) else {
             Counters::bump(&self.counters.no_backend);
-            return LbError::NoBackendAvailable.into_response();
+            return refuse(LbError::NoBackendAvailable, body);
         };
         parts.uri = match origin_form(&parts.uri) {
             Ok(uri) => uri,
-            Err(error) => return error.into_response(),
+            Err(error) => return refuse(error, body),
         };
         headers::remove_hop_by_hop(&mut parts.headers);
         headers::add_forwarded(&mut parts.headers, client_addr.ip());
-        let upstream = Request::from_parts(parts, body.boxed());
+        let (upstream, replay, client_broke) = match upstream_request(parts, body).await {
+            Ok(prepared) => prepared,
+            Err(error) => return error.into_response(),
+        };
+        let replay = replay.as_ref();
 
-        let (response, backend, pin) = match self.forward(&route.backend, upstream).await {
+        let first = self.forward(&route.backend, upstream, replay).await;
+        let (response, backend, pin) = match first {
             Attempt::Done(response) => (response, route.backend, route.pin),
-            Attempt::Failed(error) => return self.failure(&route.backend, error),
+            Attempt::Failed(error) => return self.failure(&route.backend, error, &client_broke),
             Attempt::Retry(upstream, error) => {
                 // One retry, elsewhere. The shopper is re-pinned there.
                 let Some(second) = self.route(None, Some(&route.backend)) else {
-                    return self.failure(&route.backend, error);
+                    return self.failure(&route.backend, error, &client_broke);
                 };
                 Counters::bump(&self.counters.retries);
                 if route.from_cookie {
@@ -252,10 +349,10 @@ impl Balancer {
                     to = second.backend.name(),
                     "retrying on another backend"
                 );
-                match self.forward(&second.backend, upstream).await {
+                match self.forward(&second.backend, upstream, None).await {
                     Attempt::Done(response) => (response, second.backend, true),
                     Attempt::Failed(error) | Attempt::Retry(_, error) => {
-                        return self.failure(&second.backend, error);
+                        return self.failure(&second.backend, error, &client_broke);
                     }
                 }
             }
@@ -271,7 +368,7 @@ impl Balancer {
                 .backends
                 .all()
                 .into_iter()
-                .find(|b| sticky.token_for(b.name()) == token);
+                .find(|b| sticky.pins_to(token, b.name()));
             match found {
                 Some(backend) if backend.takes_pinned() => {
                     return Some(Route {
@@ -298,49 +395,97 @@ impl Balancer {
         })
     }
 
-    async fn forward(&self, backend: &Arc<Backend>, mut upstream: Request<ProxyBody>) -> Attempt {
+    /// Sends `upstream` to `backend` once; `replay` (for an idempotent
+    /// request) lets it be sent again if this attempt fails before any of
+    /// the response arrives.
+    async fn forward(
+        &self,
+        backend: &Arc<Backend>,
+        mut upstream: Request<ProxyBody>,
+        replay: Option<&Replay>,
+    ) -> Attempt {
         if !upstream.headers().contains_key(HOST) {
             // HTTP/1.0 clients may send no Host; HTTP/1.1 backends need one.
             if let Ok(host) = HeaderValue::from_str(backend.address()) {
                 upstream.headers_mut().insert(HOST, host);
             }
         }
+        let in_flight = match backend.admit(&self.limits).await {
+            Ok(in_flight) => in_flight,
+            Err(refused) => {
+                return Attempt::Failed(LbError::BackendBusy {
+                    backend: backend.name().to_owned(),
+                    why: match refused {
+                        Refused::QueueFull => "its queue is full",
+                        Refused::QueueTimeout => "no slot came free in time",
+                    },
+                });
+            }
+        };
         let key = PoolKey {
             balancer: self.id,
             address: backend.address().to_owned(),
         };
-        let in_flight = backend.start_request();
         let sent = tokio::time::timeout(
             self.request_timeout,
             pool::send(key, self.connect_timeout, upstream),
         )
         .await;
+        let bad_gateway = |reason: String| LbError::BadGateway {
+            backend: backend.name().to_owned(),
+            reason,
+        };
         match sent {
             Ok(Ok((response, connection))) => {
+                if connection.fresh {
+                    backend.connected();
+                }
                 let (mut head, body) = response.into_parts();
                 headers::remove_hop_by_hop(&mut head.headers);
                 let body = Tracked::new(body.boxed(), in_flight, connection);
                 Attempt::Done(Response::from_parts(head, body.boxed()))
             }
-            Ok(Err(SendError::NotSent {
-                request,
-                reason,
-                connect_failed,
-            })) => {
-                if connect_failed && backend.mark_failed() == HealthChange::WentDown {
-                    // Nobody answered: passive health check, down at once.
-                    tracing::warn!(backend = backend.name(), %reason, "backend is down: connection failed");
-                }
-                let error = LbError::BadGateway {
-                    backend: backend.name().to_owned(),
-                    reason,
+            Ok(Err(SendError::NotSent { request, why })) => {
+                let error = match &why {
+                    Unsent::Connect(failure, detail) => {
+                        if backend.connect_failed(*failure) == HealthChange::WentDown {
+                            // Passive health check: out of rotation now.
+                            tracing::warn!(
+                                backend = backend.name(),
+                                detail,
+                                "backend is down: connection failed"
+                            );
+                        }
+                        bad_gateway(why.describe())
+                    }
+                    Unsent::Local(error) => {
+                        tracing::error!(backend = backend.name(), %error, "cannot open a connection: the balancer is out of resources");
+                        LbError::Overloaded
+                    }
+                    Unsent::Closed(detail) => {
+                        tracing::debug!(
+                            backend = backend.name(),
+                            detail,
+                            "connection closed before sending"
+                        );
+                        bad_gateway(why.describe())
+                    }
                 };
-                Attempt::Retry(*request, error)
+                match error {
+                    LbError::Overloaded => Attempt::Failed(error),
+                    _ => Attempt::Retry(*request, error),
+                }
             }
-            Ok(Err(SendError::Failed(error))) => Attempt::Failed(LbError::BadGateway {
-                backend: backend.name().to_owned(),
-                reason: error_chain(&error),
-            }),
+            Ok(Err(SendError::Failed(error))) => {
+                tracing::debug!(backend = backend.name(), error = %error_chain(&error), "exchange failed");
+                let failed = bad_gateway("the connection failed before it answered".to_owned());
+                match replay {
+                    // Nothing of the response arrived: an idempotent request
+                    // may go elsewhere.
+                    Some(replay) => Attempt::Retry(replay.request(), failed),
+                    None => Attempt::Failed(failed),
+                }
+            }
             Err(_elapsed) => Attempt::Failed(LbError::GatewayTimeout {
                 backend: backend.name().to_owned(),
                 timeout_ms: self.request_timeout.as_millis(),
@@ -368,12 +513,71 @@ impl Balancer {
         response
     }
 
-    fn failure(&self, backend: &Backend, error: LbError) -> Response<ProxyBody> {
+    /// Answers a failed exchange: the client's fault when its own body
+    /// broke (400), else the error as it came.
+    fn failure(
+        &self,
+        backend: &Backend,
+        error: LbError,
+        client_broke: &AtomicBool,
+    ) -> Response<ProxyBody> {
+        let error = if client_broke.load(Ordering::Acquire) {
+            LbError::BadRequest(
+                "the request body could not be read (a malformed chunk, or the client went away)"
+                    .to_owned(),
+            )
+        } else {
+            error
+        };
         tracing::warn!(backend = backend.name(), %error, "forwarding failed");
         let response = error.into_response();
         backend.count_served(response.status().as_u16());
         response
     }
+}
+
+/// The request to send upstream, with what is needed to send it again (an
+/// idempotent request with an empty or small body: the body is read first
+/// and held) and a flag that says whether the client's body broke.
+async fn upstream_request(
+    parts: Parts,
+    body: Incoming,
+) -> Result<(Request<ProxyBody>, Option<Replay>, Arc<AtomicBool>), LbError> {
+    let unbroken = || Arc::new(AtomicBool::new(false));
+    if body.is_end_stream() {
+        let replay = is_idempotent(&parts.method).then(|| Replay::of(&parts, Bytes::new()));
+        return Ok((
+            Request::from_parts(parts, full(Bytes::new())),
+            replay,
+            unbroken(),
+        ));
+    }
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let small = declared.is_some_and(|length| length <= REPLAY_BODY_LIMIT);
+    if is_idempotent(&parts.method) && small {
+        let bytes = Limited::new(body, REPLAY_BODY_LIMIT)
+            .collect()
+            .await
+            .map_err(|_| {
+                LbError::BadRequest(
+                    "the request body could not be read (cut short, or longer than declared)"
+                        .to_owned(),
+                )
+            })?
+            .to_bytes();
+        let replay = Replay::of(&parts, bytes.clone());
+        return Ok((
+            Request::from_parts(parts, full(bytes)),
+            Some(replay),
+            unbroken(),
+        ));
+    }
+    let (body, broken) = FromClient::new(body);
+    Ok((Request::from_parts(parts, body.boxed()), None, broken))
 }
 
 /// Aborts a background task when dropped.

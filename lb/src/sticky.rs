@@ -32,6 +32,8 @@ use sha2::Sha256;
 pub const COOKIE_NAME: &str = "lb_sticky";
 /// The smallest key accepted, in bytes.
 pub const MIN_KEY_BYTES: usize = 32;
+/// Bytes of the HMAC kept in the cookie: 128 bits.
+const TOKEN_BYTES: usize = 16;
 
 /// Sticky-session settings.
 #[derive(Clone)]
@@ -82,16 +84,28 @@ impl Sticky {
         self.ttl
     }
 
-    /// The cookie value that pins a shopper to `backend`.
-    pub(crate) fn token_for(&self, backend: &str) -> String {
-        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.key) else {
-            // HMAC accepts keys of any length; this branch cannot run.
-            return String::new();
-        };
+    fn mac_for(&self, backend: &str) -> Hmac<Sha256> {
+        // HMAC takes a key of any length; ours is at least 32 bytes.
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
+            .unwrap_or_else(|_| unreachable!("HMAC accepts keys of every length"));
         mac.update(b"lb_sticky\0");
         mac.update(backend.as_bytes());
-        let digest = mac.finalize().into_bytes();
-        URL_SAFE_NO_PAD.encode(&digest[..16])
+        mac
+    }
+
+    /// The cookie value that pins a shopper to `backend`.
+    pub(crate) fn token_for(&self, backend: &str) -> String {
+        let digest = self.mac_for(backend).finalize().into_bytes();
+        URL_SAFE_NO_PAD.encode(&digest[..TOKEN_BYTES])
+    }
+
+    /// Whether a cookie value pins its shopper to `backend`, compared in
+    /// constant time (`==` on the strings would stop at the first wrong
+    /// byte, and the time that takes tells a forger how far they got).
+    pub(crate) fn pins_to(&self, token: &str, backend: &str) -> bool {
+        URL_SAFE_NO_PAD.decode(token).is_ok_and(|tag| {
+            tag.len() == TOKEN_BYTES && self.mac_for(backend).verify_truncated_left(&tag).is_ok()
+        })
     }
 
     /// The `Set-Cookie` value that (re)pins a shopper, with a fresh expiry.
@@ -149,6 +163,9 @@ mod tests {
         assert_eq!(s.token_for("i1"), s.token_for("i1"));
         assert_ne!(s.token_for("i1"), s.token_for("i2"));
         assert!(!s.token_for("i1").contains("i1"));
+        assert!(s.pins_to(&s.token_for("i1"), "i1"));
+        assert!(!s.pins_to(&s.token_for("i1"), "i2"));
+        assert!(!s.pins_to("not base64!", "i1") && !s.pins_to("", "i1"));
         let other = Sticky::with_hex_key(&"cd".repeat(32), Duration::from_secs(60)).expect("key");
         assert_ne!(
             s.token_for("i1"),

@@ -95,6 +95,11 @@ pub fn main<S: Stage>() -> ExitCode {
         (_, true) => "error",
         _ => "warn",
     });
+    // An instance holds a file descriptor per connection, and so does the
+    // balancer in `up`: the usual soft limit (1024) is a burst away.
+    if let Err(error) = lb::raise_fd_limit() {
+        tracing::warn!(%error, "cannot raise the open-file limit");
+    }
     let mut builder = match &cli.command {
         Some(Command::Serve(args)) if args.threads == 1 => {
             tokio::runtime::Builder::new_current_thread()
@@ -211,7 +216,10 @@ fn print_banner(info: &StageInfo, topology: &Topology, services: &Services) {
         "  Shop:       {url}   (balancer, {}{sticky})",
         policy_name(info.policy)
     );
-    println!("  Dashboard:  {url}/_lb/   (health, load; kill, restart and add instances)");
+    println!(
+        "  Dashboard:  {}   (health, load; kill, restart and add instances)",
+        topology.dashboard_url()
+    );
     for instance in topology.instances() {
         println!("  Instance {}: {}", instance.name, instance.url);
     }

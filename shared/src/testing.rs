@@ -286,3 +286,39 @@ pub fn assert_up_flags_reach_every_instance<S: Stage>(exe: &str, flags: &[(&str,
         }
     }
 }
+
+/// The balancer's admin API as the dashboard uses it: every change carries
+/// the admin token (`Authorization: Bearer …`) and a JSON body.
+#[derive(Debug)]
+pub struct Admin {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Admin {
+    /// The admin API of `topology`'s balancer.
+    pub fn of(topology: &Topology) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            base: topology.url(),
+            token: topology
+                .admin_token()
+                .expect("the topology's balancer serves the admin API")
+                .to_owned(),
+        }
+    }
+
+    /// A change (`POST`, `DELETE`) to `path` (`/_lb/…`) with `body`.
+    pub fn change(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: serde_json::Value,
+    ) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .json(&body)
+    }
+}

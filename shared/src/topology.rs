@@ -336,6 +336,19 @@ impl Topology {
         format!("http://{}", self.lb_addr)
     }
 
+    /// The dashboard's URL, carrying the admin token (in the fragment,
+    /// which a browser never sends): what the banner prints.
+    pub fn dashboard_url(&self) -> String {
+        let token = self.balancer.admin_token().unwrap_or_default();
+        format!("{}/_lb/#token={token}", self.url())
+    }
+
+    /// The token the balancer's admin API wants for a change
+    /// (`Authorization: Bearer …`), if the admin API is on.
+    pub fn admin_token(&self) -> Option<&str> {
+        self.balancer.admin_token()
+    }
+
     pub fn balancer(&self) -> &Arc<Balancer> {
         &self.balancer
     }
@@ -454,12 +467,12 @@ async fn stop_child(child: &mut Child) {
 }
 
 async fn bind_local(port: u16, flag: &'static str) -> Result<TcpListener, LaunchError> {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, port))
-        .await
-        .map_err(|source| match source.kind() {
+    lb::listen(SocketAddr::from((Ipv4Addr::LOCALHOST, port))).map_err(|source| {
+        match source.kind() {
             std::io::ErrorKind::AddrInUse => LaunchError::PortInUse { port, flag },
             _ => LaunchError::Listen { port, source },
-        })
+        }
+    })
 }
 
 /// The port each instance is asked to use. Fixed ports are checked first,

@@ -4,11 +4,11 @@
 use std::time::Duration;
 
 use lb::BackendState;
+use reqwest::Method;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use shop::shopper::Shopper;
-use shop::testing::is_alive;
-use shop::testing::start_stage;
+use shop::testing::{Admin, is_alive, start_stage};
 use shop::topology::Topology;
 
 async fn sticky_stage() -> Topology {
@@ -40,7 +40,7 @@ fn sample(metrics: &str, series: &str) -> Option<f64> {
 #[tokio::test]
 async fn admin_api_adds_drains_and_removes_backends() {
     let topology = sticky_stage().await;
-    let client = reqwest::Client::new();
+    let admin = Admin::of(&topology);
     let base = topology.url();
     let listed = backends(&topology).await;
     assert_eq!(listed.len(), 3);
@@ -57,16 +57,19 @@ async fn admin_api_adds_drains_and_removes_backends() {
 
     // Remove i3, then add its instance back under another name.
     let i3_url = topology.instance("i3").expect("i3").url;
-    let removed = client
-        .delete(format!("{base}/_lb/backends/i3"))
+    let removed = admin
+        .change(Method::DELETE, "/_lb/backends/i3", json!({}))
         .send()
         .await
         .expect("response");
     assert_eq!(removed.status(), StatusCode::OK);
     assert_eq!(state_of(&backends(&topology).await, "i3"), None);
-    let added = client
-        .post(format!("{base}/_lb/backends"))
-        .json(&json!({"name": "again", "url": i3_url}))
+    let added = admin
+        .change(
+            Method::POST,
+            "/_lb/backends",
+            json!({"name": "again", "url": i3_url}),
+        )
         .send()
         .await
         .expect("response");
@@ -86,30 +89,36 @@ async fn admin_api_adds_drains_and_removes_backends() {
     );
 
     // Refusals: a taken name, an unusable URL, an unknown backend.
-    let duplicate = client
-        .post(format!("{base}/_lb/backends"))
-        .json(&json!({"name": "i1", "url": "http://127.0.0.1:1"}))
+    let duplicate = admin
+        .change(
+            Method::POST,
+            "/_lb/backends",
+            json!({"name": "i1", "url": "http://127.0.0.1:1"}),
+        )
         .send()
         .await
         .expect("response");
     assert_eq!(duplicate.status(), StatusCode::CONFLICT);
-    let bad_url = client
-        .post(format!("{base}/_lb/backends"))
-        .json(&json!({"name": "x", "url": "https://example.com/path"}))
+    let bad_url = admin
+        .change(
+            Method::POST,
+            "/_lb/backends",
+            json!({"name": "x", "url": "https://example.com/path"}),
+        )
         .send()
         .await
         .expect("response");
     assert_eq!(bad_url.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    let unknown = client
-        .post(format!("{base}/_lb/backends/nope/drain"))
+    let unknown = admin
+        .change(Method::POST, "/_lb/backends/nope/drain", json!({}))
         .send()
         .await
         .expect("response");
     assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
 
     // Drain.
-    let drained = client
-        .post(format!("{base}/_lb/backends/i1/drain"))
+    let drained = admin
+        .change(Method::POST, "/_lb/backends/i1/drain", json!({}))
         .send()
         .await
         .expect("response");
@@ -187,6 +196,7 @@ async fn metrics_count_requests_reassignments_and_health_failures() {
 async fn dashboard_buttons_kill_restart_and_add_instances() {
     let topology = sticky_stage().await;
     let client = reqwest::Client::new();
+    let admin = Admin::of(&topology);
     let base = topology.url();
 
     let page = client
@@ -219,16 +229,16 @@ async fn dashboard_buttons_kill_restart_and_add_instances() {
         .instance("i2")
         .and_then(|i| i.pid)
         .expect("i2 runs");
-    let killed = client
-        .post(format!("{base}/_lb/instances/i2/kill"))
+    let killed = admin
+        .change(Method::POST, "/_lb/instances/i2/kill", json!({}))
         .send()
         .await
         .expect("kill");
     assert_eq!(killed.status(), StatusCode::OK);
     assert!(!is_alive(pid), "the kill button kills the process");
 
-    let restarted = client
-        .post(format!("{base}/_lb/instances/i2/restart"))
+    let restarted = admin
+        .change(Method::POST, "/_lb/instances/i2/restart", json!({}))
         .send()
         .await
         .expect("restart");
@@ -243,8 +253,8 @@ async fn dashboard_buttons_kill_restart_and_add_instances() {
         .await
         .expect("i2 rejoins");
 
-    let added = client
-        .post(format!("{base}/_lb/instances"))
+    let added = admin
+        .change(Method::POST, "/_lb/instances", json!({}))
         .send()
         .await
         .expect("add");

@@ -114,8 +114,12 @@ async fn draining_instance_keeps_its_shoppers_and_takes_no_new_ones() {
         .served_by()
         .to_owned();
 
-    let drained = reqwest::Client::new()
-        .post(format!("{}/_lb/backends/{home}/drain", topology.url()))
+    let drained = shop::testing::Admin::of(&topology)
+        .change(
+            reqwest::Method::POST,
+            &format!("/_lb/backends/{home}/drain"),
+            serde_json::json!({}),
+        )
         .send()
         .await
         .expect("admin API");

@@ -35,6 +35,9 @@ pub struct Gates {
     pub first_chunk_arrived: Notify,
     /// Requests currently parked in `/hold`.
     pub holding: AtomicUsize,
+    /// Requests inside `/slow` now, and the most there ever were at once.
+    pub concurrent: AtomicUsize,
+    pub max_concurrent: AtomicUsize,
 }
 
 pub struct TestBackend {
@@ -72,6 +75,7 @@ pub async fn backend(name: &str) -> TestBackend {
     };
     let app = Router::new()
         .route("/whoami", get(whoami))
+        .route("/healthz", get(|| async { "ok" }))
         .route("/echo", any(echo))
         .route("/count", post(count))
         .route("/upload-gated", post(upload_gated))
@@ -79,6 +83,8 @@ pub async fn backend(name: &str) -> TestBackend {
         .route("/stream", get(stream))
         .route("/big", get(big))
         .route("/hop", get(hop))
+        .route("/slow", get(slow))
+        .route("/limited", post(limited))
         .layer(axum::middleware::from_fn_with_state(
             ctx.clone(),
             count_hits,
@@ -101,6 +107,25 @@ pub async fn backend(name: &str) -> TestBackend {
         gates,
         _stop: stop,
     }
+}
+
+/// A test backend with an event loop of its own, on its own thread: a
+/// machine apart, which a burst against the balancer does not slow down.
+pub fn backend_on_own_thread(name: &str) -> TestBackend {
+    let (sent, received) = std::sync::mpsc::channel();
+    let name = name.to_owned();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let backend = backend(&name).await;
+            sent.send(backend).expect("test is waiting");
+            std::future::pending::<()>().await;
+        });
+    });
+    received.recv().expect("backend started")
 }
 
 async fn count_hits(
@@ -204,6 +229,81 @@ async fn hop() -> impl IntoResponse {
     )
 }
 
+/// Answers after 20 ms, counting how many are inside at once.
+async fn slow(State(ctx): State<Ctx>) -> String {
+    let now = ctx.gates.concurrent.fetch_add(1, Ordering::SeqCst) + 1;
+    ctx.gates.max_concurrent.fetch_max(now, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    ctx.gates.concurrent.fetch_sub(1, Ordering::SeqCst);
+    ctx.name
+}
+
+/// Refuses the body without reading it, as a server with a body limit does.
+async fn limited() -> impl IntoResponse {
+    (
+        axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+        [("content-type", "application/json")],
+        r#"{"error":"body_too_large","message":"too large"}"#,
+    )
+}
+
+/// A backend whose connections serve one request, then read the next one
+/// and close without a word: what a balancer sees on a pooled connection
+/// to an instance that was just killed. Counts the requests it read.
+pub async fn dies_on_second_request(name: &str) -> (TestBackend, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&seen);
+    let label = name.to_owned();
+    let (stop, mut stopped) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = &mut stopped => return,
+            };
+            let Ok((mut stream, _)) = accepted else {
+                return;
+            };
+            let counted = Arc::clone(&counted);
+            let label = label.clone();
+            tokio::spawn(async move {
+                let mut buffer = vec![0u8; 16 * 1024];
+                for request in 0.. {
+                    // Read one request head (these tests send no bodies).
+                    let mut head = Vec::new();
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buffer).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buffer[..n]),
+                        }
+                    }
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    if request > 0 {
+                        return; // dropped: the connection closes unanswered
+                    }
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nx-backend: {label}\r\n\r\n{label}",
+                        label.len()
+                    );
+                    if stream.write_all(response.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let backend = TestBackend {
+        name: name.to_owned(),
+        addr,
+        gates: Arc::new(Gates::default()),
+        _stop: stop,
+    };
+    (backend, seen)
+}
+
 /// A balancer in this process, on a free port.
 pub struct TestLb {
     pub balancer: Arc<Balancer>,
@@ -233,8 +333,19 @@ pub async fn balancer_with(
 ) -> TestLb {
     let mut config = Config::new(specs, policy);
     config.request_timeout = request_timeout;
+    balancer_from(config).await
+}
+
+/// A balancer with exactly this configuration, on a free port of
+/// 127.0.0.1.
+pub async fn balancer_from(config: Config) -> TestLb {
+    balancer_on(config, "127.0.0.1:0").await
+}
+
+/// A balancer with this configuration, listening on `address`.
+pub async fn balancer_on(config: Config, address: &str) -> TestLb {
     let balancer = Balancer::new(config).expect("balancer");
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = lb::listen(address.parse().expect("an address")).expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(Arc::clone(&balancer).serve(listener, async {

@@ -1,0 +1,401 @@
+//! The balancer on a bad day: an instance dying under a pooled connection,
+//! a burst of clients, a page from another site poking at the admin API,
+//! and clients that send what they should not. Each test names what the
+//! balancer guarantees.
+
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use lb::{BackendSpec, BackendState, Config, Limits, Policy};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use support::{backend, balancer_from, balancer_on, closed_port, dies_on_second_request};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Sends raw bytes to `addr` and reads the reply until the server closes.
+async fn raw(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("write");
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut reply)).await;
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+fn no_health_checks(specs: Vec<BackendSpec>) -> Config {
+    let mut config = Config::new(specs, Policy::RoundRobin);
+    config.health = None;
+    config
+}
+
+#[tokio::test]
+async fn idempotent_request_is_resent_when_its_connection_dies_unanswered() {
+    let (dying, read_by_dying) = dies_on_second_request("dying").await;
+    let healthy = backend("healthy").await;
+    let lb = balancer_from(no_health_checks(vec![dying.spec(), healthy.spec()])).await;
+    let client = reqwest::Client::new();
+    let whoami = |client: &reqwest::Client| client.get(lb.url("/whoami")).send();
+
+    // Round robin: the first request opens (and pools) a connection to the
+    // dying backend, the second goes to the healthy one, the third goes
+    // back to the dying backend on the pooled connection, which closes
+    // without answering.
+    assert_eq!(
+        whoami(&client)
+            .await
+            .expect("first")
+            .text()
+            .await
+            .expect("body"),
+        "dying"
+    );
+    assert_eq!(
+        whoami(&client)
+            .await
+            .expect("second")
+            .text()
+            .await
+            .expect("body"),
+        "healthy"
+    );
+    let third = whoami(&client).await.expect("third");
+    assert_eq!(third.status(), StatusCode::OK, "no 5xx for a GET");
+    assert_eq!(
+        third.text().await.expect("body"),
+        "healthy",
+        "resent elsewhere"
+    );
+    assert_eq!(
+        read_by_dying.load(Ordering::SeqCst),
+        2,
+        "it did reach the dying backend"
+    );
+    let metrics = client.get(lb.url("/whoami")).send().await.expect("fourth");
+    assert!(metrics.status().is_success());
+}
+
+#[tokio::test]
+async fn post_caught_mid_flight_is_not_resent() {
+    let (dying, _) = dies_on_second_request("dying").await;
+    let healthy = backend("healthy").await;
+    let lb = balancer_from(no_health_checks(vec![dying.spec(), healthy.spec()])).await;
+    let client = reqwest::Client::new();
+    client
+        .get(lb.url("/whoami"))
+        .send()
+        .await
+        .expect("to dying");
+    client
+        .get(lb.url("/whoami"))
+        .send()
+        .await
+        .expect("to healthy");
+    let post = client
+        .post(lb.url("/count"))
+        .body("an order")
+        .send()
+        .await
+        .expect("a response");
+    assert_eq!(
+        post.status(),
+        StatusCode::BAD_GATEWAY,
+        "a POST may have been acted on: it is not sent again"
+    );
+    assert_eq!(healthy.hits(), 1, "the healthy backend never saw the POST");
+}
+
+#[tokio::test]
+async fn full_queue_answers_503_with_retry_after() {
+    let slow = backend("slow").await;
+    let mut config = no_health_checks(vec![slow.spec()]);
+    config.limits = Limits {
+        max_conns: 1,
+        queue: 1,
+        queue_timeout: Duration::from_secs(30),
+    };
+    let lb = balancer_from(config).await;
+    let client = reqwest::Client::new();
+    let first = tokio::spawn(client.get(lb.url("/hold")).send());
+    while slow.gates.holding.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let second = tokio::spawn(client.get(lb.url("/whoami")).send());
+    let backend_state = lb.balancer.backends().get("slow").expect("slow");
+    while backend_state.queued() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let third = client.get(lb.url("/whoami")).send().await.expect("third");
+    assert_eq!(third.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(third.headers()["retry-after"], "1");
+    let body: Value = third.json().await.expect("JSON");
+    assert_eq!(body["error"], "backend_busy");
+
+    slow.gates.release.notify_waiters();
+    let first = first.await.expect("task").expect("first");
+    let second = second.await.expect("task").expect("second");
+    assert_eq!(
+        (first.status(), second.status()),
+        (StatusCode::OK, StatusCode::OK)
+    );
+    assert_eq!(backend_state.state(), BackendState::Up);
+}
+
+#[tokio::test]
+async fn burst_of_connections_does_not_take_a_healthy_backend_down() {
+    lb::raise_fd_limit().expect("a higher open-file limit for 2,000 clients");
+    let slow = support::backend_on_own_thread("slow");
+    let mut config = Config::new(vec![slow.spec()], Policy::RoundRobin);
+    config.limits = Limits {
+        max_conns: 32,
+        queue: 256,
+        queue_timeout: Duration::from_secs(10),
+    };
+    let lb = balancer_from(config).await;
+    // Every client on its own connection, all at once.
+    let requests: Vec<_> = (0..2_000)
+        .map(|_| {
+            let url = lb.url("/slow");
+            tokio::spawn(async move {
+                let client = reqwest::Client::builder()
+                    .pool_max_idle_per_host(0)
+                    .build()
+                    .expect("client");
+                let response = client.get(url).send().await.expect("an answer");
+                let status = response.status();
+                let retry_after = response.headers().contains_key("retry-after");
+                (status, retry_after)
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    let mut busy = 0;
+    for request in requests {
+        let (status, retry_after) = request.await.expect("task");
+        match status {
+            StatusCode::OK => ok += 1,
+            StatusCode::SERVICE_UNAVAILABLE if retry_after => busy += 1,
+            other => panic!("a burst gave {other}: only 200, or 503 with Retry-After, is right"),
+        }
+    }
+    assert!(
+        ok > 0,
+        "the backend served ({ok} served, {busy} told to come back)"
+    );
+    assert!(
+        slow.gates.max_concurrent.load(Ordering::SeqCst) <= 32,
+        "the backend never had more than its cap at once"
+    );
+    assert_eq!(
+        lb.balancer.backends().get("slow").expect("slow").state(),
+        BackendState::Up,
+        "the burst did not make a healthy backend look dead"
+    );
+}
+
+#[tokio::test]
+async fn dead_backend_error_names_no_internal_address() {
+    let dead =
+        BackendSpec::new("dead", &format!("http://127.0.0.1:{}", closed_port())).expect("spec");
+    let lb = balancer_from(no_health_checks(vec![dead])).await;
+    let response = reqwest::get(lb.url("/")).await.expect("response");
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    let body = response.text().await.expect("body");
+    assert!(!body.contains("127.0.0.1"), "{body}");
+}
+
+#[tokio::test]
+async fn malformed_chunked_body_is_the_clients_fault() {
+    let b = backend("b").await;
+    let lb = balancer_from(no_health_checks(vec![b.spec()])).await;
+    let reply = raw(
+        lb.addr,
+        b"POST /count HTTP/1.1\r\nHost: shop\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\nzz\r\nnot a chunk\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    assert!(reply.contains("\"error\":\"bad_request\""), "{reply}");
+    assert!(!reply.contains("127.0.0.1"), "{reply}");
+}
+
+#[tokio::test]
+async fn body_refused_early_by_the_backend_keeps_its_status() {
+    let b = backend("b").await;
+    let lb = balancer_from(no_health_checks(vec![b.spec()])).await;
+    let response = reqwest::Client::new()
+        .post(lb.url("/limited"))
+        .body(vec![b'x'; 4 * 1024 * 1024])
+        .send()
+        .await
+        .expect("a response");
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+}
+
+#[tokio::test]
+async fn two_host_headers_are_a_bad_request() {
+    let b = backend("b").await;
+    let lb = balancer_from(no_health_checks(vec![b.spec()])).await;
+    let reply = raw(
+        lb.addr,
+        b"GET /whoami HTTP/1.1\r\nHost: shop\r\nHost: other\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    assert_eq!(b.hits(), 0, "nothing was forwarded");
+}
+
+#[tokio::test]
+async fn connect_is_refused_with_405() {
+    let b = backend("b").await;
+    let lb = balancer_from(no_health_checks(vec![b.spec()])).await;
+    let reply = raw(
+        lb.addr,
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 405"), "{reply}");
+    assert!(
+        reply.contains("\"error\":\"method_not_allowed\""),
+        "{reply}"
+    );
+    assert_eq!(b.hits(), 0);
+}
+
+/// A balancer with the admin API on and a known token.
+async fn admin_lb(address: &str) -> (support::TestLb, support::TestBackend) {
+    let b = backend("b").await;
+    let mut config = no_health_checks(vec![b.spec()]);
+    config.admin = true;
+    config.admin_token = Some(TOKEN.to_owned());
+    (balancer_on(config, address).await, b)
+}
+
+const TOKEN: &str = "the-admin-token-for-tests";
+
+#[tokio::test]
+async fn admin_rejects_cross_site_requests() {
+    let (lb, _b) = admin_lb("127.0.0.1:0").await;
+    let client = reqwest::Client::new();
+    let add = |body: Value| {
+        client
+            .request(Method::POST, lb.url("/_lb/backends"))
+            .bearer_auth(TOKEN)
+            .json(&body)
+    };
+    let new_backend = json!({"name": "x", "url": "http://127.0.0.1:1"});
+    let status = |response: reqwest::Response| response.status();
+
+    // A form on another site posts text/plain: refused, nothing added.
+    let plain = client
+        .post(lb.url("/_lb/backends"))
+        .bearer_auth(TOKEN)
+        .header("content-type", "text/plain")
+        .body(new_backend.to_string())
+        .send()
+        .await
+        .expect("response");
+    assert_eq!(status(plain), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    // A page on another origin, with everything else right.
+    let foreign_origin = add(new_backend.clone())
+        .header("origin", "http://evil.example")
+        .send()
+        .await
+        .expect("response");
+    assert_eq!(status(foreign_origin), StatusCode::FORBIDDEN);
+    let cross_site = add(new_backend.clone())
+        .header("sec-fetch-site", "cross-site")
+        .send()
+        .await
+        .expect("response");
+    assert_eq!(status(cross_site), StatusCode::FORBIDDEN);
+    // DNS rebinding: the request arrives on 127.0.0.1 addressed to another name.
+    let rebound = add(new_backend.clone())
+        .header("host", "evil.example")
+        .send()
+        .await
+        .expect("response");
+    assert_eq!(status(rebound), StatusCode::FORBIDDEN);
+    // No token, or a wrong one.
+    let anonymous = client
+        .post(lb.url("/_lb/backends"))
+        .json(&new_backend)
+        .send()
+        .await
+        .expect("response");
+    assert_eq!(status(anonymous), StatusCode::UNAUTHORIZED);
+    let guessed = client
+        .post(lb.url("/_lb/backends"))
+        .bearer_auth("the-admin-token-for-test")
+        .json(&new_backend)
+        .send()
+        .await
+        .expect("response");
+    assert_eq!(status(guessed), StatusCode::UNAUTHORIZED);
+    // A backend off this machine would receive the shoppers' cookies.
+    let remote = add(json!({"name": "y", "url": "http://10.9.8.7:80"}))
+        .send()
+        .await
+        .expect("response");
+    assert_eq!(status(remote), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(lb.balancer.backends().all().len(), 1, "nothing was added");
+
+    // The dashboard's own request: same origin, JSON, the token.
+    let own = add(new_backend.clone())
+        .header("origin", format!("http://{}", lb.addr))
+        .header("sec-fetch-site", "same-origin")
+        .send()
+        .await
+        .expect("response");
+    assert_eq!(status(own), StatusCode::CREATED);
+    // Reading needs no token, but still only from this machine's pages.
+    let read = client
+        .get(lb.url("/_lb/backends"))
+        .send()
+        .await
+        .expect("read");
+    assert_eq!(status(read), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn admin_treats_ipv4_mapped_loopback_as_this_machine() {
+    // A dual-stack listener sees 127.0.0.1 as ::ffff:127.0.0.1.
+    let (lb, _b) = admin_lb("[::]:0").await;
+    let url = format!("http://127.0.0.1:{}/_lb/backends", lb.addr.port());
+    let response = reqwest::get(url).await.expect("response");
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[test]
+fn lb_binary_raises_its_open_file_limit() {
+    let mut child = std::process::Command::new("bash")
+        .args([
+            "-c",
+            "ulimit -Sn 256 && exec \"$0\" --listen 127.0.0.1:0 --backend a=http://127.0.0.1:1",
+        ])
+        .arg(env!("CARGO_BIN_EXE_lb"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("lb starts");
+    let limits_path = format!("/proc/{}/limits", child.id());
+    let mut soft = None;
+    for _ in 0..200 {
+        let limits = std::fs::read_to_string(&limits_path).unwrap_or_default();
+        let line = limits.lines().find(|l| l.starts_with("Max open files"));
+        let fields: Vec<&str> = line
+            .map(|l| l.split_whitespace().collect())
+            .unwrap_or_default();
+        if let [.., soft_limit, hard_limit, _units] = fields.as_slice() {
+            if soft_limit != &"256" {
+                soft = Some((soft_limit.to_string(), hard_limit.to_string()));
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().expect("stopped");
+    let _ = child.wait();
+    let (soft, hard) = soft.expect("the limit was raised from 256");
+    assert_eq!(soft, hard, "the soft limit is raised to the hard one");
+}
