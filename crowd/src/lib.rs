@@ -228,6 +228,8 @@ async fn shop_through(
         p50_ms: percentile_ms(&mut latencies, 0.50),
         p99_ms: percentile_ms(&mut latencies, 0.99),
         server_errors: Tally::get(&tally.server_errors),
+        retries: Tally::get(&tally.retries),
+        unconfirmed: Tally::get(&tally.unconfirmed),
         carts_intact: intact,
         carts_lost: lost,
         chaos: chaos_log,

@@ -16,8 +16,13 @@ pub struct Report {
     pub requests_per_s: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
-    /// 5xx answers, and requests that got no answer at all.
+    /// Requests that got a 5xx, or no answer, on every try.
     pub server_errors: u64,
+    /// Tries sent again (same idempotency key) after a 5xx or no answer.
+    pub retries: u64,
+    /// Changes that failed every try: they may or may not have happened
+    /// (not counted as lost carts).
+    pub unconfirmed: u64,
     /// Shoppers whose cart was always what it should be.
     pub carts_intact: usize,
     /// Shoppers who, at least once, got back a cart that was not theirs.
@@ -53,19 +58,21 @@ pub enum Format {
     Json,
 }
 
-const HEADERS: [&str; 9] = [
+const HEADERS: [&str; 11] = [
     "stage",
     "shoppers",
     "requests",
     "req/s",
     "p50 ms",
     "p99 ms",
+    "retried",
     "5xx",
+    "unconfirmed",
     "carts intact",
     "carts lost",
 ];
 
-fn cells(report: &Report) -> [String; 9] {
+fn cells(report: &Report) -> [String; 11] {
     [
         report.title.clone(),
         report.shoppers.to_string(),
@@ -73,7 +80,9 @@ fn cells(report: &Report) -> [String; 9] {
         format!("{:.0}", report.requests_per_s),
         format!("{:.1}", report.p50_ms),
         format!("{:.1}", report.p99_ms),
+        report.retries.to_string(),
         report.server_errors.to_string(),
+        report.unconfirmed.to_string(),
         report.carts_intact.to_string(),
         report.carts_lost.to_string(),
     ]
@@ -95,7 +104,7 @@ pub fn render(reports: &[Report], format: Format) -> String {
             out
         }
         Format::Table => {
-            let rows: Vec<[String; 9]> = reports.iter().map(cells).collect();
+            let rows: Vec<[String; 11]> = reports.iter().map(cells).collect();
             let widths: Vec<usize> = (0..HEADERS.len())
                 .map(|i| {
                     rows.iter()
@@ -156,6 +165,8 @@ mod tests {
             p50_ms: 1.0,
             p99_ms: 2.0,
             server_errors: 0,
+            retries: 0,
+            unconfirmed: 0,
             carts_intact: 1,
             carts_lost: 1,
             chaos: vec![],

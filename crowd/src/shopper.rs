@@ -4,10 +4,15 @@
 //! Each step is one cart request. The shopper applies the same operation to
 //! its own model (`shop::Cart`, the very rules the shop uses) and compares
 //! the cart the shop answers with the model: a difference after a
-//! successful answer means the shop lost (part of) the cart. After a 5xx or
-//! a dropped connection the outcome is unknown (a write may or may not have
-//! happened), so the next successful answer is taken as the truth without
-//! being counted as a loss.
+//! successful answer means the shop lost (part of) the cart.
+//!
+//! Like a careful client, it names every change with an `Idempotency-Key`
+//! and, when an answer does not come (a 5xx, a cut connection), sends the
+//! same request again, same key, a few times with growing pauses: a store
+//! that remembers keys applies the change once however often it arrives.
+//! Only if every try fails is the answer counted as a 5xx, and, for a
+//! change, as *unconfirmed*: it may or may not have happened, so the next
+//! successful answer is taken as the truth without being counted as a loss.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,9 +28,19 @@ use crate::rng::Rng;
 #[derive(Debug, Default)]
 pub struct Tally {
     pub requests: AtomicU64,
+    /// Requests that failed every try (5xx, or no answer).
     pub server_errors: AtomicU64,
+    /// Tries sent again after a 5xx or no answer.
+    pub retries: AtomicU64,
+    /// Changes that failed every try: they may or may not have happened.
+    pub unconfirmed: AtomicU64,
     pub carts_lost: AtomicU64,
 }
+
+/// Tries of one request: the first and up to this many again.
+const RETRIES: u32 = 4;
+/// The pause before the first retry; each further one doubles it.
+const FIRST_PAUSE: Duration = Duration::from_millis(100);
 
 impl Tally {
     pub fn get(counter: &AtomicU64) -> u64 {
@@ -45,6 +60,9 @@ pub struct VirtualShopper {
     /// Whether the shop ever answered with a cart that was not this one's.
     pub lost: bool,
     pub latencies: Vec<Duration>,
+    /// Names this shopper's changes: `<seed>-<shopper>-<step>`.
+    key_prefix: String,
+    steps: u64,
 }
 
 impl VirtualShopper {
@@ -62,6 +80,8 @@ impl VirtualShopper {
             uncertain: false,
             lost: false,
             latencies: Vec::new(),
+            key_prefix: format!("crowd-{seed}-{number}"),
+            steps: 0,
         })
     }
 
@@ -73,24 +93,44 @@ impl VirtualShopper {
     /// One request, checked against the model.
     pub async fn step(&mut self, tally: &Tally) {
         let op = self.choose();
+        self.steps += 1;
+        let key = op
+            .is_write()
+            .then(|| format!("{}-{}", self.key_prefix, self.steps));
         let started = std::time::Instant::now();
-        let answer = match op {
-            CartOp::View => self.shop.cart().await,
-            CartOp::Add(sku, qty) => self.shop.add(sku.as_str(), i64::from(qty.get())).await,
-            CartOp::Set(sku, qty) => self.shop.set(sku.as_str(), i64::from(qty.get())).await,
-            CartOp::Remove(sku) => self.shop.remove(sku.as_str()).await,
-            CartOp::Clear => self.shop.clear().await,
-        };
+        let answer = self.send(op, key.as_deref(), tally).await;
         self.latencies.push(started.elapsed());
-        tally.requests.fetch_add(1, Ordering::Relaxed);
         self.check(op, answer, tally);
     }
 
     /// A last look at the cart, after the run.
     pub async fn final_check(&mut self, tally: &Tally) {
-        let answer = self.shop.cart().await;
-        tally.requests.fetch_add(1, Ordering::Relaxed);
+        let answer = self.send(CartOp::View, None, tally).await;
         self.check(CartOp::View, answer, tally);
+    }
+
+    /// Sends `op`, and again (same key) while the answer is a 5xx or none.
+    async fn send(
+        &self,
+        op: CartOp,
+        key: Option<&str>,
+        tally: &Tally,
+    ) -> Result<CartSeen, ShopperError> {
+        let mut pause = FIRST_PAUSE;
+        let mut tries = 0;
+        loop {
+            tally.requests.fetch_add(1, Ordering::Relaxed);
+            let answer = self.shop.apply(op, key).await;
+            let failed =
+                matches!(&answer, Err(error) if error.status().is_none_or(|s| s.is_server_error()));
+            if !failed || tries == RETRIES {
+                return answer;
+            }
+            tries += 1;
+            tally.retries.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(pause).await;
+            pause *= 2;
+        }
     }
 
     fn choose(&mut self) -> CartOp {
@@ -141,6 +181,9 @@ impl VirtualShopper {
             Err(error) => {
                 if error.status().is_none_or(|s| s.is_server_error()) {
                     tally.server_errors.fetch_add(1, Ordering::Relaxed);
+                    if op.is_write() {
+                        tally.unconfirmed.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 self.uncertain = true;
             }

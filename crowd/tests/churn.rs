@@ -74,3 +74,20 @@ fn server_sessions_lose_no_cart_under_churn() {
         "instances were crashed and scaled in meanwhile: {chaos:?}"
     );
 }
+
+#[test]
+fn stateless_stages_answer_every_request_under_churn() {
+    // Crashed instances, restarts, a scale-in: the balancer resends what is
+    // safe to resend, and the shoppers resend their changes with the same
+    // idempotency key. Every request ends with an answer.
+    for stage in ["3", "4"] {
+        let report = crowd(stage);
+        assert_eq!(
+            count(&report, "server_errors"),
+            0,
+            "stage {stage}: {report}"
+        );
+        assert_eq!(count(&report, "unconfirmed"), 0, "stage {stage}: {report}");
+        assert_eq!(count(&report, "carts_lost"), 0, "stage {stage}: {report}");
+    }
+}

@@ -59,6 +59,10 @@ pub enum ApiError {
     /// 400 `bad_path`: a part of the path cannot be read (not UTF-8, say).
     #[error("{0}")]
     BadPath(String),
+    /// 400 `bad_idempotency_key`: the `Idempotency-Key` header is not 1 to
+    /// 64 letters, digits, `-` or `_`.
+    #[error("an Idempotency-Key is 1 to 64 letters, digits, `-` or `_` (a UUID will do)")]
+    BadIdempotencyKey,
     /// 404 `unknown_sku`: no product has that SKU.
     #[error("no product has the SKU `{0}`")]
     UnknownSku(String),
@@ -94,7 +98,9 @@ pub enum ApiError {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::MalformedJson(_) | Self::BadPath(_) => StatusCode::BAD_REQUEST,
+            Self::MalformedJson(_) | Self::BadPath(_) | Self::BadIdempotencyKey => {
+                StatusCode::BAD_REQUEST
+            }
             Self::UnknownSku(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -111,6 +117,7 @@ impl ApiError {
         match self {
             Self::MalformedJson(_) => "malformed_json",
             Self::BadPath(_) => "bad_path",
+            Self::BadIdempotencyKey => "bad_idempotency_key",
             Self::UnknownSku(_) => "unknown_sku",
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed(_) => "method_not_allowed",

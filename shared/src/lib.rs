@@ -46,4 +46,4 @@ pub use catalog::{Catalog, Product};
 pub use error::{ApiError, StageError};
 pub use instance::Instance;
 pub use stage::{BoxError, NoArgs, Scope, Services, Shop, Stage, StageInfo, Widget};
-pub use store::{CartReply, CartStore};
+pub use store::{CartReply, CartRequest, CartStore, IdempotencyKey};

@@ -10,8 +10,10 @@ use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 use serde_json::json;
 
+use crate::cart::CartOp;
 use crate::http::SERVED_BY;
 use crate::http::api::CartBody;
+use crate::store::IdempotencyKey;
 
 /// Why a shopper's request did not give a cart.
 #[derive(Debug, thiserror::Error)]
@@ -155,6 +157,31 @@ impl Shopper {
 
     pub async fn clear(&self) -> Result<CartSeen, ShopperError> {
         self.send(self.http.delete(self.url("/api/cart"))).await
+    }
+
+    /// One cart operation, sent with `Idempotency-Key: key` when given: how
+    /// a careful client sends a change it may have to retry.
+    pub async fn apply(&self, op: CartOp, key: Option<&str>) -> Result<CartSeen, ShopperError> {
+        let request = match op {
+            CartOp::View => self.http.get(self.url("/api/cart")),
+            CartOp::Add(sku, qty) => self
+                .http
+                .post(self.url("/api/cart/items"))
+                .json(&json!({ "sku": sku.as_str(), "qty": qty.get() })),
+            CartOp::Set(sku, qty) => self
+                .http
+                .put(self.url(&format!("/api/cart/items/{}", sku.as_str())))
+                .json(&json!({ "qty": qty.get() })),
+            CartOp::Remove(sku) => self
+                .http
+                .delete(self.url(&format!("/api/cart/items/{}", sku.as_str()))),
+            CartOp::Clear => self.http.delete(self.url("/api/cart")),
+        };
+        let request = match key {
+            Some(key) => request.header(IdempotencyKey::HEADER, key),
+            None => request,
+        };
+        self.send(request).await
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<CartSeen, ShopperError> {

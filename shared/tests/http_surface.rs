@@ -446,3 +446,46 @@ async fn client_id_cookie_is_http_only_and_same_site() {
         "{cookie}"
     );
 }
+
+#[tokio::test]
+async fn undecodable_path_segment_is_a_json_400_and_loses_nothing() {
+    let (_shop, shopper) = shop_with_a_cart().await;
+    // `%ff%fe` decodes to bytes that are not UTF-8.
+    let product = shopper
+        .http()
+        .get(shopper.url("/api/products/%ff%fe"))
+        .send()
+        .await
+        .expect("response");
+    refused(&shopper, product, StatusCode::BAD_REQUEST, "bad_path").await;
+    for method in [reqwest::Method::PUT, reqwest::Method::DELETE] {
+        let response = shopper
+            .http()
+            .request(method, shopper.url("/api/cart/items/%ff%fe"))
+            .json(&json!({"qty": 1}))
+            .send()
+            .await
+            .expect("response");
+        refused(&shopper, response, StatusCode::BAD_REQUEST, "bad_path").await;
+    }
+}
+
+#[tokio::test]
+async fn malformed_idempotency_key_is_400_and_loses_nothing() {
+    let (_shop, shopper) = shop_with_a_cart().await;
+    let response = shopper
+        .http()
+        .post(shopper.url("/api/cart/items"))
+        .header("idempotency-key", "not a key; it has spaces")
+        .json(&json!({"sku": "TEE-RED-M", "qty": 1}))
+        .send()
+        .await
+        .expect("response");
+    refused(
+        &shopper,
+        response,
+        StatusCode::BAD_REQUEST,
+        "bad_idempotency_key",
+    )
+    .await;
+}

@@ -14,7 +14,7 @@
 //! hides the problem without removing it.
 //!
 //! **Run it:** `cargo run -p stage2`, open <http://127.0.0.1:8080>, fill a
-//! cart, then open the dashboard at <http://127.0.0.1:8080/_lb/> and kill
+//! cart, then open the dashboard (the link on the banner) and kill
 //! the instance on your badge. Or `cargo run -p stage2 -- demo`.
 //!
 //! ```text
@@ -39,7 +39,7 @@ pub static INFO: StageInfo = StageInfo {
     lesson: "The balancer pins you to one instance, so your cart holds, until that instance dies or is scaled in.",
     try_this: &[
         "open {url}, fill a cart, refresh: the badge keeps its colour (the lb_sticky cookie pins you)",
-        "open {url}/_lb/ and press Kill on your instance, then refresh the shop: no error, another instance, an empty cart",
+        "open the dashboard (its link is above) and press Kill on your instance, then refresh the shop: no error, another instance, an empty cart",
         "press Drain on an instance: its pinned shoppers stay, new shoppers never land there",
         "cargo run -p stage2 -- demo   (the same story, narrated)",
     ],

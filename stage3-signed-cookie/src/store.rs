@@ -17,9 +17,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use cookie::{Cookie, CookieJar};
-use shop::cart::{Cart, CartOp};
+use shop::cart::Cart;
 use shop::cookies::shop_cookie;
-use shop::{ApiError, CartReply, CartStore, StageError};
+use shop::{ApiError, CartReply, CartRequest, CartStore, StageError};
 
 use crate::keys::KeyAge;
 use crate::token::{Codec, Rejection};
@@ -100,7 +100,11 @@ fn unix_now() -> u64 {
 }
 
 impl CartStore for CookieCarts {
-    async fn apply(&self, cookies: &CookieJar, op: CartOp) -> Result<CartReply, ApiError> {
+    /// An idempotency key is not needed here: the cart changes only when
+    /// the shopper's browser stores the answer's cookie, so a change whose
+    /// answer was lost changed nothing, and its retry is applied once.
+    async fn apply(&self, request: CartRequest<'_>) -> Result<CartReply, ApiError> {
+        let (cookies, op) = (request.cookies, request.op);
         let now = unix_now();
         let read = self.read(cookies, now);
         let cookie_is_fine = matches!(read, Ok((_, KeyAge::Current)));

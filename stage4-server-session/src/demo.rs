@@ -56,7 +56,7 @@ pub async fn run(args: SessionArgs, exe: PathBuf) -> Result<(), BoxError> {
     let mut redis = redis::Client::open(redis_url.as_str())?
         .get_multiplexed_async_connection()
         .await?;
-    let key = RedisSessions::key_for(&sid);
+    let key = RedisSessions::keys_for(&sid).cart;
     let fields: Vec<String> = redis::cmd("HGETALL")
         .arg(&key)
         .query_async(&mut redis)
@@ -114,18 +114,22 @@ pub async fn run(args: SessionArgs, exe: PathBuf) -> Result<(), BoxError> {
         .header(reqwest::header::COOKIE, format!("{SESSION_COOKIE}={sid}"))
         .send()
         .await?;
-    let new_sid = set_cookie_value(replay.headers(), SESSION_COOKIE).unwrap_or_default();
+    let state = replay
+        .headers()
+        .get("x-session")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("?")
+        .to_owned();
     let body: serde_json::Value = replay.json().await?;
     say.note(&format!(
-        "old id → a new session {}…, cart {}",
-        new_sid.get(..6).unwrap_or(""),
+        "old id → X-Session: {state}, cart {}",
         if body["lines"].as_array().is_some_and(Vec::is_empty) {
             "empty"
         } else {
             "NOT EMPTY (this should not happen)"
         }
     ));
-    say.why("an ended session is deleted, and an unknown id is never adopted: it gets a new one.");
+    say.why("an ended session is deleted, and an unknown id is never adopted: a read gets the empty cart and stores nothing; a change would start a new session under a new id.");
 
     say.lesson(
         "keep the state out of the instances and they become disposable: any of them serves \

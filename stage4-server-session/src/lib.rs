@@ -10,8 +10,10 @@
 //! empty cart).
 //!
 //! **What changed since stage 3:** the cart store
-//! ([`sessions::RedisSessions`] instead of signed cookies), and a
-//! `DELETE /api/session` route to end a session ([`routes`]). The balancer
+//! ([`sessions::RedisSessions`] instead of signed cookies: only a change
+//! starts a session, and a change with an `Idempotency-Key` is applied once
+//! however often it is sent), and a `DELETE /api/session` route to end a
+//! session ([`routes`]). The balancer
 //! stays plain round-robin. The instances share one thing: `REDIS_URL`;
 //! `stage4 up` starts a private `redis-server` when it is unset.
 //!
@@ -26,9 +28,10 @@
 //! redis-cli -u "$REDIS_URL" --scan --pattern 'myclothes:session:*'   # the cart's home
 //! ```
 //!
-//! The modules: [`sessions`] (the store: sessions in Redis, each holding a
-//! cart, changed by Lua scripts), [`error`] (its one failure), [`routes`]
-//! (ending a session). Stage 5 keeps its sessions here too.
+//! The modules: [`sessions`] (the store: sessions in Redis, each with a
+//! cart, changed by Lua scripts), [`error`] (its failures: Redis not
+//! answering, or full), [`routes`] (ending a session). Stage 5 keeps its
+//! sessions here too.
 
 mod demo;
 pub mod error;
@@ -55,8 +58,8 @@ pub static INFO: StageInfo = StageInfo {
     title: "Stage 4 · Server session",
     lesson: "Only a session id travels; your cart lives in Redis, so any instance serves you and none of them matters.",
     try_this: &[
-        "open {url}, add items, then kill the instance that served you on the dashboard ({url}/_lb/): the cart is still there",
-        "curl -s -c jar -b jar {url}/api/cart ; grep sid jar   (22 characters: the whole cookie)",
+        "open {url}, add items, then kill the instance that served you on the dashboard (its link is above): the cart is still there",
+        "curl -s -c jar -b jar -H 'content-type: application/json' -d '{\"sku\":\"TEE-RED-M\"}' {url}/api/cart/items ; grep sid jar   (22 characters: the whole cookie)",
         "curl -s -X DELETE -b jar -c jar {url}/api/session   (ends the session for good)",
         "cargo run -p stage4 -- demo   (instance loss, the cookie's size, concurrent adds, narrated)",
     ],

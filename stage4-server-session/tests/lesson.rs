@@ -44,10 +44,11 @@ fn session_state(response: &reqwest::Response) -> String {
         .to_owned()
 }
 
-/// The shopper's session id, read back from a fresh session's `Set-Cookie`.
+/// Starts the shopper's session with a first change (a read starts none)
+/// and returns its id, read back from the `Set-Cookie`.
 async fn start_session(shopper: &Shopper) -> String {
-    let first = shopper.cart().await.expect("a first visit");
-    set_cookie_value(&first.headers, SESSION_COOKIE).expect("a first visit gets a session cookie")
+    let first = shopper.add("SOCK-GREY-L", 1).await.expect("a first change");
+    set_cookie_value(&first.headers, SESSION_COOKIE).expect("a first change starts a session")
 }
 
 /// Polls `GET /api/cart` until it answers 200 (Redis back), then returns it.
@@ -147,21 +148,18 @@ async fn session_id_is_random_and_at_least_128_bits() {
     let mut ids = BTreeSet::new();
     let mut set_cookies = Vec::new();
     for _ in 0..64 {
-        let response = request_with_sid(Method::GET, &format!("{}/api/cart", shop.url()), None)
-            .send()
-            .await
-            .expect("visit");
+        let response = add_with_sid(&shop.url(), None, "TEE-RED-M").await;
         set_cookies.push(
             response
                 .headers()
                 .get(reqwest::header::SET_COOKIE)
                 .and_then(|v| v.to_str().ok())
-                .expect("a new visitor gets a session cookie")
+                .expect("a new shopper's first change gets a session cookie")
                 .to_owned(),
         );
         ids.insert(set_cookie_value(response.headers(), SESSION_COOKIE).expect("sid"));
     }
-    assert_eq!(ids.len(), 64, "every visitor gets a different id");
+    assert_eq!(ids.len(), 64, "every shopper gets a different id");
 
     let decoded: Vec<Vec<u8>> = ids
         .iter()
@@ -201,27 +199,35 @@ async fn redis_key_does_not_contain_the_session_id() {
     alice.add("TEE-RED-M", 3).await.expect("add");
 
     let keys = shop.redis_keys().await;
+    let expected = RedisSessions::keys_for(&sid);
     assert_eq!(
         keys,
-        [RedisSessions::key_for(&sid)],
-        "one session, under the hash of its id"
+        [expected.cart.clone(), expected.session.clone()],
+        "one session (its own hash and its cart), under the hash of its id"
     );
-    assert!(keys[0].starts_with(SESSION_KEY_PREFIX));
-    assert!(!keys[0].contains(&sid), "the key holds no id");
+    assert!(expected.session.starts_with(SESSION_KEY_PREFIX));
+    assert!(
+        keys.iter().all(|k| !k.contains(&sid)),
+        "no key holds the id"
+    );
     let mut redis = shop.redis_connection().await;
-    let fields: Vec<String> = redis::cmd("HGETALL")
-        .arg(&keys[0])
+    for key in &keys {
+        let fields: Vec<String> = redis::cmd("HGETALL")
+            .arg(key)
+            .query_async(&mut redis)
+            .await
+            .expect("HGETALL");
+        assert!(
+            fields.iter().all(|f| !f.contains(&sid)),
+            "nor does a value: {fields:?}"
+        );
+    }
+    let cart: Vec<String> = redis::cmd("HGETALL")
+        .arg(&expected.cart)
         .query_async(&mut redis)
         .await
         .expect("HGETALL");
-    assert!(
-        fields.iter().all(|f| !f.contains(&sid)),
-        "nor does the value: {fields:?}"
-    );
-    assert!(
-        fields.windows(2).any(|w| w == ["TEE-RED-M", "3"]),
-        "{fields:?}"
-    );
+    assert!(cart.windows(2).any(|w| w == ["TEE-RED-M", "3"]), "{cart:?}");
     shop.stop().await;
 }
 
@@ -236,7 +242,7 @@ async fn session_expires_after_idle_ttl() {
     let alice = shop.shopper();
     let sid = start_session(&alice).await;
     alice.add("TEE-RED-M", 1).await.expect("add");
-    let key = RedisSessions::key_for(&sid);
+    let key = RedisSessions::keys_for(&sid).session;
     let mut redis = shop.redis_connection().await;
     let ttl_ms: i64 = redis::cmd("PTTL")
         .arg(&key)
@@ -265,14 +271,18 @@ async fn session_expires_after_idle_ttl() {
 
     let after = alice.cart().await.expect("view after expiry");
     assert!(after.is_empty(), "the expired cart is gone");
+    assert_eq!(session_state_of(&after), "none; reason=unknown");
+    let changed = alice
+        .add("SOCK-GREY-L", 1)
+        .await
+        .expect("a change after expiry");
+    assert_eq!(session_state_of(&changed), "new; reason=unknown");
     assert_eq!(
-        after
-            .headers
-            .get(SESSION_HEADER)
-            .and_then(|v| v.to_str().ok()),
-        Some("new; reason=unknown")
+        changed.summary(),
+        "1 × SOCK-GREY-L",
+        "nothing of the old cart"
     );
-    let new_sid = set_cookie_value(&after.headers, SESSION_COOKIE).expect("a new id");
+    let new_sid = set_cookie_value(&changed.headers, SESSION_COOKIE).expect("a new id");
     assert_ne!(new_sid, sid, "a new session gets a new id");
     shop.stop().await;
 }
@@ -282,7 +292,7 @@ async fn every_request_slides_the_idle_expiry() {
     let shop = spawn_shop().await;
     let alice = shop.shopper();
     let sid = start_session(&alice).await;
-    let key = RedisSessions::key_for(&sid);
+    let key = RedisSessions::keys_for(&sid).session;
     let mut redis = shop.redis_connection().await;
 
     // Pretend the session has sat idle for most of its 30 minutes.
@@ -325,9 +335,10 @@ async fn unknown_session_id_is_not_adopted() {
     assert_eq!(session_state(&response), "new; reason=unknown");
     let issued = set_cookie_value(response.headers(), SESSION_COOKIE).expect("a new id");
     assert_ne!(issued, planted, "the client's id is replaced");
+    let issued_keys = RedisSessions::keys_for(&issued);
     assert_eq!(
         shop.redis_keys().await,
-        [RedisSessions::key_for(&issued)],
+        [issued_keys.cart, issued_keys.session],
         "nothing is stored under the planted id"
     );
 
@@ -448,5 +459,166 @@ async fn redis_restart_keeps_carts() {
     let back = cart_once_redis_answers(&alice).await;
     assert_eq!(back.qty_of("HOOD-NAVY-S"), 4, "reloaded from the AOF");
     assert_eq!(session_state_of(&back), "resumed");
+    shop.stop().await;
+}
+
+#[tokio::test]
+async fn reads_create_no_session() {
+    let shop = spawn_shop().await;
+    for _ in 0..200 {
+        let response = request_with_sid(Method::GET, &format!("{}/api/cart", shop.url()), None)
+            .send()
+            .await
+            .expect("a read");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(
+            response
+                .headers()
+                .get(reqwest::header::SET_COOKIE)
+                .is_none(),
+            "a read sets no session cookie"
+        );
+        assert_eq!(session_state(&response), "none; reason=missing");
+    }
+    assert!(
+        shop.redis_keys().await.is_empty(),
+        "two hundred cookie-less reads stored nothing"
+    );
+    shop.stop().await;
+}
+
+#[tokio::test]
+async fn retried_write_with_same_idempotency_key_applies_once() {
+    // The real default store timeout (500 ms), so a frozen Redis gives 503.
+    let shop = SessionShop::start(STAGE4, &stage4::INFO, &[]).await;
+    let alice = shop.shopper();
+    start_session(&alice).await;
+    let add = |key: &'static str| {
+        let alice = alice.clone();
+        async move {
+            alice
+                .http()
+                .post(alice.url("/api/cart/items"))
+                .header("idempotency-key", key)
+                .json(&serde_json::json!({ "sku": "TEE-RED-M", "qty": 1 }))
+                .send()
+                .await
+                .expect("an answer")
+        }
+    };
+
+    // Every instance talks to Redis already (round robin), as in a shop
+    // that has been up a while: the change will be written to Redis's socket.
+    for _ in 0..6 {
+        alice.cart().await.expect("view");
+    }
+    // Redis freezes while the add is on its way: the shop cannot confirm it.
+    shop.redis.pause().expect("SIGSTOP");
+    let unconfirmed = add("add-one-tee").await;
+    assert_eq!(unconfirmed.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: serde_json::Value = unconfirmed.json().await.expect("json");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("may still be applied") && message.contains("Idempotency-Key"),
+        "the 503 says the change may land, and that retrying with the key is safe: {message}"
+    );
+
+    // Redis wakes up and applies the add it had been sent: the 503 was
+    // honest, the change did land.
+    shop.redis.resume().expect("SIGCONT");
+    let mut landed = false;
+    for _ in 0..100 {
+        landed = cart_once_redis_answers(&alice).await.qty_of("TEE-RED-M") == 1;
+        if landed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(landed, "the unconfirmed add was applied once Redis woke up");
+    // The shopper, who never heard back, sends the same change again, with
+    // the same key.
+    let retried = add("add-one-tee").await;
+    assert_eq!(retried.status(), StatusCode::OK);
+    assert_eq!(
+        retried
+            .headers()
+            .get("idempotent-replayed")
+            .map(|v| v.as_bytes()),
+        Some(&b"true"[..]),
+        "the retry is answered with the first result"
+    );
+    let cart = alice.cart().await.expect("view");
+    assert_eq!(cart.qty_of("TEE-RED-M"), 1, "applied exactly once");
+
+    // A new action (a new key) is a new change.
+    assert_eq!(add("add-another-tee").await.status(), StatusCode::OK);
+    assert_eq!(alice.cart().await.expect("view").qty_of("TEE-RED-M"), 2);
+    shop.stop().await;
+}
+
+#[tokio::test]
+async fn clearing_the_cart_keeps_the_session() {
+    let shop = spawn_shop().await;
+    let alice = shop.shopper();
+    let sid = start_session(&alice).await;
+    alice.add("TEE-RED-M", 2).await.expect("add");
+    let cleared = alice.clear().await.expect("clear");
+    assert!(cleared.is_empty());
+    assert_eq!(session_state_of(&cleared), "resumed");
+    let keys = shop.redis_keys().await;
+    assert_eq!(
+        keys,
+        [RedisSessions::keys_for(&sid).session],
+        "the session stays; only its cart is gone"
+    );
+    let again = alice.add("SOCK-GREY-L", 1).await.expect("add");
+    assert_eq!(session_state_of(&again), "resumed", "the same session");
+    shop.stop().await;
+}
+
+#[tokio::test]
+async fn full_session_store_is_a_clear_503() {
+    let shop = spawn_shop().await;
+    let alice = shop.shopper();
+    start_session(&alice).await;
+    // Leave Redis no room for anything new (it never evicts a session).
+    let mut redis = shop.redis_connection().await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg("1")
+        .query_async(&mut redis)
+        .await
+        .expect("CONFIG SET maxmemory");
+    let refused = add_with_sid(&shop.url(), None, "TEE-RED-M").await;
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(refused.headers().contains_key(RETRY_AFTER));
+    let body: serde_json::Value = refused.json().await.expect("json");
+    assert_eq!(body["error"], "session_store_full", "{body}");
+    let existing = alice.cart().await.expect("reads still work");
+    assert_eq!(existing.qty_of("SOCK-GREY-L"), 1, "and nothing was lost");
+    shop.stop().await;
+}
+
+#[tokio::test]
+async fn idempotent_get_is_retried_when_its_instance_dies() {
+    let shop = spawn_shop().await;
+    let alice = shop.shopper();
+    alice.add("TEE-RED-M", 2).await.expect("add");
+    // Round robin: a few reads leave a pooled connection to every instance.
+    for _ in 0..6 {
+        alice.cart().await.expect("view");
+    }
+    // A crash: the balancer's pooled connections to i2 are now dead, and
+    // it has not noticed yet.
+    shop.topology.kill_instance("i2").await.expect("kill");
+    for _ in 0..12 {
+        let seen = alice
+            .cart()
+            .await
+            .expect("every read is answered: none comes back 5xx");
+        assert_eq!(seen.qty_of("TEE-RED-M"), 2);
+        assert_ne!(seen.served_by(), "i2");
+    }
     shop.stop().await;
 }

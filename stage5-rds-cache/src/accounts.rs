@@ -8,24 +8,26 @@
 //! | `GET /api/me` | the profile; 401 `not_logged_in` |
 //! | `PUT /api/me {"name","address":{"line1","line2","city","postcode","country"}}` | the updated profile |
 //!
-//! Passwords are hashed with argon2id (a fresh random salt each), on the
-//! blocking pool: a hash takes tens of milliseconds of CPU on purpose, which
-//! must not stall the async workers. A wrong password and an unknown email
-//! get the same answer, and an unknown email still pays for one hash, so
-//! neither the message nor the timing tells which emails have accounts.
+//! Passwords are hashed with argon2id ([`crate::passwords`]: on the
+//! blocking pool, a slot per core, a short queue, then 503). A wrong
+//! password and an unknown email get the same answer, and an unknown email
+//! still pays for one hash, so neither the message nor the timing tells
+//! which emails have accounts. Logins and signups are counted per client
+//! and failed logins per account ([`crate::attempts`]): past the limits,
+//! 429 with `Retry-After`. Every statement on the primary has a deadline
+//! (`--db-timeout`).
 //!
 //! Logging in rotates the session id (the anonymous cart moves along): an
 //! id someone planted or saw before login is worth nothing after it.
-//! The session remembers the user (`_user`) and the primary's WAL position
-//! after the shopper's last write (`_lsn`, for read-your-writes), read back
+//! The session remembers the user (`user`) and the primary's WAL position
+//! after the shopper's last write (`lsn`, for read-your-writes), read back
 //! as a [`Login`].
 
-use std::sync::{Arc, LazyLock};
+use std::net::SocketAddr;
+use std::sync::Arc;
 
-use argon2::Argon2;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -37,13 +39,14 @@ use sqlx::Row;
 use stage4::sessions::{RedisSessions, Session};
 
 use crate::Stage5;
+use crate::attempts::client_of;
 use crate::data_path::{self, DATA_PATH, Step};
 use crate::db::WalPosition;
 use crate::error::DataError;
 
 /// The session fields this module keeps.
-const USER: &str = "_user";
-const LSN: &str = "_lsn";
+const USER: &str = "user";
+const LSN: &str = "lsn";
 
 /// An account's id (`users.id`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,23 +127,31 @@ pub struct Profile {
 /// `POST /api/signup`: creates the account on the primary and logs in.
 pub(crate) async fn signup(
     State(shop): State<Arc<Shop<Stage5>>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<Signup>,
 ) -> Result<Response, ApiError> {
+    let state = &shop.state;
+    state
+        .attempts
+        .client_attempt(client_of(&headers, peer))
+        .await?;
     let email = valid_email(&body.email)?;
     let name = valid_text("name", &body.name, 1, 100)?;
     valid_password(&body.password)?;
-    let hash = hash_password(body.password).await?;
-    let db = &shop.state.db;
-    let id: i64 = sqlx::query_scalar(
-        "INSERT INTO users (email, password_hash, name) VALUES ($1, $2, $3) RETURNING id",
-    )
-    .bind(&email)
-    .bind(&hash)
-    .bind(&name)
-    .fetch_one(db.primary())
-    .await
-    .map_err(DataError::from)?;
+    let hash = state.passwords.hash(body.password).await?;
+    let db = &state.data.db;
+    let id: i64 = db
+        .on_primary(
+            sqlx::query_scalar(
+                "INSERT INTO users (email, password_hash, name) VALUES ($1, $2, $3) RETURNING id",
+            )
+            .bind(&email)
+            .bind(&hash)
+            .bind(&name)
+            .fetch_one(db.primary()),
+        )
+        .await?;
     db.count_write();
     let lsn = db.wal_position().await?;
     tracing::info!(user = id, "signed up");
@@ -165,31 +176,45 @@ pub(crate) async fn signup(
 /// `POST /api/login`
 pub(crate) async fn login(
     State(shop): State<Arc<Shop<Stage5>>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<Credentials>,
 ) -> Result<Response, ApiError> {
+    let state = &shop.state;
+    state
+        .attempts
+        .client_attempt(client_of(&headers, peer))
+        .await?;
+    // A value that cannot be an email cannot match an account (and a NUL
+    // byte would not even reach the database): say which field is wrong.
+    let email = valid_email(&body.email)?;
+    state.attempts.account_open(&email).await?;
     // Logging in reads the primary: an account made a moment ago may not be
     // on the replica yet, and "no such account" would be wrong. Logins are
     // few; profile and catalog reads are the many.
-    let row = sqlx::query(
-        "SELECT id, email, name, password_hash FROM users WHERE lower(email) = lower($1)",
-    )
-    .bind(body.email.trim())
-    .fetch_optional(shop.state.db.primary())
-    .await
-    .map_err(DataError::from)?;
-    let (found, hash) = match &row {
-        Some(row) => (
-            true,
-            row.try_get::<String, _>("password_hash")
-                .map_err(DataError::from)?,
-        ),
-        None => (false, DUMMY_HASH.clone()),
-    };
-    let matches = verify_password(body.password, hash).await?;
-    let Some(row) = row.filter(|_| found && matches) else {
+    let db = &state.data.db;
+    let row = db
+        .on_primary(
+            sqlx::query(
+                "SELECT id, email, name, password_hash FROM users WHERE lower(email) = lower($1)",
+            )
+            .bind(&email)
+            .fetch_optional(db.primary()),
+        )
+        .await?;
+    let hash = row
+        .as_ref()
+        .map(|row| row.try_get::<String, _>("password_hash"))
+        .transpose()
+        .map_err(DataError::from)?;
+    if !state.passwords.verify(body.password, hash).await? {
+        state.attempts.account_failed(&email).await;
+        return Err(DataError::InvalidCredentials.into());
+    }
+    let Some(row) = row else {
         return Err(DataError::InvalidCredentials.into());
     };
+    state.attempts.account_succeeded(&email).await;
     let id: i64 = row.try_get("id").map_err(DataError::from)?;
     let cookie = shop
         .carts
@@ -222,6 +247,7 @@ pub(crate) async fn get_me(
     let login = Login::of(&shop.carts, &headers).await?;
     let UserId(user) = login.user;
     shop.state
+        .data
         .cached_json(
             &format!("profile:{user}"),
             "profile",
@@ -257,32 +283,36 @@ pub(crate) async fn put_me(
         postcode: valid_text("address.postcode", &body.address.postcode, 1, 20)?,
         country: valid_country(&body.address.country)?,
     };
-    let data = &shop.state;
-    let mut tx = data.db.primary().begin().await.map_err(DataError::from)?;
-    let email: String = sqlx::query_scalar(
-        "UPDATE users SET name = $2, updated_at = now() WHERE id = $1 RETURNING email",
-    )
-    .bind(user)
-    .bind(&name)
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(DataError::from)?;
-    sqlx::query(
-        "INSERT INTO addresses (user_id, line1, line2, city, postcode, country)
-         VALUES ($1, $2, $3, $4, $5, $6)
-         ON CONFLICT (user_id) DO UPDATE SET line1 = $2, line2 = $3, city = $4,
-             postcode = $5, country = $6, updated_at = now()",
-    )
-    .bind(user)
-    .bind(&address.line1)
-    .bind(&address.line2)
-    .bind(&address.city)
-    .bind(&address.postcode)
-    .bind(&address.country)
-    .execute(&mut *tx)
-    .await
-    .map_err(DataError::from)?;
-    tx.commit().await.map_err(DataError::from)?;
+    let data = &shop.state.data;
+    let email: String = data
+        .db
+        .on_primary(async {
+            let mut tx = data.db.primary().begin().await?;
+            let email: String = sqlx::query_scalar(
+                "UPDATE users SET name = $2, updated_at = now() WHERE id = $1 RETURNING email",
+            )
+            .bind(user)
+            .bind(&name)
+            .fetch_one(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO addresses (user_id, line1, line2, city, postcode, country)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (user_id) DO UPDATE SET line1 = $2, line2 = $3, city = $4,
+                     postcode = $5, country = $6, updated_at = now()",
+            )
+            .bind(user)
+            .bind(&address.line1)
+            .bind(&address.line2)
+            .bind(&address.city)
+            .bind(&address.postcode)
+            .bind(&address.country)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(email)
+        })
+        .await?;
     data.db.count_write();
     let mut path = vec![Step::Primary];
     // Remember how far the primary was, so this shopper's next read waits
@@ -396,44 +426,4 @@ fn valid_country(country: &str) -> Result<String, ApiError> {
             "must be a two-letter country code (ISO 3166-1), e.g. GB",
         ))
     }
-}
-
-/// A real argon2id hash of a password nobody has, checked against when the
-/// email is unknown, so that an unknown email costs as much as a wrong
-/// password.
-static DUMMY_HASH: LazyLock<String> = LazyLock::new(|| {
-    SaltString::encode_b64(&[7u8; 16])
-        .ok()
-        .and_then(|salt| {
-            Argon2::default()
-                .hash_password(b"not anyone's password", &salt)
-                .ok()
-                .map(|hash| hash.to_string())
-        })
-        .unwrap_or_default()
-});
-
-async fn hash_password(password: String) -> Result<String, ApiError> {
-    tokio::task::spawn_blocking(move || {
-        let mut salt = [0u8; 16];
-        getrandom::fill(&mut salt).map_err(|_| ApiError::Internal)?;
-        let salt = SaltString::encode_b64(&salt).map_err(|_| ApiError::Internal)?;
-        Argon2::default()
-            .hash_password(password.as_bytes(), &salt)
-            .map(|hash| hash.to_string())
-            .map_err(|_| ApiError::Internal)
-    })
-    .await
-    .map_err(|_| ApiError::Internal)?
-}
-
-async fn verify_password(password: String, hash: String) -> Result<bool, ApiError> {
-    tokio::task::spawn_blocking(move || {
-        let parsed = PasswordHash::new(&hash).map_err(|_| ApiError::Internal)?;
-        Ok(Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok())
-    })
-    .await
-    .map_err(|_| ApiError::Internal)?
 }

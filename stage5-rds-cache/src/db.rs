@@ -15,16 +15,25 @@
 //! of each waiting for a replica connection (a small circuit breaker); the
 //! primary down → writes are refused with 503 while reads carry on from the
 //! replica.
+//!
+//! Every wait has a deadline, `--db-timeout`: for a connection, and for
+//! every statement, twice over. On the server, `statement_timeout` stops a
+//! query that runs too long; in the client, a timer gives up on a server
+//! that does not answer at all (a frozen one cannot enforce its own
+//! timeout). So a frozen replica costs a read one `--db-timeout` before it
+//! falls back (and trips the breaker), and a frozen primary answers 503
+//! within it, rather than holding the request until the balancer's 504.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use shop::catalog::{Catalog, Product};
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::data_path::Step;
 use crate::error::DataError;
@@ -79,6 +88,8 @@ fn count(counter: &AtomicU64) {
 pub struct Database {
     primary: PgPool,
     replica: PgPool,
+    /// The deadline of every connection and statement.
+    timeout: Duration,
     stats: Arc<DbStats>,
     /// Until when the replica is skipped after a failure (a circuit
     /// breaker): without it, every read during a replica outage would
@@ -94,8 +105,12 @@ impl Database {
         replica_url: &str,
         timeout: Duration,
     ) -> Result<Self, sqlx::Error> {
-        let pool = |url: &str| {
-            PgPoolOptions::new()
+        let pool = |url: &str| -> Result<PgPool, sqlx::Error> {
+            let options = PgConnectOptions::from_str(url)?.options([(
+                "statement_timeout",
+                format!("{}ms", timeout.as_millis().max(1)),
+            )]);
+            Ok(PgPoolOptions::new()
                 .max_connections(8)
                 // A server that is down should cost a request a second
                 // (`--db-timeout`), not the default thirty: sqlx keeps retrying
@@ -104,11 +119,12 @@ impl Database {
                 // No ping before every query (a round trip each); a dead
                 // connection fails its query, which falls back or gives 503.
                 .test_before_acquire(false)
-                .connect_lazy(url)
+                .connect_lazy_with(options))
         };
         Ok(Self {
             primary: pool(primary_url)?,
             replica: pool(replica_url)?,
+            timeout,
             stats: Arc::default(),
             replica_skipped_until: Arc::new(Mutex::new(None)),
         })
@@ -120,6 +136,24 @@ impl Database {
 
     pub fn primary(&self) -> &PgPool {
         &self.primary
+    }
+
+    /// Runs `work` on the primary within the deadline: a primary that does
+    /// not answer in time is `database_unavailable`, like one that is down.
+    pub async fn on_primary<T>(
+        &self,
+        work: impl Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<T, DataError> {
+        match tokio::time::timeout(self.timeout, work).await {
+            Ok(result) => Ok(result?),
+            Err(_elapsed) => {
+                tracing::warn!(
+                    timeout_ms = self.timeout.as_millis(),
+                    "the primary did not answer in time"
+                );
+                Err(DataError::DatabaseUnavailable)
+            }
+        }
     }
 
     /// Applies the migrations and seeds the catalog, on the primary.
@@ -175,16 +209,19 @@ impl Database {
                 Ok(false)
             }
             None => Ok(true),
-            Some(lsn) => sqlx::query_scalar::<_, Option<bool>>(
-                "SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn",
-            )
-            .bind(lsn.as_str())
-            .fetch_one(&self.replica)
-            .await
-            .map(|caught_up| caught_up.unwrap_or(false)),
+            Some(lsn) => self
+                .within(
+                    sqlx::query_scalar::<_, Option<bool>>(
+                        "SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn",
+                    )
+                    .bind(lsn.as_str())
+                    .fetch_one(&self.replica),
+                )
+                .await
+                .map(|caught_up| caught_up.unwrap_or(false)),
         };
         match replica_usable {
-            Ok(true) => match query(&self.replica).await {
+            Ok(true) => match self.within(query(&self.replica)).await {
                 Ok(value) => {
                     count(&self.stats.replica_reads);
                     path.push(Step::Replica);
@@ -196,13 +233,30 @@ impl Database {
             Ok(false) => path.push(Step::ReplicaBehind),
             Err(error) => self.replica_failed(&error, path),
         }
-        let value = query(&self.primary).await.map_err(|error| {
-            tracing::error!(%error, "read failed on the primary too");
-            DataError::from(error)
-        })?;
+        let value = self
+            .on_primary(query(&self.primary))
+            .await
+            .inspect_err(|error| {
+                tracing::error!(%error, "read failed on the primary too");
+            })?;
         count(&self.stats.primary_reads);
         path.push(Step::Primary);
         Ok(value)
+    }
+
+    /// `work` within the deadline; a timeout reads as a failed statement.
+    async fn within<T>(
+        &self,
+        work: impl Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<T, sqlx::Error> {
+        tokio::time::timeout(self.timeout, work)
+            .await
+            .unwrap_or_else(|_| {
+                Err(sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no answer within --db-timeout",
+                )))
+            })
     }
 
     fn replica_failed(&self, error: &sqlx::Error, path: &mut Vec<Step>) {
@@ -240,8 +294,11 @@ impl Database {
     /// The primary's WAL position now: asked right after a commit, a
     /// replica that has replayed this far has the write.
     pub async fn wal_position(&self) -> Result<WalPosition, DataError> {
-        let text = sqlx::query_scalar::<_, String>("SELECT pg_current_wal_lsn()::text")
-            .fetch_one(&self.primary)
+        let text = self
+            .on_primary(
+                sqlx::query_scalar::<_, String>("SELECT pg_current_wal_lsn()::text")
+                    .fetch_one(&self.primary),
+            )
             .await?;
         Ok(WalPosition(text))
     }

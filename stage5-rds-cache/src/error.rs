@@ -32,6 +32,19 @@ pub enum DataError {
     /// 409 `email_taken`: an account with that email exists.
     #[error("an account with that email already exists")]
     EmailTaken,
+    /// 429 `too_many_attempts`: too many logins or signups from this
+    /// client, or failed logins to this account, lately
+    /// ([`crate::attempts`]); `Retry-After` says when to try again.
+    #[error("too many attempts; please wait {retry_after_s} seconds and try again")]
+    TooManyAttempts { retry_after_s: u32 },
+    /// 503 `too_busy`: every password-hashing slot is taken and the queue
+    /// is full ([`crate::passwords`]); nothing was done.
+    #[error("too many logins at once; please try again in a moment")]
+    TooBusy,
+    /// 400 `invalid_input`: the database refused a value as malformed (a
+    /// byte it cannot store); nothing was changed.
+    #[error("a value in the request cannot be stored: {0}")]
+    InvalidInput(String),
     /// 503 `database_unavailable`: the PostgreSQL primary cannot take the
     /// request (down, shutting down, or out of connections). Nothing was
     /// changed.
@@ -51,7 +64,9 @@ impl StageError for DataError {
             Self::InvalidField { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::InvalidCredentials | Self::NotLoggedIn => StatusCode::UNAUTHORIZED,
             Self::EmailTaken => StatusCode::CONFLICT,
-            Self::DatabaseUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooBusy | Self::DatabaseUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::InvalidInput(_) => StatusCode::BAD_REQUEST,
             Self::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -62,8 +77,19 @@ impl StageError for DataError {
             Self::InvalidCredentials => "invalid_credentials",
             Self::NotLoggedIn => "not_logged_in",
             Self::EmailTaken => "email_taken",
+            Self::TooManyAttempts { .. } => "too_many_attempts",
+            Self::TooBusy => "too_busy",
+            Self::InvalidInput(_) => "invalid_input",
             Self::DatabaseUnavailable => "database_unavailable",
             Self::Database(_) => "internal",
+        }
+    }
+
+    fn retry_after_s(&self) -> Option<u32> {
+        match self {
+            Self::TooManyAttempts { retry_after_s } => Some(*retry_after_s),
+            Self::TooBusy | Self::DatabaseUnavailable => Some(1),
+            _ => None,
         }
     }
 
@@ -86,6 +112,10 @@ impl From<sqlx::Error> for DataError {
             | sqlx::Error::Tls(_) => true,
             sqlx::Error::Database(db) if db.constraint() == Some(EMAIL_INDEX) => {
                 return Self::EmailTaken;
+            }
+            // 22: data exception (a NUL byte in text, a value out of range).
+            sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("22")) => {
+                return Self::InvalidInput(db.message().to_owned());
             }
             // 08: connection exceptions; 57: operator intervention (shutdown);
             // 25006: read-only transaction (a write reached a standby).

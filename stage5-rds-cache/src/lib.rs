@@ -31,6 +31,7 @@
 //! ```
 
 mod accounts;
+mod attempts;
 mod cache;
 mod catalog;
 mod data;
@@ -40,6 +41,7 @@ mod demo;
 mod error;
 mod metrics;
 mod page;
+mod passwords;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,9 +56,11 @@ use shop::{ApiError, BoxError, Scope, Services, Shop, Stage, StageInfo, Widget};
 use stage4::SessionArgs;
 use stage4::sessions::RedisSessions;
 
+use crate::attempts::Attempts;
 use crate::cache::Cache;
 use crate::data::Data;
 use crate::db::Database;
+use crate::passwords::Passwords;
 
 /// The variable that points the shop at a cache Redis it did not start.
 pub const CACHE_URL_ENV: &str = "CACHE_URL";
@@ -110,11 +114,20 @@ pub struct DataArgs {
     pub no_cache: bool,
 }
 
+/// What a stage-5 instance holds besides the carts: the data tier, and the
+/// guards in front of the accounts.
+#[derive(Debug)]
+pub struct Stage5State {
+    data: Data,
+    passwords: Passwords,
+    attempts: Attempts,
+}
+
 impl Stage for Stage5 {
     const INFO: &'static StageInfo = &INFO;
     type Args = DataArgs;
     type Carts = RedisSessions;
-    type State = Data;
+    type State = Stage5State;
 
     async fn services(args: &mut DataArgs, _scope: Scope) -> Result<Services, BoxError> {
         let mut services = Services::default();
@@ -152,7 +165,7 @@ impl Stage for Stage5 {
         Ok(services)
     }
 
-    async fn start(args: &DataArgs) -> Result<(RedisSessions, Data), BoxError> {
+    async fn start(args: &DataArgs) -> Result<(RedisSessions, Stage5State), BoxError> {
         let (Some(primary), Some(replica)) = (&args.database_url, &args.database_replica_url)
         else {
             return Err(format!("set {DATABASE_URL_ENV} and {DATABASE_REPLICA_URL_ENV}").into());
@@ -167,7 +180,13 @@ impl Stage for Stage5 {
             args.cache_url.as_deref()
         };
         let cache = Cache::connect(cache_url, args.cache_ttl, args.session.store_timeout)?;
-        Ok((args.session.connect()?, Data { db, cache }))
+        let sessions_url = args.session.redis_url.as_deref().unwrap_or_default();
+        let state = Stage5State {
+            data: Data { db, cache },
+            passwords: Passwords::new(),
+            attempts: Attempts::connect(sessions_url, args.session.store_timeout)?,
+        };
+        Ok((args.session.connect()?, state))
     }
 
     fn routes() -> Router<Arc<Shop<Self>>> {
@@ -179,11 +198,11 @@ impl Stage for Stage5 {
     }
 
     async fn list_products(shop: &Shop<Self>) -> Result<Response, ApiError> {
-        catalog::list_products(&shop.state).await
+        catalog::list_products(&shop.state.data).await
     }
 
     async fn get_product(shop: &Shop<Self>, sku: String) -> Result<Response, ApiError> {
-        catalog::get_product(&shop.state, sku).await
+        catalog::get_product(&shop.state.data, sku).await
     }
 
     const WIDGETS: &'static [Widget] = &[page::ACCOUNT];

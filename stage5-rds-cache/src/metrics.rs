@@ -15,7 +15,7 @@ use crate::Stage5;
 
 /// `GET /metrics`
 pub(crate) async fn metrics(State(shop): State<Arc<Shop<Stage5>>>) -> Response {
-    let data = &shop.state;
+    let data = &shop.state.data;
     let (db, cache) = (data.db.stats(), data.cache.stats());
     let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
     let mut out = Exposition::new();

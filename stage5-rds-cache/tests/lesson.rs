@@ -353,3 +353,178 @@ async fn invalid_fields_are_422_naming_the_field() {
     );
     shop.stop().await;
 }
+
+#[tokio::test]
+async fn clearing_the_cart_keeps_the_login() {
+    let shop = spawn_shop().await;
+    let ada = signed_up(&shop, "ada@example.com").await;
+    ada.add("TEE-RED-M", 2).await.expect("add");
+    let cleared = ada.clear().await.expect("clear");
+    assert!(cleared.is_empty());
+    let still = me(&ada).await;
+    assert_eq!(still.status, StatusCode::OK, "still logged in: {still:?}");
+    assert_eq!(name_of(&still), "Ada Lovelace");
+    shop.stop().await;
+}
+
+#[tokio::test]
+async fn logged_in_cart_holds_200_lines() {
+    let shop = spawn_shop().await;
+    let ada = signed_up(&shop, "ada@example.com").await;
+    let skus: Vec<String> = shop::Catalog::get()
+        .products()
+        .iter()
+        .map(|p| p.sku.clone())
+        .collect();
+    for sku in &skus[..shop::cart::MAX_LINES] {
+        ada.add(sku, 1).await.expect("a line under the limit");
+    }
+    let cart = ada.cart().await.expect("view");
+    assert_eq!(
+        cart.body.lines.len(),
+        shop::cart::MAX_LINES,
+        "the session's own fields take no line"
+    );
+    let refused = ada
+        .add(&skus[shop::cart::MAX_LINES], 1)
+        .await
+        .expect_err("one more is one too many");
+    assert_eq!(refused.status(), Some(StatusCode::UNPROCESSABLE_ENTITY));
+    shop.stop().await;
+}
+
+#[tokio::test]
+async fn frozen_replica_falls_back_within_db_timeout() {
+    let shop = spawn_shop().await;
+    let ada = signed_up(&shop, "ada@example.com").await;
+    shop.replica_caught_up().await;
+    // SIGSTOP: the replica keeps its connections and answers nothing.
+    shop.postgres.freeze_replica().expect("SIGSTOP the replica");
+    let profile = me(&ada).await;
+    shop.postgres.thaw_replica().expect("SIGCONT the replica");
+    assert_eq!(profile.status, StatusCode::OK, "{profile:?}");
+    assert!(
+        profile.data_path.contains("replica-down,primary"),
+        "the read gave up on the replica and went to the primary: {profile:?}"
+    );
+    assert_eq!(name_of(&profile), "Ada Lovelace");
+    shop.stop().await;
+}
+
+#[tokio::test]
+async fn frozen_primary_gives_503_within_db_timeout() {
+    let shop = spawn_shop().await;
+    let ada = signed_up(&shop, "ada@example.com").await;
+    shop.replica_caught_up().await;
+    shop.postgres.freeze_primary().expect("SIGSTOP the primary");
+    let write = update_me(&ada, "Ada King").await;
+    let new_account = signup(&shop.shopper(), "charles@example.com", PASSWORD).await;
+    shop.postgres.thaw_primary().expect("SIGCONT the primary");
+    assert_eq!(write.status, StatusCode::SERVICE_UNAVAILABLE, "{write:?}");
+    assert_eq!(write.body["error"], "database_unavailable");
+    assert!(write.headers.contains_key("retry-after"));
+    assert_eq!(
+        new_account.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{new_account:?}"
+    );
+    shop.stop().await;
+}
+
+#[tokio::test]
+async fn frozen_cache_is_a_miss_not_a_hang() {
+    let shop = spawn_shop().await;
+    let ada = signed_up(&shop, "ada@example.com").await;
+    shop.replica_caught_up().await;
+    shop.cache.pause().expect("SIGSTOP the cache");
+    let catalog = send(ada.http().get(ada.url("/api/products/TEE-RED-M"))).await;
+    let profile = me(&ada).await;
+    shop.cache.resume().expect("SIGCONT the cache");
+    assert_eq!(catalog.status, StatusCode::OK);
+    assert_eq!(catalog.data_path, "catalog=cache-down,replica");
+    assert_eq!(profile.status, StatusCode::OK);
+    assert_eq!(profile.data_path, "profile=cache-down,replica");
+    shop.stop().await;
+}
+
+#[tokio::test]
+async fn nul_byte_in_login_email_is_a_422_naming_the_field() {
+    let shop = spawn_shop().await;
+    let answer = login(&shop.shopper(), "ada\0@example.com", PASSWORD).await;
+    assert_eq!(
+        answer.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{answer:?}"
+    );
+    assert_eq!(answer.body["error"], "invalid_field");
+    assert_eq!(answer.body["field"], "email");
+    shop.stop().await;
+}
+
+#[tokio::test]
+async fn login_attempts_are_limited_per_account() {
+    let shop = spawn_shop().await;
+    signed_up(&shop, "ada@example.com").await;
+    let guesser = shop.shopper();
+    for guess in 0..10 {
+        let answer = login(
+            &guesser,
+            "ada@example.com",
+            &format!("guess number {guess}"),
+        )
+        .await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{answer:?}");
+    }
+    let locked = login(&guesser, "ADA@example.com", "guess number 11").await;
+    assert_eq!(locked.status, StatusCode::TOO_MANY_REQUESTS, "{locked:?}");
+    assert_eq!(locked.body["error"], "too_many_attempts");
+    assert!(locked.headers.contains_key("retry-after"));
+    let right = login(&shop.shopper(), "ada@example.com", PASSWORD).await;
+    assert_eq!(
+        right.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "even the right password waits: the guesser must not learn it is right"
+    );
+    shop.stop().await;
+}
+
+#[tokio::test]
+async fn password_hashing_has_admission_control() {
+    let shop = spawn_shop().await;
+    // Fifty logins at once, each for an account nobody has: each costs a
+    // hash (so that unknown emails cost as much as wrong passwords).
+    let logins: Vec<_> = (0..50)
+        .map(|n| {
+            let shopper = shop.shopper();
+            tokio::spawn(async move {
+                login(&shopper, &format!("nobody{n}@example.com"), PASSWORD).await
+            })
+        })
+        .collect();
+    // Meanwhile, the shop keeps serving everything else.
+    let catalog = send(
+        shop.shopper()
+            .http()
+            .get(shop.url() + "/api/products/TEE-RED-M"),
+    )
+    .await;
+    assert_eq!(catalog.status, StatusCode::OK);
+    let mut busy = 0;
+    for login in logins {
+        let answer = login.await.expect("task");
+        match answer.status {
+            StatusCode::UNAUTHORIZED => {}
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(answer.body["error"], "too_busy", "{answer:?}");
+                assert!(answer.headers.contains_key("retry-after"));
+                busy += 1;
+            }
+            other => panic!("a login answered {other}: {answer:?}"),
+        }
+    }
+    assert!(
+        busy > 0,
+        "past the hashing slots and their queue, logins are turned away"
+    );
+    shop.stop().await;
+}

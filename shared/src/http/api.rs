@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::header::SET_COOKIE;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
@@ -19,8 +19,9 @@ use crate::cart::{CartOp, KnownSku, PricedLine, Quantity};
 use crate::cookies::request_jar;
 use crate::error::ApiError;
 use crate::http::json::ApiJson;
+use crate::http::path::ApiPath;
 use crate::stage::{Shop, Stage};
-use crate::store::{CartReply, CartStore};
+use crate::store::{CartReply, CartRequest, CartStore, IdempotencyKey};
 
 /// `GET /api/products`
 pub(super) async fn list_products<S: Stage>(
@@ -32,7 +33,7 @@ pub(super) async fn list_products<S: Stage>(
 /// `GET /api/products/{sku}`
 pub(super) async fn get_product<S: Stage>(
     State(shop): State<Arc<Shop<S>>>,
-    Path(sku): Path<String>,
+    ApiPath(sku): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     S::get_product(&shop, sku).await
 }
@@ -91,7 +92,7 @@ pub(super) async fn add_item<S: Stage>(
 /// `PUT /api/cart/items/{sku} {"qty"}`
 pub(super) async fn set_item<S: Stage>(
     State(shop): State<Arc<Shop<S>>>,
-    Path(sku): Path<String>,
+    ApiPath(sku): ApiPath<String>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<SetItem>,
 ) -> Result<Response, ApiError> {
@@ -102,7 +103,7 @@ pub(super) async fn set_item<S: Stage>(
 /// `DELETE /api/cart/items/{sku}`
 pub(super) async fn remove_item<S: Stage>(
     State(shop): State<Arc<Shop<S>>>,
-    Path(sku): Path<String>,
+    ApiPath(sku): ApiPath<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     run(&shop, &headers, CartOp::Remove(KnownSku::new(&sku)?)).await
@@ -121,7 +122,17 @@ async fn run<S: Stage>(
     headers: &HeaderMap,
     op: CartOp,
 ) -> Result<Response, ApiError> {
-    let reply = shop.carts.apply(&request_jar(headers), op).await?;
+    let key = headers
+        .get(IdempotencyKey::HEADER)
+        .map(|value| IdempotencyKey::new(value.to_str().unwrap_or("")))
+        .transpose()?;
+    let cookies = request_jar(headers);
+    let request = CartRequest {
+        cookies: &cookies,
+        op,
+        key: key.as_ref(),
+    };
+    let reply = shop.carts.apply(request).await?;
     Ok(cart_response(shop.instance.id(), reply))
 }
 

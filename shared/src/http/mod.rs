@@ -18,6 +18,7 @@ pub mod api;
 mod health;
 pub mod json;
 pub mod page;
+pub mod path;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -43,13 +44,15 @@ pub(crate) const SERVED_BY: HeaderName = HeaderName::from_static("x-served-by");
 ///
 /// `run(listener, shop, shutdown)` in the style of mini-redis: the caller
 /// binds (so a test can bind port 0 and learn the port) and decides when to
-/// stop (so a test can stop it without signals).
+/// stop (so a test can stop it without signals). Handlers may ask for the
+/// connection's peer (`ConnectInfo<SocketAddr>`).
 pub async fn run<S: Stage>(
     listener: TcpListener,
     shop: Arc<Shop<S>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(shop))
+    let app = router(shop).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }

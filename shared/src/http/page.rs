@@ -26,7 +26,7 @@ use crate::catalog::Catalog;
 use crate::cookies::request_jar;
 use crate::http::api::set_cookies;
 use crate::stage::{Shop, Stage};
-use crate::store::CartStore;
+use crate::store::{CartRequest, CartStore};
 
 const TEMPLATE: &str = include_str!("page.html");
 const SCRIPT: &str = include_str!("shop.js");
@@ -38,16 +38,21 @@ pub(super) async fn shop_page<S: Stage>(
 ) -> Response {
     // The page still renders when the store fails: it says so instead of
     // showing an empty cart as if nothing were wrong.
-    let (cart, notices, cookies, extra) =
-        match shop.carts.apply(&request_jar(&headers), CartOp::View).await {
-            Ok(reply) => (
-                Some(reply.cart.priced()),
-                reply.notices,
-                reply.cookies,
-                reply.headers,
-            ),
-            Err(error) => (None, vec![error.to_string()], Vec::new(), HeaderMap::new()),
-        };
+    let cookies = request_jar(&headers);
+    let view = CartRequest {
+        cookies: &cookies,
+        op: CartOp::View,
+        key: None,
+    };
+    let (cart, notices, cookies, extra) = match shop.carts.apply(view).await {
+        Ok(reply) => (
+            Some(reply.cart.priced()),
+            reply.notices,
+            reply.cookies,
+            reply.headers,
+        ),
+        Err(error) => (None, vec![error.to_string()], Vec::new(), HeaderMap::new()),
+    };
     let stage = S::INFO;
     let widgets = S::WIDGETS;
     let html = TEMPLATE

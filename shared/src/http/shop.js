@@ -73,15 +73,23 @@ function headerNotes(response) {
 // Stages add widgets to the page; each may ask to hear about every answer.
 const listeners = [];
 
+// A fresh name for one user action (an Idempotency-Key).
+function newKey() {
+  if (crypto.randomUUID) return crypto.randomUUID();
+  return Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
 // One call to the JSON API: paints the badge, logs the call, tells the
 // widgets. Resolves to {status, data, response}; a network failure is
-// shown and resolves to status 0.
-async function api(method, path, body) {
+// shown and resolves to status 0. `key` names a change, so that sending it
+// again is safe.
+async function api(method, path, body, key) {
   const options = { method, headers: { Accept: "application/json" }, credentials: "same-origin" };
   if (body !== undefined) {
     options.headers["Content-Type"] = "application/json";
     options.body = JSON.stringify(body);
   }
+  if (key) options.headers["Idempotency-Key"] = key;
   let response;
   try {
     response = await fetch(path, options);
@@ -104,9 +112,19 @@ async function api(method, path, body) {
   return { status: response.status, data, response };
 }
 
-// A cart call: the answer re-draws the cart, or says why not.
+// A cart call: the answer re-draws the cart, or says why not. A change
+// carries one Idempotency-Key for the user's action; when no answer came
+// (no connection, 502, 503), it is sent once more with the same key after
+// the pause the shop asked for: the shop applies it once either way.
 async function call(method, path, body) {
-  const { status, data } = await api(method, path, body);
+  const key = method === "GET" ? undefined : newKey();
+  let { status, data, response } = await api(method, path, body, key);
+  if (status === 0 || status === 502 || status === 503) {
+    const pause = Number((response && response.headers.get("Retry-After")) || 1);
+    showNotices([(data.message || "No answer from the shop.") + " Trying again…"], true);
+    await new Promise((resolve) => setTimeout(resolve, Math.min(pause, 5) * 1000));
+    ({ status, data } = await api(method, path, body, key));
+  }
   if (status === 0) return;
   if (status < 200 || status >= 300) {
     showNotices([data.message || `HTTP ${status}`], true);

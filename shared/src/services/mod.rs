@@ -72,6 +72,93 @@ pub(crate) fn free_port() -> std::io::Result<u16> {
         .port())
 }
 
+/// Every private folder's name starts with this (`myclothes-redis-…`).
+const DIR_PREFIX: &str = "myclothes-";
+/// The file in each private folder that names the process it belongs to.
+const OWNER_FILE: &str = "owner";
+/// A folder without an owner file is left alone for this long (it may be
+/// one being made right now); older, it is a leftover.
+const UNOWNED_GRACE: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// A new private folder for a server's data and log: in the system's
+/// temporary directory, readable by its owner only (0700: a database's
+/// files are nobody else's business), and marked with the process that
+/// made it.
+///
+/// Folders are removed when their server stops. A launcher killed with
+/// SIGKILL cannot remove them, so each new one first removes the folders
+/// whose owner process is gone.
+pub(crate) fn private_dir(kind: &str) -> std::io::Result<tempfile::TempDir> {
+    use std::os::unix::fs::PermissionsExt;
+    remove_stale_dirs(&std::env::temp_dir());
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("{DIR_PREFIX}{kind}-"))
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir()?;
+    std::fs::write(
+        dir.path().join(OWNER_FILE),
+        process_identity(std::process::id())?,
+    )?;
+    Ok(dir)
+}
+
+/// A process as `<pid> <start time>`: the start time tells a live owner
+/// from a later process that happens to have been given the same pid.
+fn process_identity(pid: u32) -> std::io::Result<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let started = stat
+        .rfind(')')
+        .and_then(|end| stat[end + 1..].split_whitespace().nth(19))
+        .ok_or_else(|| std::io::Error::other("an unreadable /proc/PID/stat"))?;
+    Ok(format!("{pid} {started}"))
+}
+
+/// Removes the private folders in `temp` whose owner process is gone.
+fn remove_stale_dirs(temp: &Path) {
+    let Ok(entries) = std::fs::read_dir(temp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let is_ours = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|name| name.starts_with(DIR_PREFIX));
+        if !is_ours || !path.is_dir() {
+            continue;
+        }
+        let stale = match std::fs::read_to_string(path.join(OWNER_FILE)) {
+            Ok(owner) => {
+                let pid = owner.split_whitespace().next().and_then(|p| p.parse().ok());
+                pid.is_none_or(|pid| process_identity(pid).ok().as_deref() != Some(owner.trim()))
+            }
+            // No owner file: a folder being made right now (0700, and
+            // marked a moment later), or one left by a version that did not
+            // mark its folders (and made them readable by everyone).
+            Err(_) => entry.metadata().is_ok_and(|metadata| {
+                use std::os::unix::fs::PermissionsExt;
+                let legacy = metadata.permissions().mode() & 0o777 != 0o700;
+                let old = metadata
+                    .modified()
+                    .ok()
+                    .and_then(|modified| modified.elapsed().ok())
+                    .is_some_and(|age| age > UNOWNED_GRACE);
+                legacy || old
+            }),
+        };
+        if stale {
+            match std::fs::remove_dir_all(&path) {
+                Ok(()) => {
+                    tracing::info!(path = %path.display(), "removed a folder its owner left behind")
+                }
+                Err(error) => {
+                    tracing::debug!(path = %path.display(), %error, "cannot remove a stale folder")
+                }
+            }
+        }
+    }
+}
+
 /// A server process we started and will stop.
 ///
 /// Dropping it stops the process (SIGTERM, then SIGKILL after a grace
@@ -129,6 +216,27 @@ impl ManagedProcess {
         kill(Pid::from_raw(self.pid_i32()), signal).map_err(std::io::Error::from)
     }
 
+    /// Sends `signal` to the process and every process it started (a
+    /// PostgreSQL server is a postmaster and a backend per connection:
+    /// freezing only the first would leave open connections answering).
+    pub(crate) fn signal_tree(&self, signal: Signal) -> std::io::Result<()> {
+        // The parent first: a stopped parent starts no new children while
+        // the rest are found.
+        self.signal(signal)?;
+        let mut parents = vec![self.pid()];
+        while let Some(parent) = parents.pop() {
+            for child in children_of(parent) {
+                let pid = Pid::from_raw(i32::try_from(child).unwrap_or(i32::MAX));
+                match kill(pid, signal) {
+                    // Gone since it was listed: nothing to stop.
+                    Ok(()) | Err(nix::errno::Errno::ESRCH) => parents.push(child),
+                    Err(error) => return Err(error.into()),
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// `Some` once the process has exited.
     pub(crate) fn exited(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().ok().flatten()
@@ -157,8 +265,9 @@ impl ManagedProcess {
         if self.exited().is_some() {
             return;
         }
-        // A paused process cannot act on SIGTERM: wake it first.
-        let _ = self.signal(Signal::SIGCONT);
+        // A paused process cannot act on SIGTERM: wake it (and anything
+        // it started) first.
+        let _ = self.signal_tree(Signal::SIGCONT);
         let _ = self.signal(self.stop_signal);
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
@@ -181,6 +290,28 @@ impl ManagedProcess {
     fn pid_i32(&self) -> i32 {
         i32::try_from(self.child.id()).unwrap_or(i32::MAX)
     }
+}
+
+/// The live processes whose parent is `parent` (from `/proc`).
+fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // Field 4 (after the command name in parentheses) is the parent.
+            stat.rfind(')').and_then(|end| {
+                stat[end + 1..]
+                    .split_whitespace()
+                    .nth(1)?
+                    .parse::<u32>()
+                    .ok()
+            }) == Some(parent)
+        })
+        .collect()
 }
 
 /// `binary`, started through `setpriv --pdeathsig SIGTERM` (and as `as_user`
@@ -262,5 +393,33 @@ where
 impl Drop for ManagedProcess {
     fn drop(&mut self) {
         self.stop(Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn private_folders_are_private_and_a_dead_owners_are_removed() {
+        // A process that has exited: its folder is a leftover.
+        let mut gone = Command::new("true").spawn().expect("true runs");
+        let gone_pid = gone.id();
+        gone.wait().expect("exits");
+        let leftover = std::env::temp_dir().join(format!("{DIR_PREFIX}test-{gone_pid}-left"));
+        std::fs::create_dir_all(&leftover).expect("a leftover");
+        std::fs::write(leftover.join(OWNER_FILE), format!("{gone_pid} 12345")).expect("owner");
+        // One whose owner lives (this test) stays.
+        let alive = private_dir("test").expect("a private folder");
+
+        let fresh = private_dir("test").expect("another");
+        assert!(!leftover.exists(), "a dead owner's folder is removed");
+        assert!(alive.path().exists(), "a live owner's folder stays");
+        let mode = std::fs::metadata(fresh.path())
+            .expect("metadata")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700, "readable by its owner only");
     }
 }

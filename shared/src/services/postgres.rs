@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use tempfile::TempDir;
 
-use super::{ManagedProcess, ServiceError, find_on_path, free_port, run_to_end};
+use super::{ManagedProcess, ServiceError, find_on_path, free_port, private_dir, run_to_end};
 
 /// The variables that point the shop at databases it did not start.
 pub const DATABASE_URL_ENV: &str = "DATABASE_URL";
@@ -63,9 +63,7 @@ impl PostgresCluster {
             variable: "DATABASE_URL and DATABASE_REPLICA_URL",
         })?;
         let user = server_user()?;
-        let root = tempfile::Builder::new()
-            .prefix("myclothes-postgres-")
-            .tempdir()?;
+        let root = private_dir("postgres")?;
         hand_over(root.path(), user.as_deref())?;
         std::fs::create_dir(root.path().join("sockets"))?;
         hand_over(&root.path().join("sockets"), user.as_deref())?;
@@ -117,6 +115,27 @@ impl PostgresCluster {
     /// Stops the primary (fast shutdown); writes must fail with 503.
     pub fn stop_primary(&mut self) {
         stop(&mut self.primary);
+    }
+
+    /// Freezes the replica (SIGSTOP to every one of its processes): its
+    /// connections stay open and nothing answers, the nastiest outage.
+    pub fn freeze_replica(&self) -> std::io::Result<()> {
+        signal_server(&self.replica, Signal::SIGSTOP)
+    }
+
+    /// Wakes a frozen replica (SIGCONT).
+    pub fn thaw_replica(&self) -> std::io::Result<()> {
+        signal_server(&self.replica, Signal::SIGCONT)
+    }
+
+    /// Freezes the primary, as [`Self::freeze_replica`] does the replica.
+    pub fn freeze_primary(&self) -> std::io::Result<()> {
+        signal_server(&self.primary, Signal::SIGSTOP)
+    }
+
+    /// Wakes a frozen primary.
+    pub fn thaw_primary(&self) -> std::io::Result<()> {
+        signal_server(&self.primary, Signal::SIGCONT)
     }
 
     fn log(&self, name: &str) -> PathBuf {
@@ -247,6 +266,16 @@ impl PostgresCluster {
 
 fn url(port: u16) -> String {
     format!("postgres://postgres@127.0.0.1:{port}/postgres")
+}
+
+fn signal_server(server: &Server, signal: Signal) -> std::io::Result<()> {
+    match &server.process {
+        Some(process) => process.signal_tree(signal),
+        None => Err(std::io::Error::other(format!(
+            "the {} is not running",
+            server.role
+        ))),
+    }
 }
 
 fn stop(server: &mut Server) {

@@ -28,7 +28,7 @@ use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::{ManagedProcess, ServiceError, find_on_path, free_port};
+use super::{ManagedProcess, ServiceError, find_on_path, free_port, private_dir};
 
 /// The variable that points the shop at a Redis it did not start.
 pub const REDIS_URL_ENV: &str = "REDIS_URL";
@@ -69,8 +69,10 @@ pub struct RedisServer {
 /// What a Redis is for, which decides how it treats its data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RedisRole {
-    /// A record: durable (append-only file), never evicts. What is in it
-    /// exists nowhere else.
+    /// A record: durable (append-only file), never evicts, and bounded
+    /// (256 MB): past that it refuses new writes (an `OOM` error the shop
+    /// answers with a clear 503) rather than take the machine's memory or
+    /// drop what it holds. What is in it exists nowhere else.
     Record,
     /// A cache: no persistence, 64 MB, evicts the least recently used key
     /// when full. Everything in it can be read again from where it came
@@ -98,9 +100,7 @@ impl RedisServer {
             binary,
             port: free_port()?,
             role,
-            dir: tempfile::Builder::new()
-                .prefix("myclothes-redis-")
-                .tempdir()?,
+            dir: private_dir("redis")?,
         };
         // Another program may take the free port before Redis binds it: try
         // another port then, a few times.
@@ -199,11 +199,13 @@ impl RedisServer {
             "notice".as_ref(),
         ];
         match self.role {
-            RedisRole::Record => args.extend::<[&std::ffi::OsStr; 6]>([
+            RedisRole::Record => args.extend::<[&std::ffi::OsStr; 8]>([
                 "--appendonly".as_ref(),
                 "yes".as_ref(),
                 "--appendfsync".as_ref(),
                 "everysec".as_ref(),
+                "--maxmemory".as_ref(),
+                "256mb".as_ref(),
                 "--maxmemory-policy".as_ref(),
                 "noeviction".as_ref(),
             ]),

@@ -14,13 +14,11 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use cookie::CookieJar;
-
 use crate::cart::{Cart, CartOp};
 use crate::cookies::shop_cookie;
 use crate::error::ApiError;
 use crate::ids;
-use crate::store::{CartReply, CartStore};
+use crate::store::{CartReply, CartRequest, CartStore};
 
 /// The cookie that names the shopper to *this* instance.
 const CLIENT_COOKIE: &str = "client_id";
@@ -99,7 +97,11 @@ impl MemoryCarts {
 }
 
 impl CartStore for MemoryCarts {
-    async fn apply(&self, cookies: &CookieJar, op: CartOp) -> Result<CartReply, ApiError> {
+    /// An idempotency key is not needed here: a retry only follows an
+    /// answer that never arrived, and an instance that applied a change and
+    /// could not answer is an instance whose carts are gone anyway.
+    async fn apply(&self, request: CartRequest<'_>) -> Result<CartReply, ApiError> {
+        let (cookies, op) = (request.cookies, request.op);
         // A well-formed id from the cookie is used as it is, even when this
         // instance has never seen it: that is exactly how the shopper "loses"
         // a cart in stage 1 (same id, different memory).

@@ -2,18 +2,21 @@
 //!
 //! `cart.lua` replies with a flat list whose first element says what
 //! happened (`ok`, `unknown`, `taken`, `cart_full`, `line_full`); the rest
-//! is the session's hash (`ok`) or the refused total (`line_full`). This is
-//! read into [`Answer`] once, where the reply arrives, so that nothing else
-//! matches on strings.
+//! is the cart's hash (`ok`) or the refused total (`line_full`). A replay
+//! of a change already made (same idempotency key) is the first answer
+//! with `replay` in front. This is read into [`Answer`] once, where the
+//! reply arrives, so that nothing else matches on strings.
 
 use redis::{FromRedisValue, ParsingError, Value};
 
 /// One cart operation's outcome in Redis.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Answer {
-    /// Applied (or only looked at): the session's hash afterwards, as
-    /// `(field, value)` pairs, `_`-prefixed session fields included.
-    Session(Vec<(String, String)>),
+    /// Applied (or only looked at): the cart's hash afterwards, as
+    /// `(SKU, quantity)` pairs.
+    Cart(Vec<(String, String)>),
+    /// This change was made before (same idempotency key): its first answer.
+    Replayed(Box<Answer>),
     /// The session does not exist (expired, ended, never issued).
     Unknown,
     /// A new session's key was taken already (a 128-bit id collided, or
@@ -28,14 +31,20 @@ pub(crate) enum Answer {
 impl FromRedisValue for Answer {
     fn from_redis_value(value: Value) -> Result<Self, ParsingError> {
         let words: Vec<String> = FromRedisValue::from_redis_value(value)?;
-        let mut words = words.into_iter();
+        Self::from_words(words.into_iter())
+    }
+}
+
+impl Answer {
+    fn from_words(mut words: impl Iterator<Item = String>) -> Result<Self, ParsingError> {
         let answer = match words.next().as_deref() {
+            Some("replay") => Self::Replayed(Box::new(Self::from_words(words)?)),
             Some("ok") => {
                 let mut pairs = Vec::new();
                 while let (Some(field), Some(value)) = (words.next(), words.next()) {
                     pairs.push((field, value));
                 }
-                Self::Session(pairs)
+                Self::Cart(pairs)
             }
             Some("unknown") => Self::Unknown,
             Some("taken") => Self::Taken,
@@ -68,11 +77,15 @@ mod tests {
     fn each_reply_reads_as_its_variant() {
         let read = |list: &[&str]| Answer::from_redis_value(words(list));
         assert_eq!(
-            read(&["ok", "_born", "1", "TEE-RED-M", "2"]),
-            Ok(Answer::Session(vec![
-                ("_born".into(), "1".into()),
+            read(&["ok", "SOCK-GREY-L", "1", "TEE-RED-M", "2"]),
+            Ok(Answer::Cart(vec![
+                ("SOCK-GREY-L".into(), "1".into()),
                 ("TEE-RED-M".into(), "2".into())
             ]))
+        );
+        assert_eq!(
+            read(&["replay", "cart_full"]),
+            Ok(Answer::Replayed(Box::new(Answer::CartFull)))
         );
         assert_eq!(read(&["unknown"]), Ok(Answer::Unknown));
         assert_eq!(read(&["line_full", "100"]), Ok(Answer::LineFull(100)));

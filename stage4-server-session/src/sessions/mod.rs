@@ -4,28 +4,40 @@
 //! random bits). The cart lives in Redis, which every instance reaches, so
 //! any instance serves any request and an instance dying loses nothing.
 //!
-//! * **Where**: one Redis hash per session, `myclothes:session:<sha256(id)>`,
-//!   holding `_born` and one field per SKU → quantity (a later stage adds
-//!   fields of its own, `_`-prefixed). The key is a hash of the id, so
-//!   someone who can read Redis (a backup, `MONITOR`, a support engineer)
-//!   cannot lift live session ids out of it.
+//! * **Where**: two Redis hashes per session, with one idle lifetime:
+//!   `myclothes:session:<sha256(id)>` (when it was born, and the fields a
+//!   later stage keeps, such as who is logged in) and
+//!   `myclothes:cart:<sha256(id)>` (one field per SKU → quantity). Apart,
+//!   the cart's lines are counted without the session's fields, and
+//!   emptying the cart does not end the session. The keys are a hash of the
+//!   id, so someone who can read Redis (a backup, `MONITOR`, a support
+//!   engineer) cannot lift live session ids out of it.
 //! * **How**: every change is one Lua script (`cart.lua`), which Redis runs
 //!   atomically: fifty concurrent "add one" requests make fifty, never
 //!   fewer. The script also renews the idle expiry and returns the whole
 //!   cart, so a request costs one round trip. (The alternative, read the
 //!   cart, change it in Rust, write it back, loses updates under
 //!   concurrency unless wrapped in WATCH/MULTI retries.) A plain read is
-//!   `HGETALL` + `PEXPIRE`, pipelined: one round trip, no script. What
-//!   Redis answers is read into a type once ([`answer::Answer`]).
-//! * **New sessions**: an id the server does not know (expired, ended,
-//!   made up) is never adopted: the shopper gets a fresh id. Adopting it
-//!   would let an attacker plant an id in a victim's browser and then share
-//!   the victim's session (session fixation).
+//!   `PEXPIRE` + `HGETALL` + `PEXPIRE`, pipelined: one round trip, no
+//!   script. What Redis answers is read into a type once
+//!   ([`answer::Answer`]).
+//! * **Retries**: a change sent with an `Idempotency-Key` is recorded with
+//!   its result for [`APPLIED_FOR`]; the same key again is answered with
+//!   that result (`Idempotent-Replayed: true`) and changes nothing.
+//! * **New sessions**: only a change starts one (as Django and Rails do):
+//!   reading without a session answers the empty cart and stores nothing,
+//!   so a flood of cookie-less reads costs Redis nothing. An id the server
+//!   does not know (expired, ended, made up) is never adopted: a change
+//!   gets a fresh id. Adopting it would let an attacker plant an id in a
+//!   victim's browser and then share the victim's session (session
+//!   fixation).
 //! * **Failure**: Redis unreachable, or slower than the store timeout →
-//!   503 `session_store_unavailable` at once, never an empty cart. The
-//!   connection manager reconnects in the background; service returns by
-//!   itself when Redis does. One caution: a write that timed out was sent,
-//!   and may still be applied when a frozen Redis wakes up.
+//!   503 `session_store_unavailable` at once, never an empty cart. A change
+//!   that timed out was sent, and may still be applied when a frozen Redis
+//!   wakes up; the 503 says so, and that retrying with the same key is
+//!   safe. Redis at its memory limit (`maxmemory`, `noeviction`) → 503
+//!   `session_store_full`. The connection manager reconnects in the
+//!   background; service returns by itself when Redis does.
 //!
 //! A hash has no order, so a stage-4 cart lists its lines in catalog order
 //! (the same on every instance) rather than in the order they were added.
@@ -43,21 +55,32 @@ use redis::aio::ConnectionManager;
 use sha2::{Digest, Sha256};
 use shop::cart::{Cart, CartError, CartLine, CartOp, MAX_LINES, MAX_QTY};
 use shop::cookies::shop_cookie;
-use shop::{ApiError, CartReply, CartStore, Catalog, ids};
+use shop::{ApiError, CartReply, CartRequest, CartStore, Catalog, IdempotencyKey, ids};
 
 use crate::error::SessionError;
 use answer::Answer;
 
 /// The cookie that carries the session id.
 pub const SESSION_COOKIE: &str = "sid";
-/// Every session key starts with this.
+/// Every session's own hash is under this prefix.
 pub const SESSION_KEY_PREFIX: &str = "myclothes:session:";
-/// What happened to the session on this request: `resumed`, or
-/// `new; reason=missing|malformed|unknown`.
+/// Every session's cart is under this prefix.
+pub const CART_KEY_PREFIX: &str = "myclothes:cart:";
+/// Records of changes already made, by idempotency key.
+const APPLIED_KEY_PREFIX: &str = "myclothes:applied:";
+/// What happened to the session on this request: `resumed`;
+/// `new; reason=missing|malformed|unknown` (a change started one); or
+/// `none; reason=…` (a read without one: nothing was stored).
 pub const SESSION_HEADER: HeaderName = HeaderName::from_static("x-session");
+/// Set on the answer to a change that was made before (same key).
+pub const REPLAYED_HEADER: HeaderName = HeaderName::from_static("idempotent-replayed");
 /// The field every session has: when it started (Redis's clock, unix
-/// seconds). It keeps an empty session in existence.
-const BORN: &str = "_born";
+/// seconds). It keeps a session with an empty cart in existence.
+const BORN: &str = "born";
+/// How long a change's idempotency key is remembered. A retry comes within
+/// seconds of the first try; a day (Stripe's choice) would cost memory for
+/// nothing here.
+pub const APPLIED_FOR: Duration = Duration::from_secs(10 * 60);
 
 /// The cart script, loaded once; sent by its SHA-1 (`EVALSHA`) and only
 /// sent whole when Redis does not know it yet (after a restart).
@@ -92,27 +115,52 @@ pub struct Session {
 }
 
 impl Session {
-    /// The value of a `_`-prefixed session field, if it is set.
+    /// The value of a session field, if it is set.
     pub fn get(&self, field: &str) -> Option<&str> {
         self.fields.get(field).map(String::as_str)
     }
 }
 
-/// Why this request got a new session.
+/// The Redis keys of one session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionKeys {
+    /// The session's own hash.
+    pub session: String,
+    /// Its cart.
+    pub cart: String,
+    digest: String,
+}
+
+impl SessionKeys {
+    /// Where a change with this idempotency key is recorded.
+    fn applied(&self, key: &IdempotencyKey) -> String {
+        format!("{APPLIED_KEY_PREFIX}{}:{}", self.digest, key.as_str())
+    }
+}
+
+/// Why this request had no session of its own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum NewSession {
+enum NoSession {
     Missing,
     Malformed,
     Unknown,
 }
 
-impl NewSession {
-    fn header(self) -> HeaderValue {
-        HeaderValue::from_static(match self {
-            Self::Missing => "new; reason=missing",
-            Self::Malformed => "new; reason=malformed",
-            Self::Unknown => "new; reason=unknown",
-        })
+impl NoSession {
+    fn reason(self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::Malformed => "malformed",
+            Self::Unknown => "unknown",
+        }
+    }
+
+    /// `new; reason=…` when a change started a session, `none; reason=…`
+    /// when a read found none.
+    fn header(self, started: bool) -> HeaderValue {
+        let state = if started { "new" } else { "none" };
+        HeaderValue::from_str(&format!("{state}; reason={}", self.reason()))
+            .unwrap_or_else(|_| HeaderValue::from_static("none"))
     }
 }
 
@@ -155,12 +203,15 @@ impl RedisSessions {
         Ok(Self { redis, settings })
     }
 
-    /// The Redis key of a session: a SHA-256 of its id, never the id.
-    pub fn key_for(session_id: &str) -> String {
-        format!(
-            "{SESSION_KEY_PREFIX}{}",
-            hex::encode(Sha256::digest(session_id.as_bytes()))
-        )
+    /// The Redis keys of a session: named by a SHA-256 of its id, never
+    /// the id.
+    pub fn keys_for(session_id: &str) -> SessionKeys {
+        let digest = hex::encode(Sha256::digest(session_id.as_bytes()));
+        SessionKeys {
+            session: format!("{SESSION_KEY_PREFIX}{digest}"),
+            cart: format!("{CART_KEY_PREFIX}{digest}"),
+            digest,
+        }
     }
 
     /// Ends the session the request names, for good: its data is deleted,
@@ -168,10 +219,11 @@ impl RedisSessions {
     /// cookie that removes `sid` from the browser.
     pub async fn end(&self, cookies: &CookieJar) -> Result<Cookie<'static>, ApiError> {
         if let Some(id) = presented_id(cookies) {
+            let keys = Self::keys_for(id);
             let mut redis = self.redis.clone();
             let mut command = redis::cmd("DEL");
-            command.arg(Self::key_for(id));
-            self.within_timeout(command.query_async::<i64>(&mut redis))
+            command.arg(&keys.session).arg(&keys.cart);
+            self.within_timeout(command.query_async::<i64>(&mut redis), Purpose::Change)
                 .await?;
             tracing::info!(session = %ids::redacted(id), "session ended");
         }
@@ -181,8 +233,8 @@ impl RedisSessions {
     }
 
     /// The session the request names, if Redis knows it, with the values of
-    /// the session fields `fields` (`_`-prefixed names). No session, or an
-    /// unknown one, is `None`: nothing is created.
+    /// the session fields `fields`. No session, or an unknown one, is
+    /// `None`: nothing is created.
     pub async fn session(
         &self,
         cookies: &CookieJar,
@@ -193,11 +245,15 @@ impl RedisSessions {
         };
         let mut redis = self.redis.clone();
         let mut command = redis::cmd("HMGET");
-        command.arg(Self::key_for(id)).arg(BORN).arg(fields);
-        let values: Vec<Option<String>> =
-            self.within_timeout(command.query_async(&mut redis)).await?;
+        command
+            .arg(Self::keys_for(id).session)
+            .arg(BORN)
+            .arg(fields);
+        let values: Vec<Option<String>> = self
+            .within_timeout(command.query_async(&mut redis), Purpose::Read)
+            .await?;
         let mut values = values.into_iter();
-        // `_born` is in every session: without it, there is no session.
+        // `born` is in every session: without it, there is no session.
         if values.next().flatten().is_none() {
             return Ok(None);
         }
@@ -212,7 +268,7 @@ impl RedisSessions {
         }))
     }
 
-    /// Sets session fields (`_`-prefixed names) on a known session.
+    /// Sets session fields on a known session.
     pub async fn set_fields(
         &self,
         session: &Session,
@@ -220,11 +276,11 @@ impl RedisSessions {
     ) -> Result<(), ApiError> {
         let mut redis = self.redis.clone();
         let mut command = redis::cmd("HSET");
-        command.arg(Self::key_for(&session.id));
+        command.arg(Self::keys_for(&session.id).session);
         for (field, value) in pairs {
             command.arg(*field).arg(*value);
         }
-        self.within_timeout(command.query_async::<i64>(&mut redis))
+        self.within_timeout(command.query_async::<i64>(&mut redis), Purpose::Change)
             .await
             .map(drop)
     }
@@ -239,17 +295,21 @@ impl RedisSessions {
         cookies: &CookieJar,
         pairs: &[(&str, &str)],
     ) -> Result<Cookie<'static>, ApiError> {
-        let old = presented_id(cookies)
-            .map(Self::key_for)
-            .unwrap_or_else(|| format!("{SESSION_KEY_PREFIX}none"));
+        // Without a session, "old" keys that cannot exist.
+        let old = Self::keys_for(presented_id(cookies).unwrap_or(""));
         let id = new_id()?;
-        let mut invocation = ROTATE_SCRIPT.key(old);
-        invocation.key(Self::key_for(&id)).arg(self.ttl_ms());
+        let new = Self::keys_for(&id);
+        let mut invocation = ROTATE_SCRIPT.key(old.session);
+        invocation
+            .key(old.cart)
+            .key(new.session)
+            .key(new.cart)
+            .arg(self.ttl_ms());
         for (field, value) in pairs {
             invocation.arg(*field).arg(*value);
         }
         let mut redis = self.redis.clone();
-        self.within_timeout(invocation.invoke_async::<i64>(&mut redis))
+        self.within_timeout(invocation.invoke_async::<i64>(&mut redis), Purpose::Change)
             .await?;
         Ok(self.new_cookie(id))
     }
@@ -267,38 +327,43 @@ impl RedisSessions {
         u64::try_from(self.settings.ttl.as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// A read of a known session: `HGETALL` and `PEXPIRE`, pipelined (one
-    /// round trip). Reads are most requests, and two plain commands cost
-    /// Redis about half what the script does, which is needed only where a
-    /// rule must be checked and applied atomically.
+    /// A read of a known session: `PEXPIRE` of both keys and `HGETALL` of
+    /// the cart, pipelined (one round trip). Reads are most requests, and
+    /// plain commands cost Redis about half what the script does, which is
+    /// needed only where a rule must be checked and applied atomically.
     async fn read_and_renew(&self, session_id: &str) -> Result<Answer, ApiError> {
-        let key = Self::key_for(session_id);
+        let keys = Self::keys_for(session_id);
         let mut redis = self.redis.clone();
-        let (fields, renewed): (Vec<(String, String)>, bool) = self
+        let (renewed, lines, _): (bool, Vec<(String, String)>, bool) = self
             .within_timeout(
                 redis::pipe()
-                    .cmd("HGETALL")
-                    .arg(&key)
                     .cmd("PEXPIRE")
-                    .arg(&key)
+                    .arg(&keys.session)
+                    .arg(self.ttl_ms())
+                    .cmd("HGETALL")
+                    .arg(&keys.cart)
+                    .cmd("PEXPIRE")
+                    .arg(&keys.cart)
                     .arg(self.ttl_ms())
                     .query_async(&mut redis),
+                Purpose::Read,
             )
             .await?;
-        // No key (PEXPIRE answers 0): an unknown or expired session.
+        // No session key (PEXPIRE answers 0): unknown, ended or expired.
         Ok(if renewed {
-            Answer::Session(fields)
+            Answer::Cart(lines)
         } else {
             Answer::Unknown
         })
     }
 
-    /// Runs the cart script for one session.
+    /// Runs the cart script for one change to one session.
     async fn run_script(
         &self,
         session_id: &str,
         mode: Mode,
         op: &CartOp,
+        key: Option<&IdempotencyKey>,
     ) -> Result<Answer, ApiError> {
         let (name, sku, qty) = match op {
             CartOp::View => ("view", "", 0),
@@ -311,8 +376,13 @@ impl RedisSessions {
             Mode::Resume => "resume",
             Mode::Create => "create",
         };
+        let keys = Self::keys_for(session_id);
         let mut redis = self.redis.clone();
-        let mut invocation = CART_SCRIPT.key(Self::key_for(session_id));
+        let mut invocation = CART_SCRIPT.key(&keys.session);
+        invocation.key(&keys.cart);
+        if let Some(key) = key {
+            invocation.key(keys.applied(key));
+        }
         invocation
             .arg(mode)
             .arg(name)
@@ -320,31 +390,54 @@ impl RedisSessions {
             .arg(qty)
             .arg(self.ttl_ms())
             .arg(MAX_LINES)
-            .arg(MAX_QTY);
-        self.within_timeout(invocation.invoke_async::<Answer>(&mut redis))
-            .await
+            .arg(MAX_QTY)
+            .arg(u64::try_from(APPLIED_FOR.as_millis()).unwrap_or(u64::MAX));
+        self.within_timeout(
+            invocation.invoke_async::<Answer>(&mut redis),
+            Purpose::Change,
+        )
+        .await
     }
 
-    /// Waits for Redis at most the store timeout; any failure becomes 503.
+    /// Waits for Redis at most the store timeout; any failure becomes 503,
+    /// worded for what was asked (a change may still land later).
     async fn within_timeout<T>(
         &self,
         call: impl Future<Output = redis::RedisResult<T>>,
+        purpose: Purpose,
     ) -> Result<T, ApiError> {
+        let unavailable = || match purpose {
+            Purpose::Read => SessionError::StoreUnavailable,
+            Purpose::Change => SessionError::ChangeUnconfirmed,
+        };
         match tokio::time::timeout(self.settings.timeout, call).await {
             Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) if error.code() == Some("OOM") => {
+                tracing::error!(%error, "session store is full (maxmemory)");
+                Err(SessionError::StoreFull.into())
+            }
             Ok(Err(error)) => {
                 tracing::warn!(%error, "session store failed");
-                Err(SessionError::StoreUnavailable.into())
+                Err(unavailable().into())
             }
             Err(_) => {
                 tracing::warn!(
                     timeout_ms = self.settings.timeout.as_millis(),
                     "session store did not answer in time"
                 );
-                Err(SessionError::StoreUnavailable.into())
+                Err(unavailable().into())
             }
         }
     }
+}
+
+/// What a call to Redis was for, which decides what a failure means.
+#[derive(Clone, Copy, Debug)]
+enum Purpose {
+    /// Nothing was changed, whatever happened.
+    Read,
+    /// A change was sent; if no answer came, it may still be applied.
+    Change,
 }
 
 /// The id the request's cookie names, if it has the shape of one.
@@ -364,81 +457,103 @@ fn new_id() -> Result<String, ApiError> {
 }
 
 impl CartStore for RedisSessions {
-    async fn apply(&self, cookies: &CookieJar, op: CartOp) -> Result<CartReply, ApiError> {
+    async fn apply(&self, request: CartRequest<'_>) -> Result<CartReply, ApiError> {
+        let CartRequest { cookies, op, key } = request;
         let presented = cookies.get(SESSION_COOKIE).map(Cookie::value);
-        let mut new = match presented {
-            None => Some(NewSession::Missing),
-            Some(id) if !ids::is_well_formed(id) => Some(NewSession::Malformed),
+        let mut missing = match presented {
+            None => Some(NoSession::Missing),
+            Some(id) if !ids::is_well_formed(id) => Some(NoSession::Malformed),
             Some(_) => None,
         };
         // The common case: a known session, one round trip.
-        if new.is_none()
+        if missing.is_none()
             && let Some(id) = presented
         {
             let answer = if op == CartOp::View {
                 self.read_and_renew(id).await?
             } else {
-                self.run_script(id, Mode::Resume, &op).await?
+                self.run_script(id, Mode::Resume, &op, key).await?
             };
             if answer != Answer::Unknown {
-                return reply(answer, None);
+                return reply(answer, Resumed::Yes);
             }
-            tracing::debug!(session = %ids::redacted(id), "unknown session id; starting a new one");
-            new = Some(NewSession::Unknown);
+            tracing::debug!(session = %ids::redacted(id), "unknown session id");
+            missing = Some(NoSession::Unknown);
         }
-        // A new session under an id we make, never one the client chose.
+        let why = missing.unwrap_or(NoSession::Missing);
+        // A read needs no session: the empty cart, and nothing stored.
+        if op == CartOp::View {
+            return reply(Answer::Cart(Vec::new()), Resumed::No(why, None));
+        }
+        // A change starts a session, under an id we make, never one the
+        // client chose.
         let id = new_id()?;
-        let answer = self.run_script(&id, Mode::Create, &op).await?;
+        let answer = self.run_script(&id, Mode::Create, &op, key).await?;
         let cookie = self.new_cookie(id);
-        reply(answer, new.map(|reason| (reason, cookie)))
+        reply(answer, Resumed::No(why, Some(cookie)))
     }
 }
 
+/// Whether the request had a session of its own.
+enum Resumed {
+    Yes,
+    /// No: why not, and the cookie of the one a change started.
+    No(NoSession, Option<Cookie<'static>>),
+}
+
 /// Turns the script's answer into a reply, or the refusal into an error.
-fn reply(
-    answer: Answer,
-    new: Option<(NewSession, Cookie<'static>)>,
-) -> Result<CartReply, ApiError> {
-    let fields = match answer {
-        Answer::Session(fields) => fields,
+fn reply(answer: Answer, resumed: Resumed) -> Result<CartReply, ApiError> {
+    let (answer, replayed) = match answer {
+        Answer::Replayed(first) => (*first, true),
+        answer => (answer, false),
+    };
+    let lines = match answer {
+        Answer::Cart(lines) => lines,
         Answer::CartFull => return Err(CartError::CartFull.into()),
         Answer::LineFull(total) => {
             return Err(ApiError::BadQuantity(format!(
                 "that would make {total} of one item: each line holds at most {MAX_QTY}"
             )));
         }
-        Answer::Unknown | Answer::Taken => {
+        Answer::Unknown | Answer::Taken | Answer::Replayed(_) => {
             tracing::error!(?answer, "the cart script refused a new session");
             return Err(ApiError::Internal);
         }
     };
-    let mut reply = CartReply::new(cart_from_fields(fields)?);
-    let state = new
-        .as_ref()
-        .map_or(HeaderValue::from_static("resumed"), |(reason, _)| {
-            reason.header()
-        });
-    reply.headers.insert(SESSION_HEADER, state);
-    if let Some((reason, cookie)) = new {
-        if reason == NewSession::Unknown {
+    let mut reply = CartReply::new(cart_from_lines(lines)?);
+    if replayed {
+        reply
+            .headers
+            .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
+    }
+    match resumed {
+        Resumed::Yes => {
             reply
-                .notices
-                .push("Your session had ended or expired, so a new one was started.".to_owned());
+                .headers
+                .insert(SESSION_HEADER, HeaderValue::from_static("resumed"));
         }
-        reply.cookies.push(cookie);
+        Resumed::No(why, started) => {
+            reply
+                .headers
+                .insert(SESSION_HEADER, why.header(started.is_some()));
+            if why == NoSession::Unknown {
+                reply.notices.push(
+                    "Your session had ended or expired, so your cart starts empty again."
+                        .to_owned(),
+                );
+            }
+            reply.cookies.extend(started);
+        }
     }
     Ok(reply)
 }
 
-/// Builds the cart from the hash's fields (`_`-prefixed ones are not lines).
-/// A line whose SKU has left the catalog is skipped (and logged).
-fn cart_from_fields(fields: Vec<(String, String)>) -> Result<Cart, ApiError> {
+/// Builds the cart from the cart hash's fields (SKU → quantity). A line
+/// whose SKU has left the catalog is skipped (and logged).
+fn cart_from_lines(fields: Vec<(String, String)>) -> Result<Cart, ApiError> {
     let catalog = Catalog::get();
     let mut lines = Vec::new();
     for (field, value) in fields {
-        if field.starts_with('_') {
-            continue;
-        }
         match (catalog.position(&field), value.parse::<u8>()) {
             (Some(position), Ok(qty)) if (1..=MAX_QTY).contains(&qty) => {
                 lines.push((position, CartLine { sku: field, qty }));
