@@ -49,6 +49,51 @@ pub fn schedule(duration: Duration) -> Vec<Event> {
     .collect()
 }
 
+/// The schedule played against a topology as a run goes on: each call to
+/// [`Playback::due`] does whatever has come due.
+#[derive(Debug)]
+pub struct Playback {
+    chaos: Chaos,
+    events: std::iter::Peekable<std::vec::IntoIter<Event>>,
+    started: std::time::Instant,
+    /// What was done, in order (`"4.0s crashed: i2"`).
+    pub log: Vec<String>,
+}
+
+impl Playback {
+    /// The schedule for a run of `duration` that started at `started`
+    /// (none at all with `quiet_fleet`).
+    pub fn new(
+        seed: u64,
+        duration: Duration,
+        quiet_fleet: bool,
+        topology: &Topology,
+        started: std::time::Instant,
+    ) -> Self {
+        let events = if quiet_fleet {
+            Vec::new()
+        } else {
+            schedule(duration)
+        };
+        Self {
+            chaos: Chaos::new(seed, topology),
+            events: events.into_iter().peekable(),
+            started,
+            log: Vec::new(),
+        }
+    }
+
+    /// Does the next event if it has come due; returns what was done.
+    pub async fn due(&mut self, topology: &Topology) -> Option<String> {
+        let elapsed = self.started.elapsed();
+        let event = self.events.next_if(|e| elapsed >= e.at)?;
+        let done = self.chaos.act(event.action, topology).await;
+        let line = format!("{:.1}s {done}", self.started.elapsed().as_secs_f64());
+        self.log.push(line.clone());
+        Some(line)
+    }
+}
+
 /// Carries out the schedule against a topology, returning what was done.
 #[derive(Debug)]
 pub struct Chaos {

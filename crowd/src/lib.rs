@@ -18,6 +18,7 @@
 //! needs nothing else built.
 
 pub mod chaos;
+pub mod live;
 pub mod report;
 pub mod rng;
 pub mod shopper;
@@ -32,24 +33,34 @@ use indicatif::{ProgressBar, ProgressStyle};
 use shop::topology::{Topology, TopologyConfig};
 use shop::{BoxError, Scope, Services, Stage};
 
-use crate::chaos::Chaos;
+use stage6::fanout::Fanout;
+
+use crate::chaos::Playback;
+use crate::live::LiveReport;
 use crate::report::{Format, Report, percentile_ms};
 use crate::shopper::{Tally, VirtualShopper};
 
 /// Set on the instances `crowd` starts: which stage they are.
 pub const STAGE_ENV: &str = "CROWD_STAGE";
 
-/// `crowd [--stage 1..5|all] [--shoppers N] [--duration D] [--seed S] [--format F]`
+/// `crowd [--stage 1..6|all] [--shoppers N] [--duration D] [--seed S] [--format F]`
 #[derive(Clone, Debug, Parser)]
 #[command(version, about)]
 pub struct Cli {
-    /// Which stage to run: 1 to 5, or `all` (every stage in turn, same seed
-    /// and schedule).
+    /// Which stage to run: 1 to 6, or `all` (every stage in turn, same seed
+    /// and schedule). Stage 6 runs the live crowd ([`live`]) once per
+    /// `--fanout` mode.
     #[arg(long, default_value = "all")]
     pub stage: String,
-    /// How many virtual shoppers.
+    /// How many virtual shoppers (stage 6: watchers, one socket each).
     #[arg(long, default_value_t = 40)]
     pub shoppers: usize,
+    /// Stage 6: which fan-out modes, one or `all`.
+    #[arg(long, default_value = "all")]
+    pub fanout: String,
+    /// Stage 6: updates published per second (prices and room messages).
+    #[arg(long, default_value_t = 40)]
+    pub rate: u32,
     /// How long each stage runs.
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
@@ -75,44 +86,69 @@ pub fn serve_stage_instance() -> ExitCode {
         Ok("3") => shop::cli::main::<stage3::Stage3>(),
         Ok("4") => shop::cli::main::<stage4::Stage4>(),
         Ok("5") => shop::cli::main::<stage5::Stage5>(),
+        Ok("6") => shop::cli::main::<stage6::Stage6>(),
         _ => {
-            eprintln!("error: `crowd serve` is how crowd starts instances; set {STAGE_ENV}=1..5");
+            eprintln!("error: `crowd serve` is how crowd starts instances; set {STAGE_ENV}=1..6");
             ExitCode::FAILURE
         }
     }
 }
 
-/// Runs the stages `cli` asks for and returns one report each.
-pub async fn run(cli: &Cli) -> Result<Vec<Report>, BoxError> {
+/// What a run found: a carts report per stage 1 to 5, a live report per
+/// stage-6 fan-out mode.
+#[derive(Clone, Debug, Default)]
+pub struct Reports {
+    pub carts: Vec<Report>,
+    pub live: Vec<LiveReport>,
+}
+
+/// Runs the stages `cli` asks for and returns their reports.
+pub async fn run(cli: &Cli) -> Result<Reports, BoxError> {
     let stages: Vec<u8> = match cli.stage.as_str() {
-        "all" => vec![1, 2, 3, 4, 5],
+        "all" => vec![1, 2, 3, 4, 5, 6],
         one => vec![
             one.parse::<u8>()
                 .ok()
-                .filter(|n| (1..=5).contains(n))
-                .ok_or("--stage takes 1 to 5, or all")?,
+                .filter(|n| (1..=6).contains(n))
+                .ok_or("--stage takes 1 to 6, or all")?,
+        ],
+    };
+    let modes: Vec<Fanout> = match cli.fanout.as_str() {
+        "all" => vec![
+            Fanout::Local,
+            Fanout::RoomSticky,
+            Fanout::Pubsub,
+            Fanout::Streams,
+        ],
+        one => vec![
+            <Fanout as clap::ValueEnum>::from_str(one, true)
+                .map_err(|_| "--fanout takes local, room-sticky, pubsub, streams, or all")?,
         ],
     };
     let exe = std::env::current_exe()?;
-    let mut reports = Vec::new();
+    let mut reports = Reports::default();
     for stage in stages {
         let report = match stage {
             1 => run_stage::<stage1::Stage1>(1, cli, &exe).await?,
             2 => run_stage::<stage2::Stage2>(2, cli, &exe).await?,
             3 => run_stage::<stage3::Stage3>(3, cli, &exe).await?,
             4 => run_stage::<stage4::Stage4>(4, cli, &exe).await?,
-            _ => run_stage::<stage5::Stage5>(5, cli, &exe).await?,
+            5 => run_stage::<stage5::Stage5>(5, cli, &exe).await?,
+            _ => {
+                reports.live.extend(live::run(cli, &exe, &modes).await?);
+                continue;
+            }
         };
-        reports.push(report);
+        reports.carts.push(report);
     }
     Ok(reports)
 }
 
 /// The stage's flags as if none were given (environment fallbacks apply).
 #[derive(Debug, Parser)]
-struct DefaultArgs<A: clap::Args> {
+pub(crate) struct DefaultArgs<A: clap::Args> {
     #[command(flatten)]
-    args: A,
+    pub(crate) args: A,
 }
 
 async fn run_stage<S: Stage>(number: u8, cli: &Cli, exe: &Path) -> Result<Report, BoxError> {
@@ -167,22 +203,9 @@ async fn shop_through(
         bar.set_prefix(info.title);
         bar
     };
-    let mut chaos_log = Vec::new();
-    let mut chaos = Chaos::new(cli.seed, topology);
-    let mut events = if cli.no_chaos {
-        Vec::new()
-    } else {
-        chaos::schedule(cli.duration)
-    }
-    .into_iter()
-    .peekable();
+    let mut chaos = Playback::new(cli.seed, cli.duration, cli.no_chaos, topology, started);
     while Instant::now() < deadline {
-        if let Some(event) = events.next_if(|e| started.elapsed() >= e.at) {
-            let line = format!(
-                "{:.1}s {}",
-                started.elapsed().as_secs_f64(),
-                chaos.act(event.action, topology).await
-            );
+        if let Some(line) = chaos.due(topology).await {
             if progress.is_hidden() {
                 if !cli.quiet {
                     eprintln!("  {}: {line}", info.package);
@@ -190,7 +213,6 @@ async fn shop_through(
             } else {
                 progress.println(format!("  {line}"));
             }
-            chaos_log.push(line);
         }
         progress.set_position(u64::try_from(started.elapsed().as_millis()).unwrap_or(0));
         progress.set_message(format!(
@@ -232,6 +254,6 @@ async fn shop_through(
         unconfirmed: Tally::get(&tally.unconfirmed),
         carts_intact: intact,
         carts_lost: lost,
-        chaos: chaos_log,
+        chaos: chaos.log,
     })
 }

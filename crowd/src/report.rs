@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::Reports;
+use crate::live::LiveReport;
+
 /// One stage's run.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
@@ -88,58 +91,134 @@ fn cells(report: &Report) -> [String; 11] {
     ]
 }
 
-pub fn render(reports: &[Report], format: Format) -> String {
-    match format {
-        Format::Json => serde_json::to_string_pretty(reports).unwrap_or_else(|_| "[]".to_owned()),
-        Format::Markdown => {
-            let mut out = format!("| {} |\n|", HEADERS.join(" | "));
-            out.push_str(" --- |");
-            for _ in 1..HEADERS.len() {
-                out.push_str(" ---: |");
-            }
-            out.push('\n');
-            for report in reports {
-                let _ = writeln!(out, "| {} |", cells(report).join(" | "));
-            }
-            out
-        }
-        Format::Table => {
-            let rows: Vec<[String; 11]> = reports.iter().map(cells).collect();
-            let widths: Vec<usize> = (0..HEADERS.len())
-                .map(|i| {
-                    rows.iter()
-                        .map(|r| r[i].chars().count())
-                        .chain([HEADERS[i].len()])
-                        .max()
-                        .unwrap_or(0)
-                })
-                .collect();
-            let line = |cells: Vec<String>| {
-                cells
+/// Prints what a run found: the carts table, then the live table.
+pub fn render(reports: &Reports, format: Format) -> String {
+    if format == Format::Json {
+        // One array: a row per stage (and per stage-6 mode).
+        let rows: Vec<serde_json::Value> = reports
+            .carts
+            .iter()
+            .filter_map(|r| serde_json::to_value(r).ok())
+            .chain(
+                reports
+                    .live
                     .iter()
-                    .enumerate()
-                    .map(|(i, c)| {
-                        if i == 0 {
-                            format!("{c:<w$}", w = widths[i])
-                        } else {
-                            format!("{c:>w$}", w = widths[i])
-                        }
-                    })
-                    .collect::<Vec<_>>()
-                    .join("  ")
-            };
-            let mut out = line(HEADERS.iter().map(|h| (*h).to_owned()).collect());
-            out.push('\n');
-            for row in rows {
-                out.push_str(&line(row.to_vec()));
-                out.push('\n');
-            }
-            if let Some(first) = reports.first().filter(|r| !r.chaos.is_empty()) {
-                let _ = writeln!(out, "\nchaos ({}): {}", first.stage, first.chaos.join("; "));
-            }
-            out
+                    .filter_map(|r| serde_json::to_value(r).ok()),
+            )
+            .collect();
+        return serde_json::to_string_pretty(&rows).unwrap_or_else(|_| "[]".to_owned());
+    }
+    let mut out = String::new();
+    if !reports.carts.is_empty() {
+        out.push_str(&table(
+            &HEADERS,
+            reports.carts.iter().map(|r| cells(r).to_vec()).collect(),
+            format,
+        ));
+        if let Some(first) = reports
+            .carts
+            .first()
+            .filter(|r| !r.chaos.is_empty() && format == Format::Table)
+        {
+            let _ = writeln!(out, "\nchaos ({}): {}", first.stage, first.chaos.join("; "));
         }
     }
+    if !reports.live.is_empty() {
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        out.push_str(&table(
+            &LIVE_HEADERS,
+            reports.live.iter().map(live_cells).collect(),
+            format,
+        ));
+        if let Some(first) = reports
+            .live
+            .first()
+            .filter(|r| !r.chaos.is_empty() && format == Format::Table)
+        {
+            let _ = writeln!(out, "\nchaos (stage6): {}", first.chaos.join("; "));
+        }
+    }
+    out
+}
+
+const LIVE_HEADERS: [&str; 9] = [
+    "stage 6 --fanout",
+    "watchers",
+    "published",
+    "stock owed",
+    "stock missed",
+    "room owed",
+    "room missed",
+    "p50 ms",
+    "p99 ms",
+];
+
+fn live_cells(report: &LiveReport) -> Vec<String> {
+    let missed = |missed: u64, owed: u64| {
+        format!(
+            "{missed} ({:.0} %)",
+            LiveReport::missed_percent(missed, owed)
+        )
+    };
+    vec![
+        report.fanout.clone(),
+        report.watchers.to_string(),
+        report.published.to_string(),
+        report.owed_stock.to_string(),
+        missed(report.missed_stock, report.owed_stock),
+        report.owed_room.to_string(),
+        missed(report.missed_room, report.owed_room),
+        format!("{:.1}", report.p50_ms),
+        format!("{:.1}", report.p99_ms),
+    ]
+}
+
+/// A Markdown table, or aligned columns (first column left, the rest right).
+fn table(headers: &[&str], rows: Vec<Vec<String>>, format: Format) -> String {
+    if format == Format::Markdown {
+        let mut out = format!("| {} |\n|", headers.join(" | "));
+        out.push_str(" --- |");
+        for _ in 1..headers.len() {
+            out.push_str(" ---: |");
+        }
+        out.push('\n');
+        for row in rows {
+            let _ = writeln!(out, "| {} |", row.join(" | "));
+        }
+        return out;
+    }
+    let widths: Vec<usize> = (0..headers.len())
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].chars().count())
+                .chain([headers[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i == 0 {
+                    format!("{c:<w$}", w = widths[i])
+                } else {
+                    format!("{c:>w$}", w = widths[i])
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("  ")
+    };
+    let mut out = line(headers.iter().map(|h| (*h).to_owned()).collect());
+    out.push('\n');
+    for row in rows {
+        out.push_str(&line(row));
+        out.push('\n');
+    }
+    out
 }
 
 #[cfg(test)]
@@ -171,7 +250,11 @@ mod tests {
             carts_lost: 1,
             chaos: vec![],
         };
-        let table = render(&[report], Format::Markdown);
+        let reports = Reports {
+            carts: vec![report],
+            live: Vec::new(),
+        };
+        let table = render(&reports, Format::Markdown);
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 3);
         assert!(lines[1].starts_with("| --- |"));

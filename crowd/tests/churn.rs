@@ -9,20 +9,15 @@ const CROWD: &str = env!("CARGO_BIN_EXE_crowd");
 
 /// Runs `crowd --stage N` briefly and returns its one JSON report.
 fn crowd(stage: &str) -> Value {
+    run_crowd(&["--stage", stage, "--shoppers", "8", "--duration", "5s"])
+}
+
+/// Runs crowd with `args` (and a fixed seed, JSON out) and returns its
+/// first report.
+fn run_crowd(args: &[&str]) -> Value {
     let output = Command::new(CROWD)
-        .args([
-            "--stage",
-            stage,
-            "--shoppers",
-            "8",
-            "--duration",
-            "5s",
-            "--seed",
-            "11",
-            "--format",
-            "json",
-            "--quiet",
-        ])
+        .args(args)
+        .args(["--seed", "11", "--format", "json", "--quiet"])
         .output()
         .expect("crowd runs");
     assert!(
@@ -90,4 +85,42 @@ fn stateless_stages_answer_every_request_under_churn() {
         assert_eq!(count(&report, "unconfirmed"), 0, "stage {stage}: {report}");
         assert_eq!(count(&report, "carts_lost"), 0, "stage {stage}: {report}");
     }
+}
+
+/// Runs the live crowd (stage 6) in one fan-out mode, briefly.
+fn live_crowd(fanout: &str) -> Value {
+    run_crowd(&[
+        "--stage",
+        "6",
+        "--fanout",
+        fanout,
+        "--shoppers",
+        "9",
+        "--duration",
+        "6s",
+    ])
+}
+
+#[test]
+fn live_crowd_misses_most_updates_locally_and_none_with_streams() {
+    // The same watchers, publisher and chaos; only --fanout differs.
+    let local = live_crowd("local");
+    let owed = count(&local, "owed_stock");
+    assert!(owed > 0, "{local}");
+    assert!(
+        count(&local, "missed_stock") * 2 > owed,
+        "local: each page hears only its own instance's updates, well under half: {local}"
+    );
+    let streams = live_crowd("streams");
+    assert!(count(&streams, "owed_stock") > 0, "{streams}");
+    assert_eq!(
+        count(&streams, "missed_stock"),
+        0,
+        "streams replays what a page missed: {streams}"
+    );
+    assert_eq!(count(&streams, "missed_room"), 0, "rooms too: {streams}");
+    assert!(
+        count(&streams, "reconnects") > 0,
+        "pages did reconnect through the chaos: {streams}"
+    );
 }

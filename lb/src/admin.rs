@@ -65,6 +65,10 @@ pub struct BackendView {
     pub state: String,
     pub in_flight: usize,
     pub served: u64,
+    /// Open tunnels (WebSockets).
+    pub tunnels: usize,
+    /// The load it reported at its last health check.
+    pub reported_load: Option<u64>,
     /// How long the last health check took, in ms (`null` before the first).
     pub last_check_ms: Option<u64>,
 }
@@ -83,6 +87,8 @@ impl BackendView {
             .to_owned(),
             in_flight: backend.in_flight(),
             served: backend.served(),
+            tunnels: backend.tunnels(),
+            reported_load: backend.reported_load(),
             last_check_ms: backend.last_check_ms(),
         }
     }
@@ -305,7 +311,9 @@ pub async fn handle(
         (&Method::DELETE, ["backends", name]) => match balancer.backends().remove(name) {
             Ok(backend) => {
                 tracing::info!(backend = backend.name(), "removed");
-                json(StatusCode::OK, &BackendView::of(&backend))
+                let view = BackendView::of(&backend);
+                crate::health::say_goodbye(backend);
+                json(StatusCode::OK, &view)
             }
             Err(_) => unknown_backend(name),
         },

@@ -211,6 +211,11 @@ pub struct Backend {
     refused: AtomicU64,
     /// Connection timeouts in a row while proxying.
     timeouts: AtomicU32,
+    /// Open tunnels (WebSockets) through this backend.
+    pub(crate) tunnels: AtomicUsize,
+    /// The load the backend last reported on `/healthz` (requests in
+    /// flight plus open sockets); `u64::MAX` before the first report.
+    reported_load: AtomicU64,
 }
 
 /// Consecutive outcomes, for the rise/fall thresholds.
@@ -260,6 +265,8 @@ impl Backend {
             queued: AtomicUsize::new(0),
             refused: AtomicU64::new(0),
             timeouts: AtomicU32::new(0),
+            tunnels: AtomicUsize::new(0),
+            reported_load: AtomicU64::new(u64::MAX),
         }
     }
 
@@ -398,6 +405,29 @@ impl Backend {
             u64::MAX => None,
             ms => Some(ms),
         }
+    }
+
+    /// Open tunnels (WebSockets) through this backend.
+    pub fn tunnels(&self) -> usize {
+        self.tunnels.load(Ordering::Acquire)
+    }
+
+    /// The load the backend reported at its last health check.
+    pub fn reported_load(&self) -> Option<u64> {
+        match self.reported_load.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            load => Some(load),
+        }
+    }
+
+    pub(crate) fn record_load(&self, load: u64) {
+        self.reported_load
+            .store(load.min(u64::MAX - 1), Ordering::Relaxed);
+    }
+
+    /// Whether this backend is draining (an operator's decision).
+    pub(crate) fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
     }
 
     /// Requests waiting for a free slot on this backend.

@@ -52,6 +52,15 @@ impl Tracked {
         }
     }
 
+    /// A body from a connection that is not pooled (an upgrade refused).
+    pub fn unpooled(inner: ProxyBody, guard: InFlight) -> Self {
+        Self {
+            inner,
+            guard: Some(guard),
+            connection: None,
+        }
+    }
+
     /// The response is complete: the connection may carry another request.
     fn finished(&mut self) {
         self.guard = None;

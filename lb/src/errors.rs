@@ -81,6 +81,13 @@ impl LbError {
     }
 }
 
+/// An empty body (a 101's, a 204's).
+pub fn empty() -> ProxyBody {
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed()
+}
+
 /// A JSON `{"error","message"}` response.
 pub fn json_response(status: StatusCode, code: &str, message: &str) -> Response<ProxyBody> {
     let body = serde_json::json!({ "error": code, "message": message }).to_string();

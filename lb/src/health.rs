@@ -9,12 +9,22 @@
 //! [`crate::proxy`]); only these checks bring it back. Each check opens a
 //! fresh connection (no pooling): the question is whether the backend
 //! accepts connections *now*, not whether an old one is still open.
+//!
+//! The check talks both ways, like HAProxy's `agent-check`:
+//!
+//! * the backend's answer may report its load (`{"in_flight": n,
+//!   "sockets": m}`), which the `least-load` policy uses: a backend knows
+//!   about sockets and requests that other balancers sent it;
+//! * the request tells a draining backend so ([`STATE_HEADER`]:
+//!   `draining`), and a removed one gets one last word (`removed`), so it
+//!   can close its long-lived connections (WebSockets) with "going away"
+//!   and let its pages reconnect elsewhere.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::Empty;
+use http_body_util::{BodyExt, Empty, Limited};
 use hyper::Uri;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -50,6 +60,19 @@ impl Default for HealthConfig {
 
 /// The path checked on every backend.
 pub const HEALTH_PATH: &str = "/healthz";
+/// The request header that tells a backend what the balancer makes of it:
+/// `draining` (take no new long-lived connections, close yours) or
+/// `removed` (the last word before the balancer forgets it).
+pub const STATE_HEADER: &str = "x-lb-backend-state";
+
+/// What a backend may report about its load.
+#[derive(Debug, serde::Deserialize)]
+struct Report {
+    #[serde(default)]
+    in_flight: u64,
+    #[serde(default)]
+    sockets: u64,
+}
 
 /// Checks every backend each interval, for as long as the balancer runs.
 pub async fn run_checks(balancer: Arc<Balancer>, config: HealthConfig) {
@@ -92,13 +115,45 @@ async fn check(
     backend: &Backend,
     timeout: Duration,
 ) -> bool {
+    let state = backend.is_draining().then_some("draining");
+    let attempt = async {
+        let response = client.request(health_request(backend, state)?).await.ok()?;
+        if !response.status().is_success() {
+            return Some(false);
+        }
+        // The body is small; a backend that sends more is not reporting.
+        if let Ok(body) = Limited::new(response.into_body(), 4096).collect().await
+            && let Ok(report) = serde_json::from_slice::<Report>(&body.to_bytes())
+        {
+            backend.record_load(report.in_flight.saturating_add(report.sockets));
+        }
+        Some(true)
+    };
+    matches!(tokio::time::timeout(timeout, attempt).await, Ok(Some(true)))
+}
+
+/// `GET /healthz` for `backend`, telling it `state` when there is one.
+fn health_request(
+    backend: &Backend,
+    state: Option<&'static str>,
+) -> Option<hyper::Request<Empty<Bytes>>> {
     let mut parts = backend.url().clone().into_parts();
     parts.path_and_query = Some(hyper::http::uri::PathAndQuery::from_static(HEALTH_PATH));
-    let Ok(uri) = Uri::from_parts(parts) else {
-        return false;
-    };
-    match tokio::time::timeout(timeout, client.get(uri)).await {
-        Ok(Ok(response)) => response.status().is_success(),
-        _ => false,
+    let uri = Uri::from_parts(parts).ok()?;
+    let mut request = hyper::Request::get(uri);
+    if let Some(state) = state {
+        request = request.header(STATE_HEADER, state);
     }
+    request.body(Empty::new()).ok()
+}
+
+/// Tells a backend it has been removed, once, without waiting long.
+pub(crate) fn say_goodbye(backend: Arc<Backend>) {
+    tokio::spawn(async move {
+        let client: Client<HttpConnector, Empty<Bytes>> =
+            Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+        if let Some(request) = health_request(&backend, Some("removed")) {
+            let _ = tokio::time::timeout(Duration::from_secs(1), client.request(request)).await;
+        }
+    });
 }

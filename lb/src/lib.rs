@@ -39,6 +39,7 @@ mod proxy;
 pub mod signals;
 mod sticky;
 pub mod supervisor;
+mod tunnel;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -66,6 +67,8 @@ pub struct Config {
     pub request_timeout: Duration,
     /// How much load each backend is given at once.
     pub limits: Limits,
+    /// The query parameter the `hash-param` policy hashes.
+    pub hash_param: String,
     /// Pin shoppers to backends with the `lb_sticky` cookie.
     pub sticky: Option<Sticky>,
     /// Active health checks; `None` turns them off.
@@ -88,6 +91,7 @@ impl Config {
             connect_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(30),
             limits: Limits::default(),
+            hash_param: "room".to_owned(),
             sticky: None,
             health: Some(HealthConfig::default()),
             admin: false,
@@ -110,6 +114,9 @@ pub struct Args {
     /// How the next backend is chosen.
     #[arg(long, value_enum, default_value_t = Policy::RoundRobin)]
     pub policy: Policy,
+    /// The query parameter `--policy hash-param` hashes (e.g. `?room=tees`).
+    #[arg(long, default_value = "room")]
+    pub hash_param: String,
     /// Time allowed to connect to a backend (e.g. 500ms, 2s).
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub connect_timeout: Duration,
@@ -177,6 +184,7 @@ impl Args {
             policy: self.policy,
             connect_timeout: self.connect_timeout,
             request_timeout: self.request_timeout,
+            hash_param: self.hash_param.clone(),
             limits: Limits {
                 max_conns: self.max_conns,
                 queue: self.queue,

@@ -129,6 +129,18 @@ pub(crate) fn render(balancer: &Balancer) -> String {
         );
     }
     out.family(
+        "lb_tunnels_open",
+        Kind::Gauge,
+        "Open tunnels (WebSockets), by backend.",
+    );
+    for backend in &backends {
+        out.sample(
+            "lb_tunnels_open",
+            &[("backend", backend.name())],
+            backend.tunnels(),
+        );
+    }
+    out.family(
         "lb_queued",
         Kind::Gauge,
         "Requests waiting for a free slot, by backend.",

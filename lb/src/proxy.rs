@@ -46,12 +46,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full, Limited};
 use hyper::body::{Body, Incoming};
-use hyper::header::{CONTENT_LENGTH, HOST, HeaderMap, HeaderValue, SET_COOKIE};
+use hyper::header::{CONTENT_LENGTH, HOST, HeaderMap, HeaderValue, SET_COOKIE, UPGRADE};
 use hyper::http::request::Parts;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, Uri, Version};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::Config;
@@ -67,6 +66,7 @@ use crate::policy::{Picker, Policy};
 use crate::pool::{self, PoolKey, SendError, Unsent};
 use crate::sticky::{self, Sticky};
 use crate::supervisor::Supervisor;
+use crate::tunnel;
 
 /// How long open client connections get to finish after shutdown begins.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -83,6 +83,8 @@ pub struct Balancer {
     connect_timeout: Duration,
     request_timeout: Duration,
     limits: Limits,
+    /// The query parameter the hash-param policy hashes.
+    hash_param: String,
     sticky: Option<Sticky>,
     health: Option<HealthConfig>,
     admin: Option<AdminAccess>,
@@ -179,6 +181,7 @@ impl Balancer {
             connect_timeout: config.connect_timeout,
             request_timeout: config.request_timeout,
             limits: config.limits,
+            hash_param: config.hash_param,
             sticky: config.sticky,
             health: config.health,
             admin,
@@ -250,7 +253,12 @@ impl Balancer {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> io::Result<()> {
-        let graceful = GracefulShutdown::new();
+        // Connections are served with upgrades (WebSockets), which
+        // hyper-util's graceful helper does not take: each connection
+        // watches a channel instead, and is counted until it ends.
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let open = Arc::new(tokio::sync::Semaphore::new(0));
+        let mut opened = 0u32;
         tokio::pin!(shutdown);
         loop {
             let (stream, client_addr) = tokio::select! {
@@ -274,20 +282,39 @@ impl Balancer {
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .serve_connection(TokioIo::new(stream), service);
-            let connection = graceful.watch(connection);
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            let mut stopping = stopping.clone();
+            let done = Arc::clone(&open);
+            opened = opened.saturating_add(1);
             tokio::spawn(async move {
-                if let Err(error) = connection.await {
+                tokio::pin!(connection);
+                let stop_asked = async move {
+                    // The guard `wait_for` returns is not `Send`: drop it here.
+                    let _ = stopping.wait_for(|stop| *stop).await.map(|_| ());
+                };
+                let ended = tokio::select! {
+                    ended = connection.as_mut() => ended,
+                    () = stop_asked => {
+                        // Finish the request in progress, then close.
+                        connection.as_mut().graceful_shutdown();
+                        connection.await
+                    }
+                };
+                if let Err(error) = ended {
                     tracing::debug!(%error, "client connection ended with an error");
                 }
+                done.add_permits(1);
             });
         }
         drop(listener);
-        tokio::select! {
-            () = graceful.shutdown() => {}
-            () = tokio::time::sleep(SHUTDOWN_GRACE) => {
-                tracing::warn!("some client connections were still open after the grace period");
-            }
+        let _ = stop.send(true);
+        let all_closed = open.acquire_many(opened);
+        if tokio::time::timeout(SHUTDOWN_GRACE, all_closed)
+            .await
+            .is_err()
+        {
+            tracing::warn!("some client connections were still open after the grace period");
         }
         Ok(())
     }
@@ -301,6 +328,8 @@ impl Balancer {
         if self.admin.is_some() && admin::is_admin_path(request.uri().path()) {
             return admin::handle(self, client_addr, request).await;
         }
+        let mut request = request;
+        let upgrade = tunnel::is_upgrade(&request).then(|| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
         // Every early answer below lets the client finish sending first.
         let refuse = |error: LbError, body: Incoming| {
@@ -315,7 +344,9 @@ impl Balancer {
             return refuse(error, body);
         }
         let pinned = sticky::take_cookie(&mut parts.headers);
-        let Some(route) = self.route(pinned.as_deref(), None) else {
+        let key = self.hash_key(&parts.uri);
+        let Some(route) = self.route(pinned.as_deref(), None, key.as_deref(), upgrade.is_some())
+        else {
             Counters::bump(&self.counters.no_backend);
             return refuse(LbError::NoBackendAvailable, body);
         };
@@ -323,8 +354,14 @@ impl Balancer {
             Ok(uri) => uri,
             Err(error) => return refuse(error, body),
         };
+        let upgrade_to = parts.headers.get(UPGRADE).cloned();
         headers::remove_hop_by_hop(&mut parts.headers);
         headers::add_forwarded(&mut parts.headers, client_addr.ip());
+        if let (Some(client), Some(protocol)) = (upgrade, upgrade_to) {
+            tunnel::keep_upgrade_headers(&mut parts.headers, protocol);
+            let upstream = Request::from_parts(parts, full(Bytes::new()));
+            return self.open_tunnel(&route, client, upstream).await;
+        }
         let (upstream, replay, client_broke) = match upstream_request(parts, body).await {
             Ok(prepared) => prepared,
             Err(error) => return error.into_response(),
@@ -337,7 +374,8 @@ impl Balancer {
             Attempt::Failed(error) => return self.failure(&route.backend, error, &client_broke),
             Attempt::Retry(upstream, error) => {
                 // One retry, elsewhere. The shopper is re-pinned there.
-                let Some(second) = self.route(None, Some(&route.backend)) else {
+                let Some(second) = self.route(None, Some(&route.backend), key.as_deref(), false)
+                else {
                     return self.failure(&route.backend, error, &client_broke);
                 };
                 Counters::bump(&self.counters.retries);
@@ -360,17 +398,78 @@ impl Balancer {
         self.finish(response, &backend, pin)
     }
 
+    /// The value the hash-param policy hashes: the request's query
+    /// parameter of that name, if the policy is hash-param and it has one.
+    fn hash_key(&self, uri: &Uri) -> Option<String> {
+        if self.picker.policy() != Policy::HashParam {
+            return None;
+        }
+        uri.query()?
+            .split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .find(|(name, _)| *name == self.hash_param)
+            .map(|(_, value)| value.to_owned())
+    }
+
+    /// Answers an upgrade request through a tunnel to `route`'s backend.
+    async fn open_tunnel(
+        &self,
+        route: &Route,
+        client: hyper::upgrade::OnUpgrade,
+        upstream: Request<ProxyBody>,
+    ) -> Response<ProxyBody> {
+        let backend = &route.backend;
+        let in_flight = match backend.admit(&self.limits).await {
+            Ok(in_flight) => in_flight,
+            Err(_) => {
+                let error = LbError::BackendBusy {
+                    backend: backend.name().to_owned(),
+                    why: "its queue is full",
+                };
+                return self.failure(backend, error, &AtomicBool::new(false));
+            }
+        };
+        let opened = tunnel::open(
+            backend,
+            in_flight,
+            client,
+            upstream,
+            self.connect_timeout,
+            self.request_timeout,
+        )
+        .await;
+        match opened {
+            Ok(response) => self.finish(response, backend, route.pin),
+            Err(error) => self.failure(backend, error, &AtomicBool::new(false)),
+        }
+    }
+
     /// Chooses a backend: the pinned one if it can still take the shopper,
-    /// else one the policy picks (never `avoid`).
-    fn route(&self, pinned: Option<&str>, avoid: Option<&Arc<Backend>>) -> Option<Route> {
+    /// else one the policy picks (never `avoid`). An upgrade (a socket that
+    /// will stay open) goes only to a backend taking new shoppers, even a
+    /// pinned one: a draining backend takes no new sockets.
+    fn route(
+        &self,
+        pinned: Option<&str>,
+        avoid: Option<&Arc<Backend>>,
+        key: Option<&str>,
+        upgrade: bool,
+    ) -> Option<Route> {
         if let (Some(sticky), Some(token)) = (&self.sticky, pinned) {
             let found = self
                 .backends
                 .all()
                 .into_iter()
                 .find(|b| sticky.pins_to(token, b.name()));
+            let usable = |b: &Backend| {
+                if upgrade {
+                    b.takes_new()
+                } else {
+                    b.takes_pinned()
+                }
+            };
             match found {
-                Some(backend) if backend.takes_pinned() => {
+                Some(backend) if usable(&backend) => {
                     return Some(Route {
                         backend,
                         pin: true,
@@ -387,7 +486,7 @@ impl Balancer {
         if let Some(avoid) = avoid {
             candidates.retain(|b| !Arc::ptr_eq(b, avoid));
         }
-        let backend = self.picker.pick(&candidates)?;
+        let backend = self.picker.pick(&candidates, key)?;
         Some(Route {
             backend,
             pin: self.sticky.is_some(),

@@ -399,3 +399,90 @@ fn lb_binary_raises_its_open_file_limit() {
     let (soft, hard) = soft.expect("the limit was raised from 256");
     assert_eq!(soft, hard, "the soft limit is raised to the hard one");
 }
+
+/// Opens a WebSocket through the balancer and returns it with the name of
+/// the backend that greeted it.
+async fn open_socket(
+    lb: &support::TestLb,
+) -> (
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    String,
+) {
+    use futures_util::StreamExt;
+    let (mut socket, response) = tokio_tungstenite::connect_async(format!("ws://{}/ws", lb.addr))
+        .await
+        .expect("the upgrade goes through");
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let greeting = socket
+        .next()
+        .await
+        .expect("a greeting")
+        .expect("a frame")
+        .into_text()
+        .expect("text")
+        .to_string();
+    let backend = greeting.trim_start_matches("hello from ").to_owned();
+    (socket, backend)
+}
+
+#[tokio::test]
+async fn lb_proxies_websocket_upgrade() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let b = backend("b1").await;
+    let lb = balancer_from(no_health_checks(vec![b.spec()])).await;
+    let (mut socket, backend_name) = open_socket(&lb).await;
+    assert_eq!(backend_name, "b1");
+    socket.send(Message::text("ping")).await.expect("send");
+    let echo = socket.next().await.expect("an echo").expect("a frame");
+    assert_eq!(echo.into_text().expect("text").as_str(), "ping");
+
+    let backend = lb.balancer.backends().get("b1").expect("b1");
+    assert_eq!(backend.tunnels(), 1, "one tunnel open");
+    assert_eq!(
+        backend.in_flight(),
+        1,
+        "the open socket counts as in flight"
+    );
+    socket.close(None).await.expect("close");
+    drop(socket);
+    for _ in 0..100 {
+        if backend.tunnels() == 0 && backend.in_flight() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        (backend.tunnels(), backend.in_flight()),
+        (0, 0),
+        "released when closed"
+    );
+}
+
+#[tokio::test]
+async fn draining_backend_takes_no_new_upgrades() {
+    let (b1, b2) = (backend("b1").await, backend("b2").await);
+    let lb = balancer_from(no_health_checks(vec![b1.spec(), b2.spec()])).await;
+    lb.balancer.backends().get("b1").expect("b1").drain();
+    for _ in 0..4 {
+        let (_socket, backend_name) = open_socket(&lb).await;
+        assert_eq!(backend_name, "b2");
+    }
+}
+
+#[tokio::test]
+async fn least_conn_balances_open_sockets() {
+    let (b1, b2) = (backend("b1").await, backend("b2").await);
+    let mut config = no_health_checks(vec![b1.spec(), b2.spec()]);
+    config.policy = Policy::LeastConn;
+    let lb = balancer_from(config).await;
+    let mut sockets = Vec::new();
+    let mut on = std::collections::BTreeMap::new();
+    for _ in 0..10 {
+        let (socket, backend_name) = open_socket(&lb).await;
+        *on.entry(backend_name).or_insert(0) += 1;
+        sockets.push(socket);
+    }
+    assert_eq!(on.get("b1"), Some(&5), "{on:?}");
+    assert_eq!(on.get("b2"), Some(&5), "{on:?}");
+}

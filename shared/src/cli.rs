@@ -192,6 +192,7 @@ async fn up<S: Stage>(mut args: UpArgs<S::Args>) -> Result<(), BoxError> {
         instance_port_base: args.instance_port_base,
         lb_port: args.port,
         env: crate::flags::instance_env(&args.stage)?,
+        policy: S::policy(&args.stage),
         ..TopologyConfig::for_stage(std::env::current_exe()?, info)
     })
     .await?;
@@ -208,13 +209,14 @@ async fn up<S: Stage>(mut args: UpArgs<S::Args>) -> Result<(), BoxError> {
 }
 
 fn print_banner(info: &StageInfo, topology: &Topology, services: &Services) {
+    let policy = topology.policy();
     let url = topology.url();
     println!("\nMyClothes · {}", info.title);
     println!("  {}\n", info.lesson);
     let sticky = if info.sticky { ", sticky" } else { "" };
     println!(
         "  Shop:       {url}   (balancer, {}{sticky})",
-        policy_name(info.policy)
+        policy_name(policy)
     );
     println!(
         "  Dashboard:  {}   (health, load; kill, restart and add instances)",
@@ -239,5 +241,7 @@ fn policy_name(policy: lb::Policy) -> &'static str {
     match policy {
         lb::Policy::RoundRobin => "round-robin",
         lb::Policy::LeastConn => "least-connections",
+        lb::Policy::LeastLoad => "least reported load",
+        lb::Policy::HashParam => "hashing ?room= to one instance",
     }
 }

@@ -1,10 +1,13 @@
-//! Who one running instance is, and how busy: the name every response
-//! carries in `X-Served-By` and the load `/healthz` reports.
+//! Who one running instance is, how busy, and whether it is leaving: the
+//! name every response carries in `X-Served-By`, the load `/healthz`
+//! reports (requests in flight, long-lived sockets held), and the word the
+//! balancer sends a draining instance through its health check.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use axum::http::HeaderValue;
+use tokio::sync::watch;
 
 /// One instance's identity and load.
 #[derive(Debug)]
@@ -13,6 +16,8 @@ pub struct Instance {
     header: HeaderValue,
     started: Instant,
     in_flight: AtomicUsize,
+    sockets: AtomicUsize,
+    leaving: watch::Sender<bool>,
 }
 
 impl Instance {
@@ -28,6 +33,8 @@ impl Instance {
             header,
             started: Instant::now(),
             in_flight: AtomicUsize::new(0),
+            sockets: AtomicUsize::new(0),
+            leaving: watch::Sender::new(false),
         })
     }
 
@@ -54,6 +61,41 @@ impl Instance {
     pub(crate) fn busy(&self) -> InFlight<'_> {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         InFlight(&self.in_flight)
+    }
+}
+
+impl Instance {
+    /// Long-lived connections (WebSockets) this instance holds right now.
+    pub fn sockets(&self) -> usize {
+        self.sockets.load(Ordering::Acquire)
+    }
+
+    /// Counts one long-lived connection until the guard is dropped.
+    pub fn hold_socket(&self) -> HeldSocket<'_> {
+        self.sockets.fetch_add(1, Ordering::AcqRel);
+        HeldSocket(&self.sockets)
+    }
+
+    /// Marks the instance as leaving: the balancer drains or removed it, or
+    /// it is shutting down. Whoever holds long-lived connections closes
+    /// them ("going away") so that their clients reconnect elsewhere.
+    pub fn leave(&self) {
+        self.leaving.send_replace(true);
+    }
+
+    /// Whether the instance is leaving, and a way to wait until it is.
+    pub fn leaving(&self) -> watch::Receiver<bool> {
+        self.leaving.subscribe()
+    }
+}
+
+/// One long-lived connection held; see [`Instance::hold_socket`].
+#[derive(Debug)]
+pub struct HeldSocket<'a>(&'a AtomicUsize);
+
+impl Drop for HeldSocket<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -44,6 +44,6 @@ pub mod topology;
 pub use cart::{Cart, CartError, CartLine, CartOp};
 pub use catalog::{Catalog, Product};
 pub use error::{ApiError, StageError};
-pub use instance::Instance;
+pub use instance::{HeldSocket, Instance};
 pub use stage::{BoxError, NoArgs, Scope, Services, Shop, Stage, StageInfo, Widget};
 pub use store::{CartReply, CartRequest, CartStore, IdempotencyKey};

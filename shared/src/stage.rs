@@ -116,6 +116,12 @@ pub trait Stage: Sized + Send + Sync + 'static {
         args: &Self::Args,
     ) -> impl Future<Output = Result<(Self::Carts, Self::State), BoxError>> + Send;
 
+    /// The balancing policy `up` runs this stage behind; the stage's
+    /// default ([`StageInfo::policy`]) unless its flags choose another.
+    fn policy(_args: &Self::Args) -> lb::Policy {
+        Self::INFO.policy
+    }
+
     /// Routes only this stage has, merged into the shared surface.
     fn routes() -> Router<Arc<Shop<Self>>> {
         Router::new()

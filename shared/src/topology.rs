@@ -336,6 +336,11 @@ impl Topology {
         format!("http://{}", self.lb_addr)
     }
 
+    /// The balancing policy in use.
+    pub fn policy(&self) -> Policy {
+        self.balancer.policy()
+    }
+
     /// The dashboard's URL, carrying the admin token (in the fragment,
     /// which a browser never sends): what the banner prints.
     pub fn dashboard_url(&self) -> String {

@@ -38,7 +38,7 @@ use shop::{ApiError, Shop};
 use sqlx::Row;
 use stage4::sessions::{RedisSessions, Session};
 
-use crate::Stage5;
+use crate::DataStage;
 use crate::attempts::client_of;
 use crate::data_path::{self, DATA_PATH, Step};
 use crate::db::WalPosition;
@@ -125,13 +125,13 @@ pub struct Profile {
 }
 
 /// `POST /api/signup`: creates the account on the primary and logs in.
-pub(crate) async fn signup(
-    State(shop): State<Arc<Shop<Stage5>>>,
+pub(crate) async fn signup<S: DataStage>(
+    State(shop): State<Arc<Shop<S>>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<Signup>,
 ) -> Result<Response, ApiError> {
-    let state = &shop.state;
+    let state = shop.state.as_ref();
     state
         .attempts
         .client_attempt(client_of(&headers, peer))
@@ -174,13 +174,13 @@ pub(crate) async fn signup(
 }
 
 /// `POST /api/login`
-pub(crate) async fn login(
-    State(shop): State<Arc<Shop<Stage5>>>,
+pub(crate) async fn login<S: DataStage>(
+    State(shop): State<Arc<Shop<S>>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<Credentials>,
 ) -> Result<Response, ApiError> {
-    let state = &shop.state;
+    let state = shop.state.as_ref();
     state
         .attempts
         .client_attempt(client_of(&headers, peer))
@@ -240,13 +240,14 @@ fn logged_in_response(mut response: Response, cookie: cookie::Cookie<'static>) -
 
 /// `GET /api/me`: from the cache, else the replica (or the primary when the
 /// replica has not replayed this shopper's last write).
-pub(crate) async fn get_me(
-    State(shop): State<Arc<Shop<Stage5>>>,
+pub(crate) async fn get_me<S: DataStage>(
+    State(shop): State<Arc<Shop<S>>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let login = Login::of(&shop.carts, &headers).await?;
     let UserId(user) = login.user;
     shop.state
+        .as_ref()
         .data
         .cached_json(
             &format!("profile:{user}"),
@@ -269,8 +270,8 @@ pub(crate) async fn get_me(
 }
 
 /// `PUT /api/me`: writes the primary, commits, then drops the cached copy.
-pub(crate) async fn put_me(
-    State(shop): State<Arc<Shop<Stage5>>>,
+pub(crate) async fn put_me<S: DataStage>(
+    State(shop): State<Arc<Shop<S>>>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<ProfileUpdate>,
 ) -> Result<Response, ApiError> {
@@ -283,7 +284,7 @@ pub(crate) async fn put_me(
         postcode: valid_text("address.postcode", &body.address.postcode, 1, 20)?,
         country: valid_country(&body.address.country)?,
     };
-    let data = &shop.state.data;
+    let data = &shop.state.as_ref().data;
     let email: String = data
         .db
         .on_primary(async {

@@ -40,7 +40,7 @@ mod db;
 mod demo;
 mod error;
 mod metrics;
-mod page;
+pub mod page;
 mod passwords;
 
 use std::sync::Arc;
@@ -123,6 +123,70 @@ pub struct Stage5State {
     attempts: Attempts,
 }
 
+impl AsRef<Stage5State> for Stage5State {
+    fn as_ref(&self) -> &Stage5State {
+        self
+    }
+}
+
+/// A stage built on this one (stage 5 itself, and stage 6): its carts are
+/// stage 4's sessions and its state holds this stage's, so this stage's
+/// routes serve it unchanged.
+pub trait DataStage: Stage<Carts = RedisSessions, State: AsRef<Stage5State>> {}
+
+impl<S: Stage<Carts = RedisSessions, State: AsRef<Stage5State>>> DataStage for S {}
+
+impl Stage5State {
+    /// Connects this instance's carts and data tier (migrating the
+    /// database first) from the flags.
+    pub async fn start(args: &DataArgs) -> Result<(RedisSessions, Self), BoxError> {
+        let (Some(primary), Some(replica)) = (&args.database_url, &args.database_replica_url)
+        else {
+            return Err(format!("set {DATABASE_URL_ENV} and {DATABASE_REPLICA_URL_ENV}").into());
+        };
+        let db = Database::connect(primary, replica, args.db_timeout)?;
+        db.prepare()
+            .await
+            .map_err(|e| format!("cannot prepare the database at {DATABASE_URL_ENV}: {e}"))?;
+        let cache_url = if args.no_cache {
+            None
+        } else {
+            args.cache_url.as_deref()
+        };
+        let cache = Cache::connect(cache_url, args.cache_ttl, args.session.store_timeout)?;
+        let sessions_url = args.session.redis_url.as_deref().unwrap_or_default();
+        let state = Self {
+            data: Data { db, cache },
+            passwords: Passwords::new(),
+            attempts: Attempts::connect(sessions_url, args.session.store_timeout)?,
+        };
+        Ok((args.session.connect()?, state))
+    }
+
+    /// The catalog, from the database through the cache.
+    pub async fn list_products(&self) -> Result<Response, ApiError> {
+        catalog::list_products(&self.data).await
+    }
+
+    /// One product, from the database through the cache.
+    pub async fn get_product(&self, sku: String) -> Result<Response, ApiError> {
+        catalog::get_product(&self.data, sku).await
+    }
+}
+
+/// This stage's routes (accounts, `/metrics`, and stage 4's
+/// `DELETE /api/session`), for any stage built on it.
+pub fn routes<S: DataStage>() -> Router<Arc<Shop<S>>> {
+    stage4::routes::session_routes()
+        .route("/api/signup", post(accounts::signup::<S>))
+        .route("/api/login", post(accounts::login::<S>))
+        .route(
+            "/api/me",
+            get(accounts::get_me::<S>).put(accounts::put_me::<S>),
+        )
+        .route("/metrics", get(metrics::metrics::<S>))
+}
+
 impl Stage for Stage5 {
     const INFO: &'static StageInfo = &INFO;
     type Args = DataArgs;
@@ -166,43 +230,19 @@ impl Stage for Stage5 {
     }
 
     async fn start(args: &DataArgs) -> Result<(RedisSessions, Stage5State), BoxError> {
-        let (Some(primary), Some(replica)) = (&args.database_url, &args.database_replica_url)
-        else {
-            return Err(format!("set {DATABASE_URL_ENV} and {DATABASE_REPLICA_URL_ENV}").into());
-        };
-        let db = Database::connect(primary, replica, args.db_timeout)?;
-        db.prepare()
-            .await
-            .map_err(|e| format!("cannot prepare the database at {DATABASE_URL_ENV}: {e}"))?;
-        let cache_url = if args.no_cache {
-            None
-        } else {
-            args.cache_url.as_deref()
-        };
-        let cache = Cache::connect(cache_url, args.cache_ttl, args.session.store_timeout)?;
-        let sessions_url = args.session.redis_url.as_deref().unwrap_or_default();
-        let state = Stage5State {
-            data: Data { db, cache },
-            passwords: Passwords::new(),
-            attempts: Attempts::connect(sessions_url, args.session.store_timeout)?,
-        };
-        Ok((args.session.connect()?, state))
+        Stage5State::start(args).await
     }
 
     fn routes() -> Router<Arc<Shop<Self>>> {
-        stage4::routes::session_routes()
-            .route("/api/signup", post(accounts::signup))
-            .route("/api/login", post(accounts::login))
-            .route("/api/me", get(accounts::get_me).put(accounts::put_me))
-            .route("/metrics", get(metrics::metrics))
+        routes::<Self>()
     }
 
     async fn list_products(shop: &Shop<Self>) -> Result<Response, ApiError> {
-        catalog::list_products(&shop.state.data).await
+        shop.state.list_products().await
     }
 
     async fn get_product(shop: &Shop<Self>, sku: String) -> Result<Response, ApiError> {
-        catalog::get_product(&shop.state.data, sku).await
+        shop.state.get_product(sku).await
     }
 
     const WIDGETS: &'static [Widget] = &[page::ACCOUNT];

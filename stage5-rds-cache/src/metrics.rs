@@ -11,11 +11,11 @@ use axum::response::{IntoResponse, Response};
 use lb::metrics::{Exposition, Kind};
 use shop::Shop;
 
-use crate::Stage5;
+use crate::DataStage;
 
 /// `GET /metrics`
-pub(crate) async fn metrics(State(shop): State<Arc<Shop<Stage5>>>) -> Response {
-    let data = &shop.state.data;
+pub(crate) async fn metrics<S: DataStage>(State(shop): State<Arc<Shop<S>>>) -> Response {
+    let data = &shop.state.as_ref().data;
     let (db, cache) = (data.db.stats(), data.cache.stats());
     let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
     let mut out = Exposition::new();

@@ -84,6 +84,7 @@ pub async fn backend(name: &str) -> TestBackend {
         .route("/big", get(big))
         .route("/hop", get(hop))
         .route("/slow", get(slow))
+        .route("/ws", get(ws))
         .route("/limited", post(limited))
         .layer(axum::middleware::from_fn_with_state(
             ctx.clone(),
@@ -236,6 +237,25 @@ async fn slow(State(ctx): State<Ctx>) -> String {
     tokio::time::sleep(Duration::from_millis(20)).await;
     ctx.gates.concurrent.fetch_sub(1, Ordering::SeqCst);
     ctx.name
+}
+
+/// A WebSocket that says which backend it is on, then echoes.
+async fn ws(State(ctx): State<Ctx>, upgrade: axum::extract::ws::WebSocketUpgrade) -> Response {
+    use axum::extract::ws::Message;
+    upgrade.on_upgrade(move |mut socket| async move {
+        if socket
+            .send(Message::Text(format!("hello from {}", ctx.name).into()))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        while let Some(Ok(message)) = socket.recv().await {
+            if matches!(message, Message::Close(_)) || socket.send(message).await.is_err() {
+                return;
+            }
+        }
+    })
 }
 
 /// Refuses the body without reading it, as a server with a body limit does.

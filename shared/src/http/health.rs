@@ -4,11 +4,19 @@
 //! answers from memory only: a health check that touched the cart store
 //! would take every instance out of rotation when the store blips, turning
 //! a partial outage into a total one.
+//!
+//! It also carries two words between the balancer and the instance: the
+//! answer reports the load (requests in flight and long-lived sockets, for
+//! a balancer that picks by reported load), and a request marked
+//! `X-LB-Backend-State: draining` or `removed` tells the instance it is
+//! leaving, so it closes its long-lived sockets ("going away") and their
+//! pages reconnect to another instance.
 
 use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use serde::Serialize;
 
 use crate::stage::{Shop, Stage};
@@ -21,13 +29,27 @@ pub(super) struct Health {
     uptime_s: u64,
     /// Requests being served right now, not counting this one.
     in_flight: usize,
+    /// Long-lived connections (WebSockets) held right now.
+    sockets: usize,
 }
 
-pub(super) async fn healthz<S: Stage>(State(shop): State<Arc<Shop<S>>>) -> Json<Health> {
+/// What the balancer may say of this instance on a health check.
+const BALANCER_SAYS: &str = "x-lb-backend-state";
+
+pub(super) async fn healthz<S: Stage>(
+    State(shop): State<Arc<Shop<S>>>,
+    headers: HeaderMap,
+) -> Json<Health> {
+    let said = headers.get(BALANCER_SAYS).and_then(|v| v.to_str().ok());
+    if matches!(said, Some("draining" | "removed")) && !*shop.instance.leaving().borrow() {
+        tracing::info!(state = said, "the balancer says this instance is leaving");
+        shop.instance.leave();
+    }
     Json(Health {
         instance: shop.instance.id().to_owned(),
         stage: S::INFO.package.to_owned(),
         uptime_s: shop.instance.uptime_s(),
         in_flight: shop.instance.in_flight().saturating_sub(1),
+        sockets: shop.instance.sockets(),
     })
 }

@@ -51,9 +51,15 @@ pub async fn run<S: Stage>(
     shop: Arc<Shop<S>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let leaving = Arc::clone(&shop);
     let app = router(shop).into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            // Long-lived connections would hold the shutdown open: tell
+            // whoever holds them to close.
+            leaving.instance.leave();
+        })
         .await
 }
 

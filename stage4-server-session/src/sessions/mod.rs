@@ -119,6 +119,12 @@ impl Session {
     pub fn get(&self, field: &str) -> Option<&str> {
         self.fields.get(field).map(String::as_str)
     }
+
+    /// Where this session and its cart are kept (for a later stage's own
+    /// scripts that work on the cart, such as a checkout).
+    pub fn keys(&self) -> SessionKeys {
+        RedisSessions::keys_for(&self.id)
+    }
 }
 
 /// The Redis keys of one session.

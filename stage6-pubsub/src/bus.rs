@@ -1,0 +1,364 @@
+//! How updates published on other instances reach this one's hub.
+//!
+//! * **pubsub**: one connection (RESP3, so subscribed messages arrive as
+//!   push messages beside ordinary replies) holds one subscription per
+//!   topic some local socket watches. One task issues every SUBSCRIBE and
+//!   UNSUBSCRIBE, in the order the hub's counts made them; another hands
+//!   every message to the hub at once (it never waits on a page: Redis cuts
+//!   a subscriber whose output buffer passes `client-output-buffer-limit
+//!   pubsub`, 32 MB by default). A disconnection is a **gap**: whatever was
+//!   published meanwhile is gone, so the pages are told and get a snapshot
+//!   when the connection is back.
+//! * **streams**: one task reads every watched topic's stream with
+//!   `XREAD BLOCK`, from the last id it delivered. A disconnection only
+//!   delays: reading resumes where it stopped.
+//! * **local** and **room-sticky**: nothing comes from Redis; each
+//!   instance delivers what it publishes to its own sockets only.
+//!
+//! In every mode a heartbeat (`PING` every half second) tells the hub
+//! whether Redis answers, and so whether live updates are paused.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{IntoConnectionInfo, ProtocolVersion, PushKind, Value};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::fanout::Fanout;
+use crate::hub::Hub;
+use crate::live::Live;
+use crate::subscriptions::Change;
+use crate::topic::Topic;
+
+/// How often Redis is asked whether it is there.
+const HEARTBEAT: Duration = Duration::from_millis(500);
+/// How long one `XREAD` waits for something new.
+const READ_BLOCK_MS: u64 = 100;
+
+/// The background tasks of one instance's bus; they stop when dropped.
+#[derive(Debug, Default)]
+pub struct Bus {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Bus {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl Bus {
+    /// Starts the tasks the fan-out mode needs, reading subscription
+    /// changes from `changes`.
+    pub fn start(
+        fanout: Fanout,
+        url: &str,
+        timeout: Duration,
+        hub: &Arc<Hub>,
+        live: &Live,
+        changes: mpsc::UnboundedReceiver<Change>,
+    ) -> Result<Self, redis::RedisError> {
+        let mut bus = Self::default();
+        match fanout {
+            Fanout::Pubsub => {
+                let (pushes, received) = mpsc::unbounded_channel();
+                let info = url.into_connection_info()?;
+                let settings = info
+                    .redis_settings()
+                    .clone()
+                    .set_protocol(ProtocolVersion::RESP3);
+                let client = redis::Client::open(info.set_redis_settings(settings))?;
+                let config = ConnectionManagerConfig::new()
+                    .set_push_sender(pushes)
+                    .set_automatic_resubscription()
+                    .set_connection_timeout(Some(timeout))
+                    .set_response_timeout(Some(timeout))
+                    .set_max_delay(Duration::from_secs(1));
+                let subscriber = ConnectionManager::new_lazy_with_config(client, config)?;
+                let (resync, resyncs) = mpsc::channel(1);
+                bus.tasks.push(tokio::spawn(subscribe(
+                    subscriber.clone(),
+                    Arc::clone(hub),
+                    changes,
+                    resyncs,
+                )));
+                bus.tasks
+                    .push(tokio::spawn(listen(received, Arc::clone(hub))));
+                bus.tasks.push(tokio::spawn(heartbeat(
+                    Pinger::Subscriber(subscriber, timeout, live.clone()),
+                    Arc::clone(hub),
+                    Some(resync),
+                )));
+            }
+            Fanout::Streams => {
+                let client = redis::Client::open(url)?;
+                bus.tasks
+                    .push(tokio::spawn(read_streams(client, Arc::clone(hub), changes)));
+                bus.tasks.push(tokio::spawn(heartbeat(
+                    Pinger::Live(live.clone()),
+                    Arc::clone(hub),
+                    None,
+                )));
+            }
+            Fanout::Local | Fanout::RoomSticky => {
+                drop(changes);
+                bus.tasks.push(tokio::spawn(heartbeat(
+                    Pinger::Live(live.clone()),
+                    Arc::clone(hub),
+                    None,
+                )));
+            }
+        }
+        Ok(bus)
+    }
+}
+
+/// A request to subscribe again to everything watched (Redis is back
+/// after a gap), answered once Redis has confirmed it.
+type Resync = oneshot::Sender<bool>;
+
+/// The one task that tells Redis what to subscribe to. On a resync it
+/// subscribes again to everything watched now, and answers whether that
+/// worked: live updates resume only once the subscriptions are back, or
+/// the first updates after an outage would be lost.
+async fn subscribe(
+    mut redis: ConnectionManager,
+    hub: Arc<Hub>,
+    mut changes: mpsc::UnboundedReceiver<Change>,
+    mut resyncs: mpsc::Receiver<Resync>,
+) {
+    loop {
+        let outcome = tokio::select! {
+            biased;
+            change = changes.recv() => match change {
+                Some(Change::Subscribe(topic)) => redis.subscribe(topic.channel()).await,
+                Some(Change::Unsubscribe(topic)) => redis.unsubscribe(topic.channel()).await,
+                None => return,
+            },
+            Some(done) = resyncs.recv() => {
+                // Start clean (UNSUBSCRIBE with no channel: from all): a
+                // change that failed during the outage must not leave a
+                // subscription behind. Then what is watched now.
+                let channels: Vec<String> = hub.topics().iter().map(Topic::channel).collect();
+                let mut outcome = redis.unsubscribe(Vec::<String>::new()).await;
+                if outcome.is_ok() && !channels.is_empty() {
+                    outcome = redis.subscribe(channels).await;
+                }
+                let _ = done.send(outcome.is_ok());
+                outcome
+            }
+        };
+        if let Err(error) = outcome {
+            // The heartbeat sees the outage too, and resyncs when it ends.
+            tracing::warn!(%error, "a subscription change failed");
+            hub.set_live(false);
+        }
+    }
+}
+
+/// Hands every message Redis pushes to the hub, at once.
+async fn listen(mut pushes: mpsc::UnboundedReceiver<redis::PushInfo>, hub: Arc<Hub>) {
+    while let Some(push) = pushes.recv().await {
+        match push.kind {
+            PushKind::Message => {
+                let mut data = push.data.into_iter();
+                let (Some(channel), Some(payload)) = (data.next(), data.next()) else {
+                    continue;
+                };
+                let (Some(channel), Some(payload)) = (text(channel), text(payload)) else {
+                    continue;
+                };
+                if let Some(topic) = Topic::of_channel(&channel) {
+                    hub.stats.from_redis.fetch_add(1, Ordering::Relaxed);
+                    hub.deliver(&topic, None, Arc::from(payload));
+                }
+            }
+            PushKind::Disconnection => {
+                tracing::warn!("the pub/sub connection dropped: a gap");
+                hub.set_live(false);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// An update's JSON with its stream id added (`"id":"…"`), so that the
+/// page can resume from it.
+pub(crate) fn with_id(json: &str, id: &str) -> String {
+    match json.strip_suffix('}') {
+        Some(open) => format!("{open},\"id\":\"{id}\"}}"),
+        None => json.to_owned(),
+    }
+}
+
+fn text(value: Value) -> Option<String> {
+    redis::from_redis_value::<String>(value).ok()
+}
+
+/// What the heartbeat pings.
+enum Pinger {
+    /// The subscriber connection itself (pub/sub): if it does not answer,
+    /// neither do its subscriptions. And the live layer's connection, from
+    /// which the snapshots come: both must answer.
+    Subscriber(ConnectionManager, Duration, Live),
+    /// The live layer's connection.
+    Live(Live),
+}
+
+impl Pinger {
+    async fn ping(&mut self) -> bool {
+        match self {
+            Self::Subscriber(redis, timeout, live) => {
+                let command = redis::cmd("PING");
+                let ping = command.query_async::<Value>(redis);
+                matches!(tokio::time::timeout(*timeout, ping).await, Ok(Ok(_))) && live.ping().await
+            }
+            Self::Live(live) => live.ping().await,
+        }
+    }
+}
+
+/// Pings Redis every [`HEARTBEAT`]: no answer pauses live updates; an
+/// answer after a pause resumes them (resubscribing first, in pub/sub).
+async fn heartbeat(mut pinger: Pinger, hub: Arc<Hub>, resync: Option<mpsc::Sender<Resync>>) {
+    let mut ticks = tokio::time::interval(HEARTBEAT);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let answered = pinger.ping().await;
+        match (answered, hub.is_live()) {
+            (false, true) => hub.set_live(false),
+            (true, false) => {
+                let resubscribed = match &resync {
+                    Some(resync) => {
+                        let (done, confirmed) = oneshot::channel();
+                        resync.send(done).await.is_ok() && confirmed.await.unwrap_or(false)
+                    }
+                    None => true,
+                };
+                if resubscribed {
+                    hub.set_live(true);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Reads every watched topic's stream from the last id delivered, and
+/// hands each entry (with its id) to the hub.
+async fn read_streams(
+    client: redis::Client,
+    hub: Arc<Hub>,
+    mut changes: mpsc::UnboundedReceiver<Change>,
+) {
+    let mut last: HashMap<Topic, String> = HashMap::new();
+    let mut connection: Option<MultiplexedConnection> = None;
+    loop {
+        // Take every pending change; wait for one when nothing is watched.
+        loop {
+            let change = if last.is_empty() {
+                match changes.recv().await {
+                    Some(change) => change,
+                    None => return,
+                }
+            } else {
+                match changes.try_recv() {
+                    Ok(change) => change,
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => return,
+                }
+            };
+            match change {
+                // Start after the newest entry: what comes next is new.
+                Change::Subscribe(topic) => {
+                    last.insert(topic, "$".to_owned());
+                }
+                Change::Unsubscribe(topic) => {
+                    last.remove(&topic);
+                }
+            }
+        }
+        let redis = match connection.as_mut() {
+            Some(redis) => redis,
+            None => match client.get_multiplexed_async_connection().await {
+                Ok(fresh) => connection.insert(fresh),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot reach Redis to read streams");
+                    tokio::time::sleep(HEARTBEAT).await;
+                    continue;
+                }
+            },
+        };
+        // `$` only means "after the newest" when read: pin it to an id now.
+        for (topic, id) in last.iter_mut().filter(|(_, id)| *id == "$") {
+            let mut newest = redis::cmd("XREVRANGE");
+            newest
+                .arg(topic.channel())
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1);
+            match newest.query_async::<Vec<(String, Value)>>(redis).await {
+                Ok(entries) => {
+                    *id = entries
+                        .into_iter()
+                        .next()
+                        .map_or_else(|| "0-0".to_owned(), |(id, _)| id)
+                }
+                Err(_) => break,
+            }
+        }
+        let (keys, ids): (Vec<String>, Vec<String>) = last
+            .iter()
+            .filter(|(_, id)| *id != "$")
+            .map(|(topic, id)| (topic.channel(), id.clone()))
+            .unzip();
+        if keys.is_empty() {
+            connection = None;
+            continue;
+        }
+        let mut read = redis::cmd("XREAD");
+        read.arg("COUNT")
+            .arg(500)
+            .arg("BLOCK")
+            .arg(READ_BLOCK_MS)
+            .arg("STREAMS")
+            .arg(&keys)
+            .arg(&ids);
+        type Entries = Vec<(String, Vec<(String, String)>)>;
+        match read
+            .query_async::<Option<Vec<(String, Entries)>>>(redis)
+            .await
+        {
+            Ok(Some(streams)) => {
+                for (key, entries) in streams {
+                    let Some(topic) = Topic::of_channel(&key) else {
+                        continue;
+                    };
+                    for (id, fields) in entries {
+                        if let Some((_, json)) = fields.into_iter().find(|(name, _)| name == "m") {
+                            hub.stats.from_redis.fetch_add(1, Ordering::Relaxed);
+                            hub.deliver(&topic, Some(id.clone()), Arc::from(with_id(&json, &id)));
+                        }
+                        if let Some(position) = last.get_mut(&topic) {
+                            *position = id;
+                        }
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(%error, "reading streams failed; resuming where it stopped");
+                connection = None;
+                tokio::time::sleep(HEARTBEAT).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! One instance's hub: which of its sockets watch what, and delivery to
+//! them.
+//!
+//! Every socket registers a [`Watcher`]: a bounded queue (the socket's
+//! task sends from it) and a "lagged" flag. Delivering an update to a
+//! topic puts it on each watcher's queue without waiting: a full queue
+//! means that page is slow, so the update is dropped *for that page only*
+//! and its flag raised; the page then gets a snapshot (stock is
+//! latest-value state: the newest value replaces all it missed). The hub
+//! never waits on a page, so one slow page delays nobody else, and it
+//! never waits on Redis either: updates from Redis are handed on as they
+//! arrive.
+//!
+//! The hub also says whether live updates flow ([`Hub::set_live`]): when
+//! Redis is unreachable, every socket is told "paused", and "live" (with a
+//! snapshot) when it is back.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, watch};
+
+use crate::subscriptions::{Change, SocketId, Subscriptions};
+use crate::topic::Topic;
+
+/// How many messages a socket's queue holds before its page counts as slow.
+pub(crate) const QUEUE: usize = 256;
+
+/// One message for one page.
+#[derive(Clone, Debug)]
+pub enum Delivery {
+    /// An update on a topic, as JSON; `id` is its stream entry's, when it
+    /// came through a stream (the page resumes from it).
+    Update {
+        topic: Topic,
+        id: Option<String>,
+        json: Arc<str>,
+    },
+    /// Live updates stopped (Redis is unreachable) or started again.
+    Live(bool),
+}
+
+/// What the hub keeps of one socket.
+#[derive(Clone, Debug)]
+pub struct Watcher {
+    queue: mpsc::Sender<Delivery>,
+    lagged: Arc<AtomicBool>,
+    lags: Arc<AtomicU32>,
+}
+
+impl Watcher {
+    /// A watcher and the receiving end of its queue.
+    pub fn new() -> (Self, mpsc::Receiver<Delivery>) {
+        let (queue, received) = mpsc::channel(QUEUE);
+        let watcher = Self {
+            queue,
+            lagged: Arc::new(AtomicBool::new(false)),
+            lags: Arc::new(AtomicU32::new(0)),
+        };
+        (watcher, received)
+    }
+
+    /// Whether updates were dropped since the last call (and forget it).
+    pub fn take_lagged(&self) -> bool {
+        self.lagged.swap(false, Ordering::AcqRel)
+    }
+
+    /// How many times this page's queue overflowed.
+    pub fn lags(&self) -> u32 {
+        self.lags.load(Ordering::Acquire)
+    }
+
+    fn offer(&self, delivery: Delivery) -> bool {
+        match self.queue.try_send(delivery) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if !self.lagged.swap(true, Ordering::AcqRel) {
+                    self.lags.fetch_add(1, Ordering::AcqRel);
+                }
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+/// What the hub counts, for `/metrics` and the tests.
+#[derive(Debug, Default)]
+pub struct HubStats {
+    /// Updates put on a socket's queue.
+    pub delivered: AtomicU64,
+    /// Updates dropped for a slow page (it gets a snapshot instead).
+    pub dropped: AtomicU64,
+    /// Messages that arrived from Redis (pub/sub or streams).
+    pub from_redis: AtomicU64,
+    /// Sockets closed for being too slow.
+    pub closed_slow: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    subscriptions: Subscriptions,
+    sockets: HashMap<SocketId, Watcher>,
+}
+
+/// The hub of one instance.
+#[derive(Debug)]
+pub struct Hub {
+    state: Mutex<State>,
+    /// Subscription changes, in order, for the task that talks to Redis
+    /// (`None` when updates do not travel through Redis).
+    changes: Option<mpsc::UnboundedSender<Change>>,
+    live: watch::Sender<bool>,
+    next_socket: AtomicU64,
+    pub stats: HubStats,
+}
+
+impl Hub {
+    /// A hub; `changes` receives the subscription changes when updates
+    /// travel through Redis.
+    pub fn new(changes: Option<mpsc::UnboundedSender<Change>>) -> Self {
+        Self {
+            state: Mutex::default(),
+            changes,
+            live: watch::Sender::new(true),
+            next_socket: AtomicU64::new(1),
+            stats: HubStats::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // Every change under the lock is a whole insert or remove.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn tell(&self, change: Option<Change>) {
+        if let (Some(changes), Some(change)) = (&self.changes, change) {
+            // Sent under the hub's lock: Redis hears the changes in the
+            // order the counts made them.
+            let _ = changes.send(change);
+        }
+    }
+
+    /// Registers a socket; returns its number.
+    pub fn register(&self, watcher: Watcher) -> SocketId {
+        let id = self.next_socket.fetch_add(1, Ordering::Relaxed);
+        self.lock().sockets.insert(id, watcher);
+        id
+    }
+
+    /// `socket` watches `topic`.
+    pub fn watch(&self, socket: SocketId, topic: &Topic) {
+        let mut state = self.lock();
+        let change = state.subscriptions.watch(socket, topic);
+        self.tell(change);
+    }
+
+    /// `socket` stops watching `topic`.
+    pub fn unwatch(&self, socket: SocketId, topic: &Topic) {
+        let mut state = self.lock();
+        let change = state.subscriptions.unwatch(socket, topic);
+        self.tell(change);
+    }
+
+    /// `socket` closed.
+    pub fn leave(&self, socket: SocketId) {
+        let mut state = self.lock();
+        state.sockets.remove(&socket);
+        for change in state.subscriptions.leave(socket) {
+            self.tell(Some(change));
+        }
+    }
+
+    /// Every topic some socket of this instance watches.
+    pub fn topics(&self) -> Vec<Topic> {
+        self.lock().subscriptions.topics().cloned().collect()
+    }
+
+    /// Hands an update to every local socket watching its topic.
+    pub fn deliver(&self, topic: &Topic, id: Option<String>, json: Arc<str>) {
+        let state = self.lock();
+        for socket in state.subscriptions.watchers(topic) {
+            let Some(watcher) = state.sockets.get(&socket) else {
+                continue;
+            };
+            let delivery = Delivery::Update {
+                topic: topic.clone(),
+                id: id.clone(),
+                json: Arc::clone(&json),
+            };
+            let counter = if watcher.offer(delivery) {
+                &self.stats.delivered
+            } else {
+                &self.stats.dropped
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Says whether live updates flow; every socket hears of a change.
+    pub fn set_live(&self, live: bool) {
+        if self.live.send_replace(live) == live {
+            return;
+        }
+        tracing::warn!(
+            live,
+            "live updates {}",
+            if live { "resumed" } else { "paused" }
+        );
+        for watcher in self.lock().sockets.values() {
+            watcher.offer(Delivery::Live(live));
+        }
+    }
+
+    /// Whether live updates flow now.
+    pub fn is_live(&self) -> bool {
+        *self.live.borrow()
+    }
+
+    /// How many sockets this instance holds.
+    pub fn sockets(&self) -> usize {
+        self.lock().sockets.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_full_queue_drops_for_that_page_only_and_flags_it() {
+        let (changes, mut told) = mpsc::unbounded_channel();
+        let hub = Hub::new(Some(changes));
+        let (slow, _never_read) = Watcher::new();
+        let (quick, mut received) = Watcher::new();
+        let slow_id = hub.register(slow.clone());
+        let quick_id = hub.register(quick);
+        let tee = Topic::Stock("TEE-RED-M".into());
+        hub.watch(slow_id, &tee);
+        hub.watch(quick_id, &tee);
+        assert_eq!(told.try_recv().ok(), Some(Change::Subscribe(tee.clone())));
+        assert!(
+            told.try_recv().is_err(),
+            "one subscription for two watchers"
+        );
+        for n in 0..QUEUE + 10 {
+            hub.deliver(&tee, None, Arc::from(format!("{{\"n\":{n}}}")));
+            // The quick page reads as it goes.
+            assert!(received.try_recv().is_ok());
+        }
+        assert!(slow.take_lagged(), "the slow page is flagged");
+        assert_eq!(slow.lags(), 1);
+        assert_eq!(hub.stats.dropped.load(Ordering::Relaxed), 10);
+        hub.leave(slow_id);
+        hub.leave(quick_id);
+        assert_eq!(told.try_recv().ok(), Some(Change::Unsubscribe(tee)));
+    }
+}

@@ -1,0 +1,333 @@
+//! Stage 6 on a bad day: a drained instance, a page that reads too slowly,
+//! Redis frozen and killed, fifty shoppers after the last ten T-shirts, a
+//! checkout whose answer was lost, a socket opened from another site.
+
+mod support;
+
+use futures_util::{SinkExt, StreamExt};
+use reqwest::Method;
+use serde_json::json;
+use shop::testing::Admin;
+use stage6::client::{ClientError, LiveClient, Tally};
+use stage6::fanout::Fanout;
+use support::{QUIET, SOON, buy, checkout, page, receive, spawn_live};
+use tokio_tungstenite::tungstenite::Message;
+
+const TEE: &str = "TEE-NAVY-M";
+
+#[tokio::test]
+async fn drain_closes_sockets_with_going_away() {
+    let shop = spawn_live(Fanout::Pubsub, 2, &[]).await;
+    let mut sockets = Vec::new();
+    for _ in 0..4 {
+        sockets.push(LiveClient::connect(&shop.url(), "").await.expect("open"));
+    }
+    let host = sockets[0].instance().to_owned();
+    let admin = Admin::of(&shop.topology);
+    let drained = admin
+        .change(
+            Method::POST,
+            &format!("/_lb/backends/{host}/drain"),
+            json!({}),
+        )
+        .send()
+        .await
+        .expect("drain");
+    assert!(drained.status().is_success());
+    for socket in sockets.iter_mut().filter(|s| s.instance() == host) {
+        let end = loop {
+            match socket.next(SOON).await {
+                Ok(Some(_)) => {}
+                other => break other,
+            }
+        };
+        assert!(
+            matches!(end, Err(ClientError::Closed { code: 1001, .. })),
+            "closed with 1001 going away: {end:?}"
+        );
+    }
+    // Where the page reconnects, the balancer sends it elsewhere.
+    for _ in 0..4 {
+        let again = LiveClient::connect(&shop.url(), "")
+            .await
+            .expect("reconnected");
+        assert_ne!(
+            again.instance(),
+            host,
+            "a draining instance takes no new sockets"
+        );
+    }
+    shop.stop().await;
+}
+
+#[tokio::test]
+async fn slow_consumer_is_dropped_without_delaying_others() {
+    let shop = spawn_live(Fanout::Pubsub, 1, &[]).await;
+    let base = shop.instance_url("i1");
+    // A page whose machine reads nothing: a tiny receive buffer, never read.
+    let tcp = tokio::net::TcpSocket::new_v4().expect("socket");
+    tcp.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let addr = base
+        .trim_start_matches("http://")
+        .parse()
+        .expect("an address");
+    let stream = tcp.connect(addr).await.expect("connected");
+    let (mut slow, _) =
+        tokio_tungstenite::client_async(format!("ws://{}/ws?room=tees&name=slow", addr), stream)
+            .await
+            .expect("the slow page's socket");
+    let (mut quick, mut quick_tally) = page(&base, &[]).await;
+    quick.join("tees", "quick", None).await.expect("joined");
+    let mut speaker = LiveClient::connect(&base, "?room=tees&name=speaker")
+        .await
+        .expect("open");
+
+    // Messages of 4 KB, 50 at a time, until the shop gives up on the slow
+    // page (its kernel buffers hold a few MB; 40 MB at most).
+    let text = "x".repeat(4000);
+    let (total_tx, total_rx) = tokio::sync::oneshot::channel::<u64>();
+    let reader = tokio::spawn(async move {
+        let mut says = 0;
+        let mut total_rx = total_rx;
+        let mut total = None;
+        while total.is_none_or(|n| says < n) {
+            tokio::select! {
+                told = &mut total_rx, if total.is_none() => total = told.ok(),
+                heard = quick.next(SOON) => match heard {
+                    Ok(Some(message)) => {
+                        quick_tally.absorb(&message);
+                        if message["type"] == "say" {
+                            says += 1;
+                        }
+                    }
+                    other => panic!("the quick page stopped hearing after {says}: {other:?}"),
+                },
+            }
+        }
+        (quick, quick_tally)
+    });
+    // The speaker hears its own words too, and reads them as it goes.
+    let mut speaker_tally = Tally::default();
+    let mut said = 0;
+    while said < 10_000 && shop.stats("i1").await["closed_slow"] == 0 {
+        for _ in 0..50 {
+            speaker.say(&text).await.expect("said");
+        }
+        said += 50;
+        receive(&mut speaker, &mut speaker_tally, said).await;
+    }
+    let _ = total_tx.send(said);
+    let (quick, quick_tally) = reader.await.expect("the quick page heard everything");
+    assert_eq!(quick_tally.lagged, 0, "the quick page never lagged");
+    let room = &quick_tally.topics["room:tees"];
+    assert_eq!(
+        (room.gaps, room.out_of_order),
+        (0, 0),
+        "in order, none missing"
+    );
+
+    // The slow page was cut off, with a reason, once it could be told.
+    let mut closed = None;
+    let deadline = tokio::time::Instant::now() + SOON;
+    while closed.is_none() && tokio::time::Instant::now() < deadline {
+        match tokio::time::timeout(SOON, slow.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => closed = Some(frame.map(|f| u16::from(f.code))),
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(_)) | None) | Err(_) => break,
+        }
+    }
+    let stats = shop.stats("i1").await;
+    assert!(stats["closed_slow"].as_u64() >= Some(1), "counted: {stats}");
+    assert_eq!(
+        stats["sockets"], 2,
+        "the quick page and the speaker remain: {stats}"
+    );
+    if let Some(code) = closed.flatten() {
+        assert_eq!(code, 1013, "try again later");
+    }
+    let _ = slow.close(None).await;
+    quick.close().await;
+    shop.stop().await;
+}
+
+#[tokio::test]
+async fn redis_outage_pauses_live_updates_and_recovers() {
+    let mut shop = spawn_live(Fanout::Pubsub, 2, &[("SHOP_STORE_TIMEOUT", "1s")]).await;
+    let (mut watcher, mut tally) = page(&shop.instance_url("i2"), &[TEE]).await;
+    let shopper = shop.shopper();
+    shopper.add(TEE, 1).await.expect("in the cart");
+
+    for outage in ["frozen", "dead"] {
+        if outage == "frozen" {
+            shop.redis.pause().expect("SIGSTOP");
+        } else {
+            shop.redis.kill();
+        }
+        let paused = watcher
+            .until("paused", &mut tally, SOON)
+            .await
+            .expect("the socket stays open");
+        assert!(
+            paused.is_some(),
+            "Redis {outage}: the page is told live updates paused"
+        );
+        let checkout = checkout(&shopper).await;
+        assert_eq!(
+            checkout.status(),
+            503,
+            "Redis {outage}: a buy is refused, not lost"
+        );
+        assert!(checkout.headers().contains_key("retry-after"));
+
+        if outage == "frozen" {
+            shop.redis.resume().expect("SIGCONT");
+        } else {
+            shop.redis.restart().await.expect("Redis back");
+        }
+        let live = watcher.until("live", &mut tally, SOON).await.expect("open");
+        assert!(
+            live.is_some(),
+            "Redis back after being {outage}: live again"
+        );
+        let snapshot = watcher
+            .until("snapshot", &mut tally, SOON)
+            .await
+            .expect("open");
+        assert!(
+            snapshot.is_some(),
+            "Redis back after being {outage}: a snapshot of what may have changed meanwhile"
+        );
+        // Updates flow again, through the re-made subscription.
+        let before = tally.received();
+        assert!(
+            shop.set_price(&shop.instance_url("i1"), TEE, 999)
+                .await
+                .is_success()
+        );
+        receive(&mut watcher, &mut tally, before + 1).await;
+        assert_eq!(
+            tally.received(),
+            before + 1,
+            "after being {outage}, updates arrive again"
+        );
+    }
+    // The cart survived both (AOF), and can be bought now.
+    let checkout = checkout(&shopper).await;
+    assert_eq!(checkout.status(), 200);
+    shop.stop().await;
+}
+
+#[tokio::test]
+async fn checkout_decrements_stock_atomically() {
+    let shop = spawn_live(Fanout::Pubsub, 3, &[("SHOP_INITIAL_STOCK", "10")]).await;
+    let (mut watcher, mut tally) = page(&shop.instance_url("i3"), &[TEE]).await;
+    let url = shop.url();
+    let mut buyers = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        let url = url.clone();
+        buyers.spawn(async move { buy(&url, TEE, 1).await });
+    }
+    let (mut bought, mut sold_out) = (0, 0);
+    while let Some(done) = buyers.join_next().await {
+        let (status, body) = done.expect("a buyer");
+        match status.as_u16() {
+            200 => bought += 1,
+            409 if body["error"] == "sold_out" => sold_out += 1,
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert_eq!(
+        (bought, sold_out),
+        (10, 40),
+        "ten sold, forty told: no oversell"
+    );
+    let mut redis = shop.redis().await;
+    let left: i64 = redis::cmd("HGET")
+        .arg("myclothes:stock")
+        .arg(TEE)
+        .query_async(&mut redis)
+        .await
+        .expect("HGET");
+    assert_eq!(left, 0);
+    receive(&mut watcher, &mut tally, 10).await;
+    watcher.drain(&mut tally, QUIET).await.expect("open");
+    assert_eq!(tally.received(), 10, "the watching page saw each sale");
+    shop.stop().await;
+}
+
+#[tokio::test]
+async fn retried_checkout_with_same_key_buys_once() {
+    let shop = spawn_live(Fanout::Pubsub, 2, &[]).await;
+    let shopper = shop.shopper();
+    shopper.add(TEE, 2).await.expect("in the cart");
+    let with_key = || {
+        shopper
+            .http()
+            .post(shopper.url("/api/checkout"))
+            .header("idempotency-key", "checkout-7f3a")
+    };
+    let first = with_key().send().await.expect("first");
+    assert_eq!(first.status(), 200);
+    let first: serde_json::Value = first.json().await.expect("JSON");
+    // The answer was lost; the shopper presses "buy" again.
+    let again = with_key().send().await.expect("again");
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let again: serde_json::Value = again.json().await.expect("JSON");
+    assert_eq!(again, first, "the first receipt, again");
+    assert_eq!(first["bought"][0]["left"], 48, "two taken from fifty, once");
+    // Without the key, the same click finds the cart empty: nothing twice.
+    let plain = checkout(&shopper).await;
+    assert_eq!(plain.status(), 409);
+    shop.stop().await;
+}
+
+#[tokio::test]
+async fn websocket_from_another_site_is_refused() {
+    let shop = spawn_live(Fanout::Pubsub, 1, &[]).await;
+    let url = shop.url().replacen("http://", "ws://", 1);
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(format!(
+            "{url}/ws"
+        ))
+        .expect("a request");
+    request
+        .headers_mut()
+        .insert("origin", "http://evil.example".parse().expect("a header"));
+    let refused = tokio_tungstenite::connect_async(request).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 403)
+        }
+        other => panic!("a cross-site socket was not refused: {other:?}"),
+    }
+    // The shop's own page (same origin) is welcome.
+    let host = url.trim_start_matches("ws://").to_owned();
+    let mut own = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        format!("{url}/ws"),
+    )
+    .expect("a request");
+    own.headers_mut().insert(
+        "origin",
+        format!("http://{host}").parse().expect("a header"),
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(own)
+        .await
+        .expect("same origin opens");
+    // Nonsense is answered, not fatal.
+    socket
+        .send(Message::text("{\"type\":\"dance\"}"))
+        .await
+        .expect("sent");
+    let mut saw_error = false;
+    for _ in 0..3 {
+        if let Ok(Some(Ok(Message::Text(text)))) = tokio::time::timeout(SOON, socket.next()).await {
+            if text.as_str().contains("\"error\"") {
+                saw_error = true;
+                break;
+            }
+        }
+    }
+    assert!(saw_error, "an error message, and the socket stays open");
+    shop.stop().await;
+}

@@ -1,0 +1,128 @@
+//! The real `stage6` binary as a learner runs it: `up` with its private
+//! servers and a page's socket through the balancer, Ctrl-C, the demo,
+//! and every flag reaching every instance.
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use shop::testing::{children_of, is_alive, process_name, send_signal, start_up, wait_until};
+use stage6::client::LiveClient;
+
+const STAGE6: &str = env!("CARGO_BIN_EXE_stage6");
+
+#[tokio::test]
+async fn up_starts_private_servers_and_serves_sockets_through_the_balancer() {
+    let (mut launcher, url) = start_up(STAGE6);
+    let children = children_of(launcher.id());
+    let mut names: Vec<String> = children.iter().map(|&pid| process_name(pid)).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "postgres",
+            "postgres",
+            "redis-server",
+            "redis-server",
+            "stage6",
+            "stage6",
+            "stage6"
+        ],
+        "a primary and a replica, sessions and cache, three instances"
+    );
+    let socket = LiveClient::connect(&url, "")
+        .await
+        .expect("a socket through up's balancer");
+    assert_eq!(
+        socket.hello()["fanout"],
+        "pubsub",
+        "pub/sub unless told otherwise"
+    );
+    let page = reqwest::get(&url)
+        .await
+        .expect("the page")
+        .text()
+        .await
+        .expect("text");
+    assert!(page.contains("id=\"live\""), "the page has the live panel");
+    socket.close().await;
+
+    send_signal(&launcher, Signal::SIGINT);
+    assert!(launcher.wait().expect("exits").success(), "a clean stop");
+    assert!(
+        wait_until(Duration::from_secs(15), || children
+            .iter()
+            .all(|&pid| !is_alive(pid))),
+        "no server outlives the launcher"
+    );
+}
+
+#[test]
+fn demo_narrates_the_four_fanout_modes_and_exits() {
+    let story = shop::testing::run_demo(
+        STAGE6,
+        &[
+            "REDIS_URL",
+            "CACHE_URL",
+            "DATABASE_URL",
+            "DATABASE_REPLICA_URL",
+            "SHOP_FANOUT",
+        ],
+    );
+    for mode in [
+        "--fanout local",
+        "--fanout room-sticky",
+        "--fanout pubsub",
+        "--fanout streams",
+    ] {
+        assert!(story.contains(mode), "{mode} is narrated: {story}");
+    }
+    assert!(
+        story.contains("received 30 of 30"),
+        "pub/sub and streams reach every page: {story}"
+    );
+    assert!(
+        story.contains("10 never arrived"),
+        "pub/sub loses what a page was away for: {story}"
+    );
+    assert!(
+        story.contains("0 never arrived"),
+        "streams replay it: {story}"
+    );
+    assert!(story.contains("Lesson:"), "{story}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn up_flags_reach_every_instance() {
+    // Instances prepare the database and stock the shelves in Redis when
+    // they start, so both must be real.
+    let postgres = shop::services::postgres::PostgresCluster::start()
+        .await
+        .unwrap_or_else(|e| panic!("a private PostgreSQL primary + replica is needed: {e}"));
+    let redis = shop::services::redis::RedisServer::start()
+        .await
+        .unwrap_or_else(|e| panic!("a private redis-server is needed: {e}"));
+    let (primary, replica, redis_url) =
+        (postgres.primary_url(), postgres.replica_url(), redis.url());
+    tokio::task::spawn_blocking(move || {
+        shop::testing::assert_up_flags_reach_every_instance::<stage6::Stage6>(
+            STAGE6,
+            &[
+                ("--redis-url", &redis_url),
+                ("--session-ttl", "7m"),
+                ("--store-timeout", "750ms"),
+                ("--secure-cookies", ""),
+                ("--database-url", &primary),
+                ("--database-replica-url", &replica),
+                ("--cache-url", "redis://127.0.0.1:9/"),
+                ("--cache-ttl", "2m"),
+                ("--db-timeout", "3s"),
+                ("--no-cache", ""),
+                ("--fanout", "streams"),
+                ("--ticker", "2s"),
+                ("--initial-stock", "7"),
+            ],
+        );
+    })
+    .await
+    .expect("the check ran");
+}
