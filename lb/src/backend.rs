@@ -462,7 +462,7 @@ impl Backend {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         Ok(InFlight {
             backend: Arc::clone(self),
-            _slot: slot,
+            slot: Some(slot),
         })
     }
 
@@ -507,7 +507,18 @@ impl Drop for Waiting<'_> {
 #[derive(Debug)]
 pub struct InFlight {
     backend: Arc<Backend>,
-    _slot: OwnedSemaphorePermit,
+    slot: Option<OwnedSemaphorePermit>,
+}
+
+impl InFlight {
+    /// Gives the request slot back but keeps counting in flight: what an
+    /// open WebSocket does. `max_conns` limits requests being answered,
+    /// which an idle socket is not; `least-conn` still sees the socket.
+    /// (HAProxy counts a tunnel against `maxconn`, so there `maxconn` must
+    /// be sized for the sockets too.)
+    pub(crate) fn release_slot(&mut self) {
+        self.slot = None;
+    }
 }
 
 impl Drop for InFlight {

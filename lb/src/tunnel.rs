@@ -13,9 +13,11 @@
 //! * after the 101, the proxy splices the two connections together
 //!   (`tokio::io::copy_bidirectional`) until either side closes. It does
 //!   not read the frames: they are the page's and the instance's business;
-//! * the tunnel holds its backend's in-flight count and slot for its whole
-//!   life, so `least-conn` balances open sockets, and a tunnels-open gauge
-//!   says how many there are.
+//! * the tunnel holds its backend's in-flight count for its whole life, so
+//!   `least-conn` balances open sockets, and a tunnels-open gauge says how
+//!   many there are; it gives back its request slot (`max_conns` is about
+//!   requests being answered: a hundred idle sockets must not lock an
+//!   instance out of ordinary requests).
 //!
 //! This is where the stateless story ends: while a socket is open, *which
 //! instance* holds it is state, kept by the balancer (this tunnel) and by
@@ -139,6 +141,8 @@ pub(crate) async fn open(
     let server = hyper::upgrade::on(&mut response);
     let tunnel = OpenTunnel::new(backend);
     let name = backend.name().to_owned();
+    let mut in_flight = in_flight;
+    in_flight.release_slot();
     tokio::spawn(async move {
         let _held = (in_flight, tunnel);
         match tokio::try_join!(client, server) {

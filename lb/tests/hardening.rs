@@ -486,3 +486,27 @@ async fn least_conn_balances_open_sockets() {
     assert_eq!(on.get("b1"), Some(&5), "{on:?}");
     assert_eq!(on.get("b2"), Some(&5), "{on:?}");
 }
+
+#[tokio::test]
+async fn open_sockets_do_not_use_up_request_slots() {
+    let b1 = backend("b1").await;
+    let mut config = no_health_checks(vec![b1.spec()]);
+    config.limits = Limits {
+        max_conns: 2,
+        queue: 1,
+        queue_timeout: Duration::from_secs(1),
+    };
+    let lb = balancer_from(config).await;
+    let mut sockets = Vec::new();
+    for _ in 0..5 {
+        sockets.push(open_socket(&lb).await.0);
+    }
+    let backend = lb.balancer.backends().get("b1").expect("b1");
+    assert_eq!(backend.in_flight(), 5, "least-conn still sees every socket");
+    let answer = reqwest::get(lb.url("/whoami")).await.expect("an answer");
+    assert_eq!(
+        answer.status(),
+        StatusCode::OK,
+        "five open sockets, two request slots: a request still gets one"
+    );
+}

@@ -9,6 +9,10 @@
 //!   pubsub`, 32 MB by default). A disconnection is a **gap**: whatever was
 //!   published meanwhile is gone, so the pages are told and get a snapshot
 //!   when the connection is back.
+//!   With `--pubsub-channel shared`, one channel carries every topic
+//!   instead, as classic socket.io's adapter does: every instance hears
+//!   every update and drops what nobody local watches (the README
+//!   compares the Redis deliveries of both).
 //! * **streams**: one task reads every watched topic's stream with
 //!   `XREAD BLOCK`, from the last id it delivered. A disconnection only
 //!   delays: reading resumes where it stopped.
@@ -28,11 +32,12 @@ use redis::{IntoConnectionInfo, ProtocolVersion, PushKind, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::fanout::Fanout;
-use crate::hub::Hub;
+use crate::fanout::{Fanout, PubsubChannel};
+use crate::hub::Order;
+use crate::hub::{Hub, Update};
 use crate::live::Live;
 use crate::subscriptions::Change;
-use crate::topic::Topic;
+use crate::topic::{PREFIX, Topic};
 
 /// How often Redis is asked whether it is there.
 const HEARTBEAT: Duration = Duration::from_millis(500);
@@ -57,12 +62,12 @@ impl Bus {
     /// Starts the tasks the fan-out mode needs, reading subscription
     /// changes from `changes`.
     pub fn start(
-        fanout: Fanout,
+        (fanout, channels): (Fanout, PubsubChannel),
         url: &str,
         timeout: Duration,
         hub: &Arc<Hub>,
         live: &Live,
-        changes: mpsc::UnboundedReceiver<Change>,
+        changes: mpsc::UnboundedReceiver<Order>,
     ) -> Result<Self, redis::RedisError> {
         let mut bus = Self::default();
         match fanout {
@@ -85,8 +90,8 @@ impl Bus {
                 bus.tasks.push(tokio::spawn(subscribe(
                     subscriber.clone(),
                     Arc::clone(hub),
-                    changes,
-                    resyncs,
+                    (changes, resyncs),
+                    channels,
                 )));
                 bus.tasks
                     .push(tokio::spawn(listen(received, Arc::clone(hub))));
@@ -130,25 +135,58 @@ type Resync = oneshot::Sender<bool>;
 async fn subscribe(
     mut redis: ConnectionManager,
     hub: Arc<Hub>,
-    mut changes: mpsc::UnboundedReceiver<Change>,
-    mut resyncs: mpsc::Receiver<Resync>,
+    (mut changes, mut resyncs): (mpsc::UnboundedReceiver<Order>, mpsc::Receiver<Resync>),
+    channels: PubsubChannel,
 ) {
+    // Shared channel: subscribed while any topic is watched.
+    let mut shared_on = false;
     loop {
         let outcome = tokio::select! {
             biased;
-            change = changes.recv() => match change {
-                Some(Change::Subscribe(topic)) => redis.subscribe(topic.channel()).await,
-                Some(Change::Unsubscribe(topic)) => redis.unsubscribe(topic.channel()).await,
-                None => return,
+            change = changes.recv() => match (change, channels) {
+                (None, _) => return,
+                (Some((Change::Subscribe(topic), number)), PubsubChannel::PerTopic) => {
+                    let outcome = redis.subscribe(topic.channel()).await;
+                    if outcome.is_ok() {
+                        // Redis has answered the SUBSCRIBE: from now on,
+                        // every update on the topic reaches this instance.
+                        hub.confirm(&topic, number);
+                    }
+                    outcome
+                }
+                (Some((Change::Unsubscribe(topic), _)), PubsubChannel::PerTopic) => redis.unsubscribe(topic.channel()).await,
+                (Some((change, number)), PubsubChannel::Shared) => {
+                    let wanted = !hub.topics().is_empty();
+                    let outcome = match (wanted, shared_on) {
+                        (true, false) => redis.subscribe(SHARED_CHANNEL_NAME.as_str()).await,
+                        (false, true) => redis.unsubscribe(SHARED_CHANNEL_NAME.as_str()).await,
+                        _ => Ok(()),
+                    };
+                    if outcome.is_ok() {
+                        shared_on = wanted;
+                        if let (Change::Subscribe(topic), true) = (&change, shared_on) {
+                            hub.confirm(topic, number);
+                        }
+                    }
+                    outcome
+                }
             },
             Some(done) = resyncs.recv() => {
                 // Start clean (UNSUBSCRIBE with no channel: from all): a
                 // change that failed during the outage must not leave a
                 // subscription behind. Then what is watched now.
-                let channels: Vec<String> = hub.topics().iter().map(Topic::channel).collect();
+                let channels: Vec<String> = match channels {
+                    PubsubChannel::PerTopic => hub.topics().iter().map(Topic::channel).collect(),
+                    PubsubChannel::Shared if hub.topics().is_empty() => Vec::new(),
+                    PubsubChannel::Shared => vec![SHARED_CHANNEL_NAME.clone()],
+                };
                 let mut outcome = redis.unsubscribe(Vec::<String>::new()).await;
                 if outcome.is_ok() && !channels.is_empty() {
-                    outcome = redis.subscribe(channels).await;
+                    outcome = redis.subscribe(&channels).await;
+                }
+                shared_on = outcome.is_ok() && !channels.is_empty();
+                if outcome.is_ok() {
+                    hub.confirm_all();
                 }
                 let _ = done.send(outcome.is_ok());
                 outcome
@@ -162,6 +200,10 @@ async fn subscribe(
     }
 }
 
+/// The one channel of `--pubsub-channel shared`.
+static SHARED_CHANNEL_NAME: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("{PREFIX}all"));
+
 /// Hands every message Redis pushes to the hub, at once.
 async fn listen(mut pushes: mpsc::UnboundedReceiver<redis::PushInfo>, hub: Arc<Hub>) {
     while let Some(push) = pushes.recv().await {
@@ -174,9 +216,18 @@ async fn listen(mut pushes: mpsc::UnboundedReceiver<redis::PushInfo>, hub: Arc<H
                 let (Some(channel), Some(payload)) = (text(channel), text(payload)) else {
                     continue;
                 };
-                if let Some(topic) = Topic::of_channel(&channel) {
+                // A topic's own channel names it; the shared channel
+                // carries every topic, named in the update itself.
+                let topic = if channel == *SHARED_CHANNEL_NAME {
+                    crate::live::topic_of(&payload)
+                } else {
+                    Topic::of_channel(&channel)
+                };
+                if let Some(topic) = topic {
                     hub.stats.from_redis.fetch_add(1, Ordering::Relaxed);
-                    hub.deliver(&topic, None, Arc::from(payload));
+                    if let Some(update) = Update::parse(payload) {
+                        hub.deliver(&topic, &update);
+                    }
                 }
             }
             PushKind::Disconnection => {
@@ -256,9 +307,11 @@ async fn heartbeat(mut pinger: Pinger, hub: Arc<Hub>, resync: Option<mpsc::Sende
 async fn read_streams(
     client: redis::Client,
     hub: Arc<Hub>,
-    mut changes: mpsc::UnboundedReceiver<Change>,
+    mut changes: mpsc::UnboundedReceiver<Order>,
 ) {
     let mut last: HashMap<Topic, String> = HashMap::new();
+    // Subscriptions not yet pinned to a stream id, by their numbers.
+    let mut unconfirmed: HashMap<Topic, u64> = HashMap::new();
     let mut connection: Option<MultiplexedConnection> = None;
     loop {
         // Take every pending change; wait for one when nothing is watched.
@@ -277,11 +330,13 @@ async fn read_streams(
             };
             match change {
                 // Start after the newest entry: what comes next is new.
-                Change::Subscribe(topic) => {
-                    last.insert(topic, "$".to_owned());
+                (Change::Subscribe(topic), number) => {
+                    last.insert(topic.clone(), "$".to_owned());
+                    unconfirmed.insert(topic, number);
                 }
-                Change::Unsubscribe(topic) => {
+                (Change::Unsubscribe(topic), _) => {
                     last.remove(&topic);
+                    unconfirmed.remove(&topic);
                 }
             }
         }
@@ -310,7 +365,12 @@ async fn read_streams(
                     *id = entries
                         .into_iter()
                         .next()
-                        .map_or_else(|| "0-0".to_owned(), |(id, _)| id)
+                        .map_or_else(|| "0-0".to_owned(), |(id, _)| id);
+                    // Read from here on: a page that starts after this
+                    // point misses nothing.
+                    if let Some(number) = unconfirmed.remove(topic) {
+                        hub.confirm(topic, number);
+                    }
                 }
                 Err(_) => break,
             }
@@ -345,7 +405,9 @@ async fn read_streams(
                     for (id, fields) in entries {
                         if let Some((_, json)) = fields.into_iter().find(|(name, _)| name == "m") {
                             hub.stats.from_redis.fetch_add(1, Ordering::Relaxed);
-                            hub.deliver(&topic, Some(id.clone()), Arc::from(with_id(&json, &id)));
+                            if let Some(update) = Update::parse(with_id(&json, &id)) {
+                                hub.deliver(&topic, &update);
+                            }
                         }
                         if let Some(position) = last.get_mut(&topic) {
                             *position = id;

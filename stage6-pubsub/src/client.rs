@@ -13,8 +13,9 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// How long opening a socket and its `hello` may take.
@@ -58,7 +59,11 @@ impl LiveClient {
             "{}/ws{query}",
             base.trim_end_matches('/').replacen("http://", "ws://", 1)
         );
-        let open = tokio_tungstenite::connect_async(url);
+        // Small buffers, as the shop's side has: a benchmark opens thousands.
+        let config = WebSocketConfig::default()
+            .read_buffer_size(4 * 1024)
+            .write_buffer_size(0);
+        let open = tokio_tungstenite::connect_async_with_config(url, Some(config), true);
         let (socket, _) = tokio::time::timeout(OPEN_DEADLINE, open)
             .await
             .map_err(|_| ClientError::NoHello(OPEN_DEADLINE))?
@@ -126,6 +131,17 @@ impl LiveClient {
     /// The next message, or `None` if none came within `wait`. A close
     /// from the shop is an error naming its code.
     pub async fn next(&mut self, wait: Duration) -> Result<Option<Value>, ClientError> {
+        match self.next_text(wait).await? {
+            Some(text) => serde_json::from_str(text.as_str())
+                .map(Some)
+                .map_err(|_| ClientError::NotJson(text.to_string())),
+            None => Ok(None),
+        }
+    }
+
+    /// The next message as it came, unread (for a benchmark that reads
+    /// only the fields it needs), or `None` if none came within `wait`.
+    pub async fn next_text(&mut self, wait: Duration) -> Result<Option<Utf8Bytes>, ClientError> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let frame = match tokio::time::timeout_at(deadline, self.socket.next()).await {
@@ -134,11 +150,7 @@ impl LiveClient {
                 Ok(Some(Ok(frame))) => frame,
             };
             match frame {
-                Message::Text(text) => {
-                    return serde_json::from_str(text.as_str())
-                        .map(Some)
-                        .map_err(|_| ClientError::NotJson(text.to_string()));
-                }
+                Message::Text(text) => return Ok(Some(text)),
                 Message::Close(frame) => {
                     let (code, reason) = frame
                         .map_or((CloseCode::Status.into(), String::new()), |f| {

@@ -42,3 +42,20 @@ impl Fanout {
         matches!(self, Self::Pubsub | Self::Streams)
     }
 }
+
+/// `--pubsub-channel per-topic|shared`: which Redis channels carry the
+/// updates in `pubsub` mode.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PubsubChannel {
+    /// One channel per topic: an instance hears only about the topics its
+    /// sockets watch (Redis delivers an update to the instances that
+    /// watch it, and no others).
+    #[default]
+    PerTopic,
+    /// One channel for everything, as classic socket.io's Redis adapter
+    /// does: every instance hears every update and throws away what none
+    /// of its sockets watch. Simpler; Redis deliveries grow with the
+    /// number of instances, whoever watches.
+    Shared,
+}

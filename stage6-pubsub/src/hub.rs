@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use axum::extract::ws::Utf8Bytes;
 use tokio::sync::{mpsc, watch};
 
 use crate::subscriptions::{Change, SocketId, Subscriptions};
@@ -27,16 +28,44 @@ use crate::topic::Topic;
 /// How many messages a socket's queue holds before its page counts as slow.
 pub(crate) const QUEUE: usize = 256;
 
+/// One numbered update on a topic, read once when it arrives and then
+/// shared by every socket it goes to (the JSON is reference-counted: a
+/// thousand watchers do not make a thousand copies).
+#[derive(Clone, Debug)]
+pub struct Update {
+    /// Its number on its topic.
+    pub seq: u64,
+    /// Its stream entry's id, when it came through a stream (a page
+    /// resumes from it).
+    pub id: Option<Arc<str>>,
+    /// The whole update, as the page receives it.
+    pub json: Utf8Bytes,
+}
+
+impl Update {
+    /// Reads `seq` and `id` out of an update's JSON.
+    pub fn parse(json: String) -> Option<Self> {
+        #[derive(serde::Deserialize)]
+        struct Numbered<'a> {
+            seq: u64,
+            #[serde(borrow)]
+            id: Option<std::borrow::Cow<'a, str>>,
+        }
+        let numbered: Numbered<'_> = serde_json::from_str(&json).ok()?;
+        let (seq, id) = (numbered.seq, numbered.id.map(|id| Arc::from(id.as_ref())));
+        Some(Self {
+            seq,
+            id,
+            json: Utf8Bytes::from(json),
+        })
+    }
+}
+
 /// One message for one page.
 #[derive(Clone, Debug)]
 pub enum Delivery {
-    /// An update on a topic, as JSON; `id` is its stream entry's, when it
-    /// came through a stream (the page resumes from it).
-    Update {
-        topic: Topic,
-        id: Option<String>,
-        json: Arc<str>,
-    },
+    /// An update on a topic.
+    Update { topic: Arc<Topic>, update: Update },
     /// Live updates stopped (Redis is unreachable) or started again.
     Live(bool),
 }
@@ -102,6 +131,31 @@ pub struct HubStats {
 struct State {
     subscriptions: Subscriptions,
     sockets: HashMap<SocketId, Watcher>,
+    /// Per subscribed topic: which subscription (its number) and whether
+    /// Redis has confirmed it.
+    ready: HashMap<Topic, (u64, watch::Sender<bool>)>,
+    next_order: u64,
+}
+
+/// A subscription change for the task that talks to Redis, numbered so
+/// that its confirmation ([`Hub::confirm`]) cannot be taken for a later
+/// subscription to the same topic.
+pub type Order = (Change, u64);
+
+/// Resolves once the instance's subscription to a topic is in place
+/// (confirmed by Redis), so that a page's snapshot taken after it cannot
+/// miss an update published in between.
+#[derive(Debug)]
+pub struct Ready(Option<watch::Receiver<bool>>);
+
+impl Ready {
+    /// Waits for the subscription, at most `deadline` (Redis may be down:
+    /// the page is then told live updates are paused).
+    pub async fn wait(self, deadline: std::time::Duration) {
+        if let Some(mut ready) = self.0 {
+            let _ = tokio::time::timeout(deadline, ready.wait_for(|ready| *ready)).await;
+        }
+    }
 }
 
 /// The hub of one instance.
@@ -110,7 +164,7 @@ pub struct Hub {
     state: Mutex<State>,
     /// Subscription changes, in order, for the task that talks to Redis
     /// (`None` when updates do not travel through Redis).
-    changes: Option<mpsc::UnboundedSender<Change>>,
+    changes: Option<mpsc::UnboundedSender<Order>>,
     live: watch::Sender<bool>,
     next_socket: AtomicU64,
     pub stats: HubStats,
@@ -119,7 +173,7 @@ pub struct Hub {
 impl Hub {
     /// A hub; `changes` receives the subscription changes when updates
     /// travel through Redis.
-    pub fn new(changes: Option<mpsc::UnboundedSender<Change>>) -> Self {
+    pub fn new(changes: Option<mpsc::UnboundedSender<Order>>) -> Self {
         Self {
             state: Mutex::default(),
             changes,
@@ -136,12 +190,28 @@ impl Hub {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn tell(&self, change: Option<Change>) {
-        if let (Some(changes), Some(change)) = (&self.changes, change) {
-            // Sent under the hub's lock: Redis hears the changes in the
-            // order the counts made them.
-            let _ = changes.send(change);
-        }
+    /// Hands a change to the task that talks to Redis. Called under the
+    /// hub's lock: Redis hears the changes in the order the counts made
+    /// them.
+    fn tell(&self, state: &mut State, change: Change) {
+        let Some(changes) = &self.changes else {
+            return;
+        };
+        let number = match &change {
+            Change::Subscribe(topic) => {
+                state.next_order += 1;
+                let number = state.next_order;
+                state
+                    .ready
+                    .insert(topic.clone(), (number, watch::Sender::new(false)));
+                number
+            }
+            Change::Unsubscribe(topic) => {
+                state.ready.remove(topic);
+                0
+            }
+        };
+        let _ = changes.send((change, number));
     }
 
     /// Registers a socket; returns its number.
@@ -151,18 +221,22 @@ impl Hub {
         id
     }
 
-    /// `socket` watches `topic`.
-    pub fn watch(&self, socket: SocketId, topic: &Topic) {
+    /// `socket` watches `topic`; the answer resolves once this instance's
+    /// subscription to it is in place.
+    pub fn watch(&self, socket: SocketId, topic: &Topic) -> Ready {
         let mut state = self.lock();
-        let change = state.subscriptions.watch(socket, topic);
-        self.tell(change);
+        if let Some(change) = state.subscriptions.watch(socket, topic) {
+            self.tell(&mut state, change);
+        }
+        Ready(state.ready.get(topic).map(|(_, ready)| ready.subscribe()))
     }
 
     /// `socket` stops watching `topic`.
     pub fn unwatch(&self, socket: SocketId, topic: &Topic) {
         let mut state = self.lock();
-        let change = state.subscriptions.unwatch(socket, topic);
-        self.tell(change);
+        if let Some(change) = state.subscriptions.unwatch(socket, topic) {
+            self.tell(&mut state, change);
+        }
     }
 
     /// `socket` closed.
@@ -170,7 +244,23 @@ impl Hub {
         let mut state = self.lock();
         state.sockets.remove(&socket);
         for change in state.subscriptions.leave(socket) {
-            self.tell(Some(change));
+            self.tell(&mut state, change);
+        }
+    }
+
+    /// Redis confirmed subscription `number` to `topic`.
+    pub fn confirm(&self, topic: &Topic, number: u64) {
+        if let Some((current, ready)) = self.lock().ready.get(topic) {
+            if *current == number {
+                ready.send_replace(true);
+            }
+        }
+    }
+
+    /// Every subscription is in place again (after an outage).
+    pub fn confirm_all(&self) {
+        for (_, ready) in self.lock().ready.values() {
+            ready.send_replace(true);
         }
     }
 
@@ -180,16 +270,17 @@ impl Hub {
     }
 
     /// Hands an update to every local socket watching its topic.
-    pub fn deliver(&self, topic: &Topic, id: Option<String>, json: Arc<str>) {
+    pub fn deliver(&self, topic: &Topic, update: &Update) {
         let state = self.lock();
+        let mut shared_topic = None;
         for socket in state.subscriptions.watchers(topic) {
             let Some(watcher) = state.sockets.get(&socket) else {
                 continue;
             };
+            let topic = shared_topic.get_or_insert_with(|| Arc::new(topic.clone()));
             let delivery = Delivery::Update {
-                topic: topic.clone(),
-                id: id.clone(),
-                json: Arc::clone(&json),
+                topic: Arc::clone(topic),
+                update: update.clone(),
             };
             let counter = if watcher.offer(delivery) {
                 &self.stats.delivered
@@ -239,15 +330,19 @@ mod tests {
         let slow_id = hub.register(slow.clone());
         let quick_id = hub.register(quick);
         let tee = Topic::Stock("TEE-RED-M".into());
-        hub.watch(slow_id, &tee);
-        hub.watch(quick_id, &tee);
-        assert_eq!(told.try_recv().ok(), Some(Change::Subscribe(tee.clone())));
+        let _ = hub.watch(slow_id, &tee);
+        let _ = hub.watch(quick_id, &tee);
+        assert_eq!(
+            told.try_recv().ok(),
+            Some((Change::Subscribe(tee.clone()), 1))
+        );
         assert!(
             told.try_recv().is_err(),
             "one subscription for two watchers"
         );
         for n in 0..QUEUE + 10 {
-            hub.deliver(&tee, None, Arc::from(format!("{{\"n\":{n}}}")));
+            let update = Update::parse(format!("{{\"seq\":{n}}}")).expect("an update");
+            hub.deliver(&tee, &update);
             // The quick page reads as it goes.
             assert!(received.try_recv().is_ok());
         }
@@ -256,6 +351,6 @@ mod tests {
         assert_eq!(hub.stats.dropped.load(Ordering::Relaxed), 10);
         hub.leave(slow_id);
         hub.leave(quick_id);
-        assert_eq!(told.try_recv().ok(), Some(Change::Unsubscribe(tee)));
+        assert_eq!(told.try_recv().ok(), Some((Change::Unsubscribe(tee), 0)));
     }
 }

@@ -58,7 +58,7 @@ use stage5::{DataArgs, Stage5, Stage5State};
 use tokio::task::JoinHandle;
 
 use crate::bus::Bus;
-use crate::fanout::Fanout;
+use crate::fanout::{Fanout, PubsubChannel};
 use crate::hub::Hub;
 use crate::live::Live;
 
@@ -90,6 +90,9 @@ pub struct LiveArgs {
     /// How instances hear about each other's updates.
     #[arg(long, value_enum, env = "SHOP_FANOUT", default_value_t = Fanout::Pubsub)]
     pub fanout: Fanout,
+    /// Which Redis channels carry the updates in pubsub mode.
+    #[arg(long, value_enum, env = "SHOP_PUBSUB_CHANNEL", default_value_t = PubsubChannel::PerTopic)]
+    pub pubsub_channel: PubsubChannel,
     /// Change a random flash price this often, from one instance (e.g. 1s).
     #[arg(long, env = "SHOP_TICKER", value_parser = humantime::parse_duration)]
     #[serde(serialize_with = "serialize_ticker")]
@@ -148,16 +151,24 @@ impl Stage for Stage6 {
         let url = args.data.session.redis_url.as_deref().unwrap_or_default();
         let timeout = args.data.session.store_timeout;
         let (changes, to_bus) = tokio::sync::mpsc::unbounded_channel();
-        let hub = Arc::new(Hub::new(Some(changes)));
+        // Only pub/sub and streams subscribe to anything in Redis.
+        let hub = Arc::new(Hub::new(args.fanout.through_redis().then_some(changes)));
         let live = Live::connect(
             url,
-            args.fanout,
+            (args.fanout, args.pubsub_channel),
             timeout,
             Arc::clone(&hub),
             args.initial_stock,
         )
         .await?;
-        let bus = Bus::start(args.fanout, url, timeout, &hub, &live, to_bus)?;
+        let bus = Bus::start(
+            (args.fanout, args.pubsub_channel),
+            url,
+            timeout,
+            &hub,
+            &live,
+            to_bus,
+        )?;
         let ticker = args
             .ticker
             .map(|every| tokio::spawn(ticker::run(live.clone(), every)));

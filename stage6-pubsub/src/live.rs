@@ -17,8 +17,8 @@ use serde::Serialize;
 use shop::{Catalog, IdempotencyKey, StageError};
 use stage4::sessions::Session;
 
-use crate::fanout::Fanout;
-use crate::hub::Hub;
+use crate::fanout::{Fanout, PubsubChannel};
+use crate::hub::{Hub, Update};
 use crate::topic::{PREFIX, Topic, stream_id};
 
 /// How many entries a topic's stream keeps (about: `MAXLEN ~`).
@@ -146,6 +146,7 @@ pub struct RoomPosition {
 pub struct Live {
     redis: ConnectionManager,
     fanout: Fanout,
+    channel: PubsubChannel,
     epoch: Arc<str>,
     hub: Arc<Hub>,
     timeout: Duration,
@@ -165,7 +166,7 @@ impl Live {
     /// stocks every SKU not stocked yet with `initial_stock`.
     pub async fn connect(
         url: &str,
-        fanout: Fanout,
+        (fanout, channel): (Fanout, PubsubChannel),
         timeout: Duration,
         hub: Arc<Hub>,
         initial_stock: u32,
@@ -189,6 +190,7 @@ impl Live {
         Ok(Self {
             redis,
             fanout,
+            channel,
             epoch: Arc::from(epoch),
             hub,
             timeout,
@@ -210,8 +212,12 @@ impl Live {
 
     /// ARGV[1..=4] of every publishing script.
     fn common_args(&self, invocation: &mut redis::ScriptInvocation<'_>) {
+        let mode = match (self.fanout, self.channel) {
+            (Fanout::Pubsub, PubsubChannel::Shared) => "pubsub-shared",
+            (fanout, _) => fanout.as_str(),
+        };
         invocation
-            .arg(self.fanout.as_str())
+            .arg(mode)
             .arg(&*self.epoch)
             .arg(STREAM_LENGTH)
             .arg(PREFIX);
@@ -242,7 +248,9 @@ impl Live {
         }
         for json in updates {
             if let Some(topic) = topic_of(&json) {
-                self.hub.deliver(&topic, None, Arc::from(json));
+                if let Some(update) = Update::parse(json) {
+                    self.hub.deliver(&topic, &update);
+                }
             }
         }
     }

@@ -29,23 +29,30 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::http::header::{HOST, ORIGIN};
 use axum::response::Response;
+use futures_util::SinkExt;
 use serde::Deserialize;
 use shop::{ApiError, Catalog, Shop};
 
 use crate::Stage6;
 use crate::fanout::Fanout;
-use crate::hub::{Delivery, Watcher};
+use crate::hub::{Delivery, Update, Watcher};
 use crate::live::{LiveError, PRESENCE_FOR};
 use crate::subscriptions::SocketId;
 use crate::topic::{Topic, stream_id};
 
 /// How long one send to a page may take before the page counts as stuck.
 const SEND_DEADLINE: Duration = Duration::from_secs(1);
+/// How long a page waits for its instance's subscription to a topic
+/// before it is sent its snapshot anyway (Redis may be down: then it is
+/// told that live updates are paused).
+const SUBSCRIBE_DEADLINE: Duration = Duration::from_secs(2);
+/// The most queued messages written out together.
+const BATCH: usize = 64;
 /// How many times a page may overflow its queue before it is closed.
 const LAGS_ALLOWED: u32 = 3;
 /// The most SKUs one page may watch.
@@ -99,6 +106,11 @@ pub(crate) async fn open(
         return Err(LiveError::CrossSite.into());
     }
     Ok(upgrade
+        // A page sends a few small messages: 4 KiB buffers instead of the
+        // default 128 KiB each way keep an idle socket near 10 KiB on the
+        // instance, not 140 (scripts/bench-stage6 measures it).
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(16 * 1024)
         .max_message_size(64 * 1024)
         .on_upgrade(move |socket| async move { Session::run(shop, socket, opening).await }))
 }
@@ -124,14 +136,7 @@ fn same_site(headers: &HeaderMap) -> bool {
 struct Position {
     seq: u64,
     /// The stream id of that update (streams mode).
-    id: Option<String>,
-}
-
-/// The fields of an update the socket looks at.
-#[derive(Deserialize)]
-struct Numbered {
-    seq: u64,
-    id: Option<String>,
+    id: Option<Arc<str>>,
 }
 
 /// Why a socket ends.
@@ -227,7 +232,7 @@ impl Session {
                     Some(Ok(_)) => Ok(()),
                 },
                 delivery = queue.recv() => match delivery {
-                    Some(delivery) => self.deliver(delivery).await,
+                    Some(delivery) => self.deliver_waiting(delivery, queue).await,
                     None => Err(End::Gone),
                 },
                 () = until_leaving(leaving) => {
@@ -256,25 +261,23 @@ impl Session {
         }
     }
 
+    /// Sends a message at once.
     async fn send_json(&mut self, json: &str) -> Result<(), End> {
-        match tokio::time::timeout(SEND_DEADLINE, self.socket.send(Message::Text(json.into())))
-            .await
-        {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(End::Gone),
-            Err(_) => {
-                self.shop
-                    .state
-                    .hub
-                    .stats
-                    .closed_slow
-                    .fetch_add(1, Ordering::Relaxed);
-                Err(End::Close(
-                    close_code::AGAIN,
-                    "too slow: a send took over a second",
-                ))
-            }
-        }
+        self.send_text(json.into()).await?;
+        self.flush().await
+    }
+
+    /// Puts a text message in the socket's write buffer, which goes out
+    /// when it is full or flushed, within [`SEND_DEADLINE`].
+    async fn send_text(&mut self, text: Utf8Bytes) -> Result<(), End> {
+        let feed = self.socket.feed(Message::Text(text));
+        within_deadline(&self.shop.state.hub.stats.closed_slow, feed).await
+    }
+
+    /// Writes out what the write buffer holds.
+    async fn flush(&mut self) -> Result<(), End> {
+        let flush = self.socket.flush();
+        within_deadline(&self.shop.state.hub.stats.closed_slow, flush).await
     }
 
     async fn handle(&mut self, text: &str) -> Result<(), End> {
@@ -337,8 +340,14 @@ impl Session {
             .filter(|sku| !self.skus.contains(sku))
             .cloned()
             .collect();
-        for sku in &added {
-            hub.watch(self.id, &Topic::Stock(sku.clone()));
+        let ready: Vec<_> = added
+            .iter()
+            .map(|sku| hub.watch(self.id, &Topic::Stock(sku.clone())))
+            .collect();
+        // The instance's subscriptions first, then the snapshot: an update
+        // published in between would otherwise reach nobody on this page.
+        for ready in ready {
+            ready.wait(SUBSCRIBE_DEADLINE).await;
         }
         self.skus = wanted;
         for sku in added {
@@ -363,7 +372,8 @@ impl Session {
             .collect();
         let live = self.shop.state.live.clone();
         self.leave_room().await;
-        self.shop.state.hub.watch(self.id, &topic);
+        let ready = self.shop.state.hub.watch(self.id, &topic);
+        ready.wait(SUBSCRIBE_DEADLINE).await;
         self.room = Some((room.clone(), name.clone()));
         self.start_at(topic, since).await?;
         if let Err(error) = live.presence(&room, &self.member(&name), "join").await {
@@ -408,7 +418,7 @@ impl Session {
             topic.clone(),
             Position {
                 seq: 0,
-                id: Some(from.clone()),
+                id: Some(Arc::from(from.as_str())),
             },
         );
         self.catch_up(&topic).await
@@ -423,15 +433,34 @@ impl Session {
             return Ok(());
         };
         for (id, json) in missed {
-            let json = crate::bus::with_id(&json, &id);
-            self.send_in_order(topic, &json).await?;
+            if let Some(update) = Update::parse(crate::bus::with_id(&json, &id)) {
+                self.send_in_order(topic, &update).await?;
+            }
         }
         Ok(())
     }
 
+    /// Sends `first` and whatever else is already waiting in the queue
+    /// (up to a batch), then flushes once: under load, one write for many
+    /// messages instead of one each.
+    async fn deliver_waiting(
+        &mut self,
+        first: Delivery,
+        queue: &mut tokio::sync::mpsc::Receiver<Delivery>,
+    ) -> Result<(), End> {
+        self.deliver(first).await?;
+        for _ in 1..BATCH {
+            match queue.try_recv() {
+                Ok(next) => self.deliver(next).await?,
+                Err(_) => break,
+            }
+        }
+        self.flush().await
+    }
+
     async fn deliver(&mut self, delivery: Delivery) -> Result<(), End> {
         match delivery {
-            Delivery::Update { topic, json, .. } => self.send_update(&topic, &json).await,
+            Delivery::Update { topic, update } => self.send_update(&topic, &update).await,
             Delivery::Live(live) => {
                 let notice = if live {
                     r#"{"type":"live"}"#
@@ -450,37 +479,36 @@ impl Session {
 
     /// Sends one update, in order: a duplicate is skipped, and in streams
     /// mode a gap is first filled from the stream.
-    async fn send_update(&mut self, topic: &Topic, json: &str) -> Result<(), End> {
+    async fn send_update(&mut self, topic: &Topic, update: &Update) -> Result<(), End> {
         if self.shop.state.live.fanout() == Fanout::Streams {
             let at = self.positions.get(topic).map_or(0, |p| p.seq);
-            let seq = serde_json::from_str::<Numbered>(json).map_or(0, |n| n.seq);
-            if at != 0 && seq > at + 1 {
+            if at != 0 && update.seq > at + 1 {
                 self.catch_up(topic).await?;
             }
         }
-        self.send_in_order(topic, json).await
+        self.send_in_order(topic, update).await
     }
 
     /// Sends one update unless the page has it already.
-    async fn send_in_order(&mut self, topic: &Topic, json: &str) -> Result<(), End> {
-        let Ok(numbered) = serde_json::from_str::<Numbered>(json) else {
-            return self.send_json(json).await;
-        };
+    async fn send_in_order(&mut self, topic: &Topic, update: &Update) -> Result<(), End> {
         if self
             .positions
             .get(topic)
-            .is_some_and(|p| p.seq != 0 && numbered.seq <= p.seq)
+            .is_some_and(|p| p.seq != 0 && update.seq <= p.seq)
         {
             return Ok(());
         }
-        self.send_json(json).await?;
-        self.positions.insert(
-            topic.clone(),
-            Position {
-                seq: numbered.seq,
-                id: numbered.id,
-            },
-        );
+        self.send_text(update.json.clone()).await?;
+        let position = Position {
+            seq: update.seq,
+            id: update.id.clone(),
+        };
+        match self.positions.get_mut(topic) {
+            Some(at) => *at = position,
+            None => {
+                self.positions.insert(topic.clone(), position);
+            }
+        }
         Ok(())
     }
 
@@ -524,7 +552,7 @@ impl Session {
                         .or_default();
                     if stock.seq > position.seq {
                         position.seq = stock.seq;
-                        position.id.clone_from(&stock.id);
+                        position.id = stock.id.as_deref().map(Arc::from);
                     }
                 }
                 let json = serde_json::to_string(&snapshot).unwrap_or_default();
@@ -548,6 +576,25 @@ impl Session {
     }
 }
 
+/// A write to a page, within [`SEND_DEADLINE`]; a page that does not take
+/// it in time is closed (and counted in `closed_slow`).
+async fn within_deadline(
+    closed_slow: &std::sync::atomic::AtomicU64,
+    write: impl Future<Output = Result<(), axum::Error>>,
+) -> Result<(), End> {
+    match tokio::time::timeout(SEND_DEADLINE, write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(End::Gone),
+        Err(_) => {
+            closed_slow.fetch_add(1, Ordering::Relaxed);
+            Err(End::Close(
+                close_code::AGAIN,
+                "too slow: a send took over a second",
+            ))
+        }
+    }
+}
+
 /// Resolves when the instance starts leaving (never, if it cannot tell).
 async fn until_leaving(leaving: &mut tokio::sync::watch::Receiver<bool>) {
     if leaving.wait_for(|leaving| *leaving).await.is_err() {
@@ -557,10 +604,13 @@ async fn until_leaving(leaving: &mut tokio::sync::watch::Receiver<bool>) {
 
 fn position_of(newest: Option<(String, u64)>) -> Position {
     match newest {
-        Some((id, seq)) => Position { seq, id: Some(id) },
+        Some((id, seq)) => Position {
+            seq,
+            id: Some(Arc::from(id)),
+        },
         None => Position {
             seq: 0,
-            id: Some("0-0".to_owned()),
+            id: Some(Arc::from("0-0")),
         },
     }
 }

@@ -155,6 +155,55 @@ async fn instance_subscribes_once_per_topic_and_unsubscribes_at_zero() {
     shop.stop().await;
 }
 
+/// Updates on a topic only i1 watches, with i2 and i3 watching something
+/// else: how many reach each instance from Redis?
+async fn redis_deliveries_per_instance(channel: &str) -> Vec<u64> {
+    let shop = spawn_live(Fanout::Pubsub, 3, &[("SHOP_PUBSUB_CHANNEL", channel)]).await;
+    let (mut watcher, mut tally) = page(&shop.instance_url("i1"), &[TEE]).await;
+    let _elsewhere = [
+        page(&shop.instance_url("i2"), &["SOCK-RED-S"]).await,
+        page(&shop.instance_url("i3"), &["SOCK-RED-S"]).await,
+    ];
+    for n in 0..10 {
+        assert!(
+            shop.set_price(&shop.url(), TEE, 1000 + n)
+                .await
+                .is_success()
+        );
+    }
+    receive(&mut watcher, &mut tally, 10).await;
+    assert_eq!(
+        tally.received(),
+        10,
+        "the watcher hears every change ({channel})"
+    );
+    tokio::time::sleep(QUIET).await;
+    let mut from_redis = Vec::new();
+    for name in ["i1", "i2", "i3"] {
+        from_redis.push(
+            shop.stats(name).await["from_redis"]
+                .as_u64()
+                .expect("a count"),
+        );
+    }
+    shop.stop().await;
+    from_redis
+}
+
+#[tokio::test]
+async fn per_topic_channels_reach_only_instances_that_watch() {
+    assert_eq!(
+        redis_deliveries_per_instance("per-topic").await,
+        [10, 0, 0],
+        "one channel per topic: only i1 subscribed"
+    );
+    assert_eq!(
+        redis_deliveries_per_instance("shared").await,
+        [10, 10, 10],
+        "one shared channel (classic socket.io): every instance gets every update"
+    );
+}
+
 /// A page on `i2` is cut off (its instance killed) while ten changes are
 /// made, and comes back on `i3` sending where it was: what did it get?
 async fn page_away_for_ten_changes(fanout: Fanout) -> (Tally, serde_json::Value) {

@@ -118,6 +118,7 @@ async fn up_flags_reach_every_instance() {
                 ("--db-timeout", "3s"),
                 ("--no-cache", ""),
                 ("--fanout", "streams"),
+                ("--pubsub-channel", "shared"),
                 ("--ticker", "2s"),
                 ("--initial-stock", "7"),
             ],

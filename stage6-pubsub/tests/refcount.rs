@@ -43,7 +43,7 @@ fn run_thread(hub: &Hub, ops: &[Op]) -> BTreeSet<Topic> {
     for op in ops {
         match *op {
             Op::Watch(s, t) => {
-                hub.watch(sockets[s].0, &topic(t));
+                let _ready = hub.watch(sockets[s].0, &topic(t));
                 sockets[s].1.insert(topic(t));
             }
             Op::Unwatch(s, t) => {
@@ -87,7 +87,7 @@ proptest! {
 
         // Replay what Redis was told, in order.
         let mut subscribed: HashMap<Topic, bool> = HashMap::new();
-        while let Ok(change) = told.try_recv() {
+        while let Ok((change, _number)) = told.try_recv() {
             match change {
                 Change::Subscribe(t) => {
                     let was = subscribed.insert(t.clone(), true).unwrap_or(false);

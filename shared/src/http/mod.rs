@@ -53,6 +53,13 @@ pub async fn run<S: Stage>(
 ) -> std::io::Result<()> {
     let leaving = Arc::clone(&shop);
     let app = router(shop).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    // No Nagle: an answer, or a WebSocket message, leaves at once instead
+    // of waiting for the previous one to be acknowledged (with the peer's
+    // delayed ACK, up to 40 ms).
+    let listener =
+        axum::serve::ListenerExt::tap_io(listener, |stream: &mut tokio::net::TcpStream| {
+            let _ = stream.set_nodelay(true);
+        });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;

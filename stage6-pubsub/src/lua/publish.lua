@@ -3,7 +3,7 @@
 -- (`seq`, counted per topic) and the sending happen in one step: no two
 -- updates of a topic can be numbered in one order and sent in the other.
 --
--- ARGV[1]  fan-out mode: local | room-sticky | pubsub | streams
+-- ARGV[1]  fan-out mode: local | room-sticky | pubsub | pubsub-shared | streams
 -- ARGV[2]  epoch (names this run of the counters)
 -- ARGV[3]  how many entries a topic's stream keeps (MAXLEN ~)
 -- ARGV[4]  the prefix of channels and stream keys
@@ -19,6 +19,8 @@ local function publish(seqs, topic, message)
   local mode = ARGV[1]
   if mode == 'pubsub' then
     redis.call('PUBLISH', ARGV[4] .. topic, json)
+  elseif mode == 'pubsub-shared' then
+    redis.call('PUBLISH', ARGV[4] .. 'all', json)
   elseif mode == 'streams' then
     redis.call('XADD', ARGV[4] .. topic, 'MAXLEN', '~', ARGV[3], '*', 'm', json)
   end
