@@ -36,7 +36,7 @@ use shop::{BoxError, Scope, Services, Stage};
 use stage6::fanout::Fanout;
 
 use crate::chaos::Playback;
-use crate::live::LiveReport;
+pub use crate::report::Reports;
 use crate::report::{Format, Report, percentile_ms};
 use crate::shopper::{Tally, VirtualShopper};
 
@@ -92,14 +92,6 @@ pub fn serve_stage_instance() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// What a run found: a carts report per stage 1 to 5, a live report per
-/// stage-6 fan-out mode.
-#[derive(Clone, Debug, Default)]
-pub struct Reports {
-    pub carts: Vec<Report>,
-    pub live: Vec<LiveReport>,
 }
 
 /// Runs the stages `cli` asks for and returns their reports.

@@ -21,7 +21,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use clap::Parser as _;
 use serde_json::{Value, json};
 use shop::topology::{Topology, TopologyConfig};
 use shop::{BoxError, Scope, Services, Stage};
@@ -30,9 +30,8 @@ use stage6::fanout::Fanout;
 use stage6::{LiveArgs, Stage6};
 
 use crate::chaos::Playback;
-use crate::report::percentile_ms;
+use crate::report::{LiveReport, percentile_ms};
 use crate::rng::Rng;
-use clap::Parser as _;
 
 use crate::{Cli, DefaultArgs, STAGE_ENV};
 
@@ -42,39 +41,6 @@ const ROOMS: [&str; 5] = ["tees", "hoodies", "jeans", "jackets", "socks"];
 /// How long the publisher is quiet before the final count, so that nothing
 /// is still on its way.
 const SETTLE: Duration = Duration::from_secs(1);
-
-/// One fan-out mode's run.
-#[derive(Clone, Debug, Serialize)]
-pub struct LiveReport {
-    pub stage: String,
-    pub fanout: String,
-    pub watchers: usize,
-    /// Updates published on the watched topics (prices, room messages,
-    /// and arrivals and departures in the rooms), by their numbers.
-    pub published: u64,
-    /// Deliveries owed: each update, once to each watcher of its topic.
-    pub owed_stock: u64,
-    pub owed_room: u64,
-    pub delivered_stock: u64,
-    pub delivered_room: u64,
-    pub missed_stock: u64,
-    pub missed_room: u64,
-    /// From the publisher's request to a watcher's socket.
-    pub p50_ms: f64,
-    pub p99_ms: f64,
-    /// Sockets opened again after a drop.
-    pub reconnects: u64,
-    pub chaos: Vec<String>,
-}
-
-impl LiveReport {
-    /// Missed, as a share of owed, in percent.
-    pub fn missed_percent(missed: u64, owed: u64) -> f64 {
-        #[allow(clippy::cast_precision_loss)]
-        let share = missed as f64 / owed.max(1) as f64;
-        share * 100.0
-    }
-}
 
 /// When each numbered update left the publisher (price cents or the text
 /// said carry the number).

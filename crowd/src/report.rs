@@ -5,9 +5,6 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::Reports;
-use crate::live::LiveReport;
-
 /// One stage's run.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
@@ -32,6 +29,47 @@ pub struct Report {
     pub carts_lost: usize,
     /// What the chaos schedule did, in order.
     pub chaos: Vec<String>,
+}
+
+/// What a run found: a carts report per stage 1 to 5, a live report per
+/// stage-6 fan-out mode.
+#[derive(Clone, Debug, Default)]
+pub struct Reports {
+    pub carts: Vec<Report>,
+    pub live: Vec<LiveReport>,
+}
+
+/// One stage-6 fan-out mode's run ([`crate::live`]).
+#[derive(Clone, Debug, Serialize)]
+pub struct LiveReport {
+    pub stage: String,
+    pub fanout: String,
+    pub watchers: usize,
+    /// Updates published on the watched topics (prices, room messages,
+    /// and arrivals and departures in the rooms), by their numbers.
+    pub published: u64,
+    /// Deliveries owed: each update, once to each watcher of its topic.
+    pub owed_stock: u64,
+    pub owed_room: u64,
+    pub delivered_stock: u64,
+    pub delivered_room: u64,
+    pub missed_stock: u64,
+    pub missed_room: u64,
+    /// From the publisher's request to a watcher's socket.
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    /// Sockets opened again after a drop.
+    pub reconnects: u64,
+    pub chaos: Vec<String>,
+}
+
+impl LiveReport {
+    /// Missed, as a share of owed, in percent.
+    pub fn missed_percent(missed: u64, owed: u64) -> f64 {
+        #[allow(clippy::cast_precision_loss)]
+        let share = missed as f64 / owed.max(1) as f64;
+        share * 100.0
+    }
 }
 
 /// The `q`-quantile of `latencies` (sorted here), in milliseconds.
