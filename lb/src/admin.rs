@@ -212,17 +212,10 @@ fn admitted(
             "the admin API answers only requests addressed to this machine (Host: 127.0.0.1, localhost or [::1])",
         ));
     }
-    if let Some(origin) = headers.get(header::ORIGIN) {
-        let same = origin
-            .to_str()
-            .ok()
-            .and_then(|o| o.strip_prefix("http://"))
-            .is_some_and(|o| o.eq_ignore_ascii_case(host));
-        if !same {
-            return Err(forbidden(
-                "the admin API does not answer other sites' pages",
-            ));
-        }
+    if !crate::headers::origin_matches_host(headers) {
+        return Err(forbidden(
+            "the admin API does not answer other sites' pages",
+        ));
     }
     let site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
     if site.is_some_and(|site| site != "same-origin" && site != "none") {

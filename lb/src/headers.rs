@@ -81,6 +81,30 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr) {
     }
 }
 
+/// Whether a request comes from a page of the site it is addressed to: no
+/// `Origin` (not sent by a browser page of another site: curl, a server,
+/// a same-origin GET), or an `Origin` whose `host:port` is the one `Host`.
+/// The check behind the admin API's "no other site's page", and behind a
+/// shop's WebSocket, which browsers open cross-site without asking first
+/// (no CORS preflight for WebSockets).
+pub fn origin_matches_host(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let (Some(host), None) = (hosts.next(), hosts.next()) else {
+        return false;
+    };
+    let origin_host = origin.to_str().ok().and_then(|o| {
+        o.strip_prefix("http://")
+            .or_else(|| o.strip_prefix("https://"))
+    });
+    match (origin_host, host.to_str()) {
+        (Some(origin), Ok(host)) => origin.eq_ignore_ascii_case(host),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,5 +143,29 @@ mod tests {
         assert_eq!(headers[&X_FORWARDED_FOR], "203.0.113.7, 127.0.0.1");
         assert_eq!(headers[&X_FORWARDED_PROTO], "http");
         assert_eq!(headers[&X_FORWARDED_HOST], "shop.example:8080");
+    }
+
+    #[test]
+    fn an_origin_must_name_the_host_the_request_was_sent_to() {
+        let with = |origin: Option<&str>, host: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::HOST, HeaderValue::from_str(host).unwrap());
+            if let Some(origin) = origin {
+                headers.insert(header::ORIGIN, HeaderValue::from_str(origin).unwrap());
+            }
+            origin_matches_host(&headers)
+        };
+        assert!(
+            with(None, "127.0.0.1:8080"),
+            "no Origin: not another site's page"
+        );
+        assert!(with(Some("http://127.0.0.1:8080"), "127.0.0.1:8080"));
+        assert!(with(Some("https://Shop.example"), "shop.example"));
+        assert!(!with(Some("http://evil.example"), "127.0.0.1:8080"));
+        assert!(
+            !with(Some("http://127.0.0.1:9090"), "127.0.0.1:8080"),
+            "another port is another site"
+        );
+        assert!(!with(Some("null"), "127.0.0.1:8080"));
     }
 }

@@ -50,6 +50,7 @@ pub use admin::AdminTokenError;
 pub use backend::{
     Backend, BackendSet, BackendSetError, BackendSpec, BackendSpecError, BackendState, Limits,
 };
+pub use headers::origin_matches_host;
 pub use health::HealthConfig;
 pub use policy::Policy;
 pub use proxy::Balancer;

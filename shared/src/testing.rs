@@ -141,6 +141,18 @@ pub fn wait_until(deadline: Duration, mut done: impl FnMut() -> bool) -> bool {
     done()
 }
 
+/// Sends `up`'s launcher a Ctrl-C (SIGINT) and checks that it stops
+/// cleanly and that none of `children` (its instances and servers) outlives
+/// it, within `deadline`.
+pub fn ctrl_c_stops_everything(launcher: &mut Child, children: &[u32], deadline: Duration) {
+    send_signal(launcher, nix::sys::signal::Signal::SIGINT);
+    assert!(launcher.wait().expect("exits").success(), "a clean stop");
+    assert!(
+        wait_until(deadline, || children.iter().all(|&pid| !is_alive(pid))),
+        "no server or instance outlives the launcher"
+    );
+}
+
 /// Runs `EXE demo` (a stage's narrated walkthrough) to the end without the
 /// variables in `unset`, checks it succeeded, and returns what it printed.
 pub fn run_demo(exe: &str, unset: &[&str]) -> String {

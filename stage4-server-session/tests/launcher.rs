@@ -5,7 +5,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use shop::testing::{children_of, is_alive, process_name, send_signal, start_up, wait_until};
+use shop::testing::{
+    children_of, ctrl_c_stops_everything, is_alive, process_name, send_signal, start_up, wait_until,
+};
 
 const STAGE4: &str = env!("CARGO_BIN_EXE_stage4");
 
@@ -25,14 +27,7 @@ async fn up_starts_a_private_redis_and_ctrl_c_stops_it_with_the_instances() {
     let added = alice.add("TEE-RED-M", 1).await.expect("add through up");
     assert_eq!(added.qty_of("TEE-RED-M"), 1);
 
-    send_signal(&launcher, Signal::SIGINT);
-    assert!(launcher.wait().expect("exits").success(), "a clean stop");
-    assert!(
-        wait_until(Duration::from_secs(10), || children
-            .iter()
-            .all(|&pid| !is_alive(pid))),
-        "neither Redis nor any instance outlives the launcher"
-    );
+    ctrl_c_stops_everything(&mut launcher, &children, Duration::from_secs(10));
 }
 
 #[tokio::test]

@@ -3,8 +3,7 @@
 
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
-use shop::testing::{children_of, is_alive, process_name, send_signal, start_up, wait_until};
+use shop::testing::{children_of, ctrl_c_stops_everything, process_name, start_up};
 
 const STAGE5: &str = env!("CARGO_BIN_EXE_stage5");
 
@@ -34,14 +33,7 @@ async fn up_starts_private_servers_and_ctrl_c_stops_them_all() {
     assert!(catalog.status().is_success());
     assert!(catalog.headers().contains_key("x-data-path"));
 
-    send_signal(&launcher, Signal::SIGINT);
-    assert!(launcher.wait().expect("exits").success(), "a clean stop");
-    assert!(
-        wait_until(Duration::from_secs(15), || children
-            .iter()
-            .all(|&pid| !is_alive(pid))),
-        "no server outlives the launcher"
-    );
+    ctrl_c_stops_everything(&mut launcher, &children, Duration::from_secs(15));
 }
 
 #[test]

@@ -32,7 +32,6 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
-use axum::http::header::{HOST, ORIGIN};
 use axum::response::Response;
 use futures_util::SinkExt;
 use serde::Deserialize;
@@ -102,7 +101,7 @@ pub(crate) async fn open(
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    if !same_site(&headers) {
+    if !lb::origin_matches_host(&headers) {
         return Err(LiveError::CrossSite.into());
     }
     Ok(upgrade
@@ -113,22 +112,6 @@ pub(crate) async fn open(
         .write_buffer_size(16 * 1024)
         .max_message_size(64 * 1024)
         .on_upgrade(move |socket| async move { Session::run(shop, socket, opening).await }))
-}
-
-/// Whether the handshake comes from a page of this shop: no `Origin`
-/// (not a browser), or an `Origin` whose host and port are the `Host`
-/// the request was sent to.
-fn same_site(headers: &HeaderMap) -> bool {
-    let Some(origin) = headers.get(ORIGIN) else {
-        return true;
-    };
-    let host = headers.get(HOST).and_then(|h| h.to_str().ok());
-    let origin_host = origin
-        .to_str()
-        .ok()
-        .and_then(|o| o.split_once("://"))
-        .map(|(_, rest)| rest);
-    matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
 }
 
 /// Where a page is on one topic: the last update it was sent.

@@ -4,8 +4,7 @@
 
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
-use shop::testing::{children_of, is_alive, process_name, send_signal, start_up, wait_until};
+use shop::testing::{children_of, ctrl_c_stops_everything, process_name, start_up};
 use stage6::client::LiveClient;
 
 const STAGE6: &str = env!("CARGO_BIN_EXE_stage6");
@@ -46,14 +45,7 @@ async fn up_starts_private_servers_and_serves_sockets_through_the_balancer() {
     assert!(page.contains("id=\"live\""), "the page has the live panel");
     socket.close().await;
 
-    send_signal(&launcher, Signal::SIGINT);
-    assert!(launcher.wait().expect("exits").success(), "a clean stop");
-    assert!(
-        wait_until(Duration::from_secs(15), || children
-            .iter()
-            .all(|&pid| !is_alive(pid))),
-        "no server outlives the launcher"
-    );
+    ctrl_c_stops_everything(&mut launcher, &children, Duration::from_secs(15));
 }
 
 #[test]
