@@ -22,7 +22,7 @@
 //! In every mode a heartbeat (`PING` every half second) tells the hub
 //! whether Redis answers, and so whether live updates are paused.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -103,8 +103,12 @@ impl Bus {
             }
             Fanout::Streams => {
                 let client = redis::Client::open(url)?;
-                bus.tasks
-                    .push(tokio::spawn(read_streams(client, Arc::clone(hub), changes)));
+                bus.tasks.push(tokio::spawn(read_streams(
+                    client,
+                    timeout,
+                    Arc::clone(hub),
+                    changes,
+                )));
                 bus.tasks.push(tokio::spawn(heartbeat(
                     Pinger::Live(live.clone()),
                     Arc::clone(hub),
@@ -138,14 +142,20 @@ async fn subscribe(
     (mut changes, mut resyncs): (mpsc::UnboundedReceiver<Order>, mpsc::Receiver<Resync>),
     channels: PubsubChannel,
 ) {
-    // Shared channel: subscribed while any topic is watched.
-    let mut shared_on = false;
+    // Every channel Redis may hold for us: added when a SUBSCRIBE is
+    // sent, removed only when an UNSUBSCRIBE is confirmed. A resync
+    // names these channels instead of sending UNSUBSCRIBE with no
+    // arguments: how many confirmations that one gets depends on what the
+    // server holds, which after a reconnect the client can only guess
+    // (redis-rs issue 2423), and a wrong guess shifts every later reply.
+    let mut held: HashSet<String> = HashSet::new();
     loop {
         let outcome = tokio::select! {
             biased;
             change = changes.recv() => match (change, channels) {
                 (None, _) => return,
                 (Some((Change::Subscribe(topic), number)), PubsubChannel::PerTopic) => {
+                    held.insert(topic.channel());
                     let outcome = redis.subscribe(topic.channel()).await;
                     if outcome.is_ok() {
                         // Redis has answered the SUBSCRIBE: from now on,
@@ -154,37 +164,61 @@ async fn subscribe(
                     }
                     outcome
                 }
-                (Some((Change::Unsubscribe(topic), _)), PubsubChannel::PerTopic) => redis.unsubscribe(topic.channel()).await,
+                (Some((Change::Unsubscribe(topic), _)), PubsubChannel::PerTopic) => {
+                    let outcome = redis.unsubscribe(topic.channel()).await;
+                    if outcome.is_ok() {
+                        held.remove(&topic.channel());
+                    }
+                    outcome
+                }
                 (Some((change, number)), PubsubChannel::Shared) => {
+                    // Shared channel: subscribed while any topic is watched.
                     let wanted = !hub.topics().is_empty();
-                    let outcome = match (wanted, shared_on) {
-                        (true, false) => redis.subscribe(SHARED_CHANNEL_NAME.as_str()).await,
-                        (false, true) => redis.unsubscribe(SHARED_CHANNEL_NAME.as_str()).await,
+                    let shared = SHARED_CHANNEL_NAME.as_str();
+                    let outcome = match (wanted, held.contains(shared)) {
+                        (true, false) => {
+                            held.insert(shared.to_owned());
+                            redis.subscribe(shared).await
+                        }
+                        (false, true) => {
+                            let outcome = redis.unsubscribe(shared).await;
+                            if outcome.is_ok() {
+                                held.remove(shared);
+                            }
+                            outcome
+                        }
                         _ => Ok(()),
                     };
-                    if outcome.is_ok() {
-                        shared_on = wanted;
-                        if let (Change::Subscribe(topic), true) = (&change, shared_on) {
-                            hub.confirm(topic, number);
-                        }
+                    if let (Ok(()), Change::Subscribe(topic), true) = (&outcome, &change, wanted) {
+                        hub.confirm(topic, number);
                     }
                     outcome
                 }
             },
             Some(done) = resyncs.recv() => {
-                // Start clean (UNSUBSCRIBE with no channel: from all): a
-                // change that failed during the outage must not leave a
-                // subscription behind. Then what is watched now.
-                let channels: Vec<String> = match channels {
+                // What is watched now, subscribed again (a SUBSCRIBE to a
+                // channel already held is harmless); and what a change
+                // that failed during the outage may have left behind,
+                // dropped.
+                let wanted: HashSet<String> = match channels {
                     PubsubChannel::PerTopic => hub.topics().iter().map(Topic::channel).collect(),
-                    PubsubChannel::Shared if hub.topics().is_empty() => Vec::new(),
-                    PubsubChannel::Shared => vec![SHARED_CHANNEL_NAME.clone()],
+                    PubsubChannel::Shared if hub.topics().is_empty() => HashSet::new(),
+                    PubsubChannel::Shared => HashSet::from([SHARED_CHANNEL_NAME.clone()]),
                 };
-                let mut outcome = redis.unsubscribe(Vec::<String>::new()).await;
-                if outcome.is_ok() && !channels.is_empty() {
-                    outcome = redis.subscribe(&channels).await;
+                let stale: Vec<String> = held.difference(&wanted).cloned().collect();
+                let mut outcome = Ok(());
+                if !stale.is_empty() {
+                    outcome = redis.unsubscribe(&stale).await;
+                    if outcome.is_ok() {
+                        for channel in &stale {
+                            held.remove(channel);
+                        }
+                    }
                 }
-                shared_on = outcome.is_ok() && !channels.is_empty();
+                if outcome.is_ok() && !wanted.is_empty() {
+                    held.extend(wanted.iter().cloned());
+                    outcome = redis.subscribe(wanted.into_iter().collect::<Vec<_>>()).await;
+                }
                 if outcome.is_ok() {
                     hub.confirm_all();
                 }
@@ -263,6 +297,12 @@ enum Pinger {
 }
 
 impl Pinger {
+    fn live(&self) -> &Live {
+        match self {
+            Self::Subscriber(_, _, live) | Self::Live(live) => live,
+        }
+    }
+
     async fn ping(&mut self) -> bool {
         match self {
             Self::Subscriber(redis, timeout, live) => {
@@ -288,12 +328,27 @@ async fn heartbeat(mut pinger: Pinger, hub: Arc<Hub>, resync: Option<mpsc::Sende
             (true, false) => {
                 let resubscribed = match &resync {
                     Some(resync) => {
+                        // Within a deadline: a subscriber stuck on a
+                        // frozen Redis must not stop the heartbeat.
                         let (done, confirmed) = oneshot::channel();
-                        resync.send(done).await.is_ok() && confirmed.await.unwrap_or(false)
+                        let asked = async {
+                            resync.send(done).await.is_ok() && confirmed.await.unwrap_or(false)
+                        };
+                        tokio::time::timeout(HEARTBEAT * 4, asked)
+                            .await
+                            .unwrap_or(false)
                     }
                     None => true,
                 };
-                if resubscribed {
+                // Numbers a restarted Redis lost are put back first, or
+                // the next updates would repeat them.
+                if resubscribed
+                    && pinger
+                        .live()
+                        .restore_numbers(&hub.numbers_seen())
+                        .await
+                        .is_ok()
+                {
                     hub.set_live(true);
                 }
             }
@@ -302,10 +357,20 @@ async fn heartbeat(mut pinger: Pinger, hub: Arc<Hub>, resync: Option<mpsc::Sende
     }
 }
 
+/// Deadlines for the stream reader's connection: a frozen Redis fails a
+/// read (and the reader retries) instead of holding it forever. A read
+/// blocks for [`READ_BLOCK_MS`] on purpose, so it gets that on top.
+fn streams_config(timeout: Duration) -> redis::AsyncConnectionConfig {
+    redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout + Duration::from_millis(READ_BLOCK_MS)))
+}
+
 /// Reads every watched topic's stream from the last id delivered, and
 /// hands each entry (with its id) to the hub.
 async fn read_streams(
     client: redis::Client,
+    timeout: Duration,
     hub: Arc<Hub>,
     mut changes: mpsc::UnboundedReceiver<Order>,
 ) {
@@ -342,7 +407,10 @@ async fn read_streams(
         }
         let redis = match connection.as_mut() {
             Some(redis) => redis,
-            None => match client.get_multiplexed_async_connection().await {
+            None => match client
+                .get_multiplexed_async_connection_with_config(&streams_config(timeout))
+                .await
+            {
                 Ok(fresh) => connection.insert(fresh),
                 Err(error) => {
                     tracing::warn!(%error, "cannot reach Redis to read streams");

@@ -135,6 +135,9 @@ struct State {
     /// Redis has confirmed it.
     ready: HashMap<Topic, (u64, watch::Sender<bool>)>,
     next_order: u64,
+    /// The highest update number delivered per topic: what pages of this
+    /// instance may hold (see [`Hub::numbers_seen`]).
+    seen: HashMap<Topic, u64>,
 }
 
 /// A subscription change for the task that talks to Redis, numbered so
@@ -264,6 +267,22 @@ impl Hub {
         }
     }
 
+    /// The highest number delivered on each topic, for topics still
+    /// watched. After an outage these go back to Redis
+    /// ([`crate::live::Live::restore_numbers`]): a Redis that restarted
+    /// without its last writes would number the next updates again from
+    /// below, and pages would drop them as duplicates.
+    pub fn numbers_seen(&self) -> Vec<(Topic, u64)> {
+        let mut state = self.lock();
+        let State {
+            seen,
+            subscriptions,
+            ..
+        } = &mut *state;
+        seen.retain(|topic, _| subscriptions.watchers(topic).next().is_some());
+        seen.iter().map(|(t, n)| (t.clone(), *n)).collect()
+    }
+
     /// Every topic some socket of this instance watches.
     pub fn topics(&self) -> Vec<Topic> {
         self.lock().subscriptions.topics().cloned().collect()
@@ -271,7 +290,13 @@ impl Hub {
 
     /// Hands an update to every local socket watching its topic.
     pub fn deliver(&self, topic: &Topic, update: &Update) {
-        let state = self.lock();
+        let mut state = self.lock();
+        match state.seen.get_mut(topic) {
+            Some(seen) => *seen = (*seen).max(update.seq),
+            None => {
+                state.seen.insert(topic.clone(), update.seq);
+            }
+        }
         let mut shared_topic = None;
         for socket in state.subscriptions.watchers(topic) {
             let Some(watcher) = state.sockets.get(&socket) else {

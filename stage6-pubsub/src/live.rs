@@ -51,6 +51,8 @@ static PRICE: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
         include_str!("lua/price.lua")
     ))
 });
+static RESTORE: std::sync::LazyLock<Script> =
+    std::sync::LazyLock::new(|| Script::new(include_str!("lua/restore.lua")));
 static PRESENCE: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
     Script::new(concat!(
         include_str!("lua/publish.lua"),
@@ -208,6 +210,28 @@ impl Live {
 
     pub fn fanout(&self) -> Fanout {
         self.fanout
+    }
+
+    /// Raises the topics' counters to at least the numbers this instance
+    /// has delivered (see `lua/restore.lua`): called before live updates
+    /// resume after an outage.
+    pub(crate) async fn restore_numbers(&self, seen: &[(Topic, u64)]) -> Result<(), LiveError> {
+        if seen.is_empty() {
+            return Ok(());
+        }
+        let mut invocation = RESTORE.key(SEQS);
+        for (topic, number) in seen {
+            invocation.arg(topic.to_string()).arg(*number);
+        }
+        let mut redis = self.redis.clone();
+        let raised: u64 = self.within(invocation.invoke_async(&mut redis)).await?;
+        if raised > 0 {
+            tracing::warn!(
+                raised,
+                "Redis came back without its last writes: update numbers put back"
+            );
+        }
+        Ok(())
     }
 
     /// ARGV[1..=4] of every publishing script.
