@@ -2,8 +2,8 @@
 //!
 //! | route | does |
 //! | --- | --- |
-//! | `GET /_lb/` | the dashboard: health, load and (under `stageN up`) instance controls |
-//! | `GET /_lb/backends` | `[{"name","url","state","in_flight","served","last_check_ms"}]` |
+//! | `GET /_lb/` | the dashboard: health, load, a live chart of requests and errors per second, and (under `stageN up`) instance controls |
+//! | `GET /_lb/backends` | `[{"name","url","state","in_flight","served","errors","tunnels","reported_load","last_check_ms"}]`; `served` and `errors` are cumulative counters since the backend was added (see [`BackendView`]) |
 //! | `POST /_lb/backends {"name","url"}` | add a backend (201; 409 if the name is taken) |
 //! | `POST /_lb/backends/{name}/drain` | stop sending it new shoppers |
 //! | `DELETE /_lb/backends/{name}` | remove it |
@@ -64,7 +64,15 @@ pub struct BackendView {
     pub url: String,
     pub state: String,
     pub in_flight: usize,
+    /// Responses produced for it, whatever their status (the balancer's
+    /// own 502/503/504 on its behalf included).
     pub served: u64,
+    /// Failed attempts on its account: its 5xx answers, and the times it
+    /// could not be reached, was too slow or was full (also when the
+    /// request was then retried elsewhere). See [`Backend::errors`].
+    /// Cumulative, like `served`: the dashboard turns both into rates
+    /// (the difference between two polls over the time between them).
+    pub errors: u64,
     /// Open tunnels (WebSockets).
     pub tunnels: usize,
     /// The load it reported at its last health check.
@@ -87,6 +95,7 @@ impl BackendView {
             .to_owned(),
             in_flight: backend.in_flight(),
             served: backend.served(),
+            errors: backend.errors(),
             tunnels: backend.tunnels(),
             reported_load: backend.reported_load(),
             last_check_ms: backend.last_check_ms(),

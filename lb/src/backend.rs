@@ -5,8 +5,9 @@
 //! backend's own base URI, never from anything in the request. That is what
 //! "the LB forwards only to configured backends" means in code.
 //!
-//! Each backend carries the live numbers the policies and the health checks
-//! need: requests in flight, requests served, and a state. It also bounds
+//! Each backend carries the live numbers the policies, the health checks and
+//! the dashboard need: requests in flight, requests served, errors, and a
+//! state. It also bounds
 //! its own load ([`Limits`]): at most `max_conns` requests at once, a short
 //! queue behind them, and a 503 with `Retry-After` past that, so a burst of
 //! clients cannot pile thousands of connections onto one instance (whose
@@ -199,6 +200,8 @@ pub struct Backend {
     in_flight: AtomicUsize,
     served: AtomicU64,
     by_class: [AtomicU64; 5],
+    /// Attempts that failed on this backend's account (see [`Backend::errors`]).
+    errors: AtomicU64,
     health: Mutex<HealthRun>,
     health_check_failures: AtomicU64,
     /// Duration of the last health check in ms; `u64::MAX` = none yet.
@@ -258,6 +261,7 @@ impl Backend {
             in_flight: AtomicUsize::new(0),
             served: AtomicU64::new(0),
             by_class: Default::default(),
+            errors: AtomicU64::new(0),
             health: Mutex::new(HealthRun::default()),
             health_check_failures: AtomicU64::new(0),
             last_check_ms: AtomicU64::new(u64::MAX),
@@ -390,6 +394,18 @@ impl Backend {
         self.served.load(Ordering::Relaxed)
     }
 
+    /// Attempts that failed on this backend's account: its own 5xx
+    /// answers, and the 502/503/504 the balancer answered because the
+    /// backend could not be reached, was too slow or was full, including
+    /// attempts then retried on another backend (which the shopper never
+    /// saw, and which [`served`](Self::served) does not count). So errors
+    /// can exceed served; a retried attempt still tells the operator that
+    /// this instance is in trouble. Not counted: the balancer's own
+    /// shortage (`balancer_overloaded`) and a client's broken body (400).
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+
     /// Responses by status class, in the order of [`STATUS_CLASSES`].
     pub(crate) fn served_by_class(&self) -> [u64; 5] {
         std::array::from_fn(|i| self.by_class[i].load(Ordering::Relaxed))
@@ -476,6 +492,11 @@ impl Backend {
         self.served.fetch_add(1, Ordering::Relaxed);
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         self.by_class[class].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one failed attempt (see [`Backend::errors`]).
+    pub(crate) fn count_error(&self) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
     }
 }
 

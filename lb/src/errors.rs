@@ -58,6 +58,16 @@ impl LbError {
         }
     }
 
+    /// Whether the error is the chosen backend's trouble (unreachable, too
+    /// slow, full), which counts against it on the dashboard, rather than
+    /// the balancer's own or the client's.
+    pub fn is_backends_fault(&self) -> bool {
+        matches!(
+            self,
+            Self::BackendBusy { .. } | Self::BadGateway { .. } | Self::GatewayTimeout { .. }
+        )
+    }
+
     pub fn code(&self) -> &'static str {
         match self {
             Self::NoBackendAvailable => "no_backend_available",

@@ -117,6 +117,18 @@ pub(crate) fn render(balancer: &Balancer) -> String {
         }
     }
     out.family(
+        "lb_errors_total",
+        Kind::Counter,
+        "Failed attempts, by backend: its 5xx answers, and the times it could not be reached, was too slow or was full (retried attempts included).",
+    );
+    for backend in &backends {
+        out.sample(
+            "lb_errors_total",
+            &[("backend", backend.name())],
+            backend.errors(),
+        );
+    }
+    out.family(
         "lb_in_flight",
         Kind::Gauge,
         "Requests being served, by backend.",

@@ -379,6 +379,9 @@ impl Balancer {
                     return self.failure(&route.backend, error, &client_broke);
                 };
                 Counters::bump(&self.counters.retries);
+                // The shopper will not see this failure, but the operator
+                // should: it is the first backend's error all the same.
+                route.backend.count_error();
                 if route.from_cookie {
                     Counters::bump(&self.counters.sticky_reassignments);
                 }
@@ -592,7 +595,8 @@ impl Balancer {
         }
     }
 
-    /// Counts the response and (re)pins the shopper.
+    /// Counts the response (a 5xx as the backend's error too) and
+    /// (re)pins the shopper.
     fn finish(
         &self,
         mut response: Response<ProxyBody>,
@@ -600,6 +604,9 @@ impl Balancer {
         pin: bool,
     ) -> Response<ProxyBody> {
         backend.count_served(response.status().as_u16());
+        if response.status().is_server_error() {
+            backend.count_error();
+        }
         if pin {
             if let Some(cookie) = self
                 .sticky
@@ -629,6 +636,9 @@ impl Balancer {
             error
         };
         tracing::warn!(backend = backend.name(), %error, "forwarding failed");
+        if error.is_backends_fault() {
+            backend.count_error();
+        }
         let response = error.into_response();
         backend.count_served(response.status().as_u16());
         response

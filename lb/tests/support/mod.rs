@@ -267,6 +267,47 @@ async fn limited() -> impl IntoResponse {
     )
 }
 
+/// A backend with a bug: answers every request but its health check with
+/// a 500, as an instance whose database is gone does.
+pub async fn failing(name: &str) -> TestBackend {
+    let gates = Arc::new(Gates::default());
+    let ctx = Ctx {
+        name: name.to_owned(),
+        gates: Arc::clone(&gates),
+    };
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .fallback(|| async {
+            (
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                [("content-type", "application/json")],
+                r#"{"error":"internal","message":"a bug"}"#,
+            )
+        })
+        .layer(axum::middleware::from_fn_with_state(
+            ctx.clone(),
+            count_hits,
+        ))
+        .with_state(ctx);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("test backend serves");
+    });
+    TestBackend {
+        name: name.to_owned(),
+        addr,
+        gates,
+        _stop: stop,
+    }
+}
+
 /// A backend whose connections serve one request, then read the next one
 /// and close without a word: what a balancer sees on a pooled connection
 /// to an instance that was just killed. Counts the requests it read.
