@@ -4,10 +4,13 @@
 //! the run an instance crashes (SIGKILL), comes back, the fleet scales out
 //! (a new instance joins the balancer) and scales in (an instance is
 //! drained, removed from the balancer and stopped), and a second crash
-//! follows. Which instance is chosen comes from the seed.
+//! follows. Which instance is chosen comes from the seed. The same schedule
+//! runs behind this project's balancer or behind nginx or HAProxy
+//! ([`Target`]).
 
 use std::time::Duration;
 
+use shop::front::Behind;
 use shop::topology::Topology;
 
 use crate::rng::Rng;
@@ -49,7 +52,91 @@ pub fn schedule(duration: Duration) -> Vec<Event> {
     .collect()
 }
 
-/// The schedule played against a topology as a run goes on: each call to
+/// What the chaos schedule acts on: a stage's instances, behind this
+/// project's balancer ([`Topology`]) or behind a real engine ([`Behind`]).
+pub trait Target: Sync {
+    /// Where the shoppers go.
+    fn url(&self) -> String;
+    /// The instances, in start order.
+    fn instance_names(&self) -> Vec<String>;
+    /// SIGKILL, as a crash would.
+    fn crash(&self, name: &str) -> impl Future<Output = Result<(), String>> + Send;
+    /// Start a crashed instance again, on its own port.
+    fn restart(&self, name: &str) -> impl Future<Output = Result<(), String>> + Send;
+    /// One more instance, in rotation; returns its name.
+    fn scale_out(&self) -> impl Future<Output = Result<String, String>> + Send;
+    /// Out of rotation, then stopped.
+    fn scale_in(&self, name: &str) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+impl Target for Topology {
+    fn url(&self) -> String {
+        Topology::url(self)
+    }
+
+    fn instance_names(&self) -> Vec<String> {
+        self.instances().into_iter().map(|i| i.name).collect()
+    }
+
+    async fn crash(&self, name: &str) -> Result<(), String> {
+        self.kill_instance(name).await.map_err(|e| e.to_string())
+    }
+
+    async fn restart(&self, name: &str) -> Result<(), String> {
+        self.restart_instance(name).await.map_err(|e| e.to_string())
+    }
+
+    async fn scale_out(&self) -> Result<String, String> {
+        self.add_instance()
+            .await
+            .map(|i| i.name)
+            .map_err(|e| e.to_string())
+    }
+
+    async fn scale_in(&self, name: &str) -> Result<(), String> {
+        let backends = self.balancer().backends();
+        if let Some(backend) = backends.get(name) {
+            backend.drain();
+        }
+        // Let requests in flight finish, as a real deregistration delay
+        // would (much shorter here).
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let _ = backends.remove(name);
+        self.kill_instance(name).await.map_err(|e| e.to_string())
+    }
+}
+
+impl Target for Behind {
+    fn url(&self) -> String {
+        Behind::url(self)
+    }
+
+    fn instance_names(&self) -> Vec<String> {
+        self.instances().into_iter().map(|i| i.name).collect()
+    }
+
+    async fn crash(&self, name: &str) -> Result<(), String> {
+        self.kill_instance(name).await.map_err(|e| e.to_string())
+    }
+
+    async fn restart(&self, name: &str) -> Result<(), String> {
+        self.restart_instance(name).await.map_err(|e| e.to_string())
+    }
+
+    async fn scale_out(&self) -> Result<String, String> {
+        self.add_instance()
+            .await
+            .map(|i| i.name)
+            .map_err(|e| e.to_string())
+    }
+
+    async fn scale_in(&self, name: &str) -> Result<(), String> {
+        // Rewritten configuration, engine reloaded, a short delay, stopped.
+        self.remove_instance(name).await.map_err(|e| e.to_string())
+    }
+}
+
+/// The schedule played against a target as a run goes on: each call to
 /// [`Playback::due`] does whatever has come due.
 #[derive(Debug)]
 pub struct Playback {
@@ -67,7 +154,7 @@ impl Playback {
         seed: u64,
         duration: Duration,
         quiet_fleet: bool,
-        topology: &Topology,
+        target: &impl Target,
         started: std::time::Instant,
     ) -> Self {
         let events = if quiet_fleet {
@@ -76,7 +163,7 @@ impl Playback {
             schedule(duration)
         };
         Self {
-            chaos: Chaos::new(seed, topology),
+            chaos: Chaos::new(seed, target),
             events: events.into_iter().peekable(),
             started,
             log: Vec::new(),
@@ -84,17 +171,17 @@ impl Playback {
     }
 
     /// Does the next event if it has come due; returns what was done.
-    pub async fn due(&mut self, topology: &Topology) -> Option<String> {
+    pub async fn due(&mut self, target: &impl Target) -> Option<String> {
         let elapsed = self.started.elapsed();
         let event = self.events.next_if(|e| elapsed >= e.at)?;
-        let done = self.chaos.act(event.action, topology).await;
+        let done = self.chaos.act(event.action, target).await;
         let line = format!("{:.1}s {done}", self.started.elapsed().as_secs_f64());
         self.log.push(line.clone());
         Some(line)
     }
 }
 
-/// Carries out the schedule against a topology, returning what was done.
+/// Carries out the schedule against a target, returning what was done.
 #[derive(Debug)]
 pub struct Chaos {
     rng: Rng,
@@ -103,55 +190,47 @@ pub struct Chaos {
 }
 
 impl Chaos {
-    pub fn new(seed: u64, topology: &Topology) -> Self {
+    pub fn new(seed: u64, target: &impl Target) -> Self {
         Self {
             rng: Rng::fork(seed, 0),
-            running: topology.instances().into_iter().map(|i| i.name).collect(),
+            running: target.instance_names(),
             crashed: Vec::new(),
         }
     }
 
     /// Does `action`; returns a line saying what happened.
-    pub async fn act(&mut self, action: Action, topology: &Topology) -> String {
+    pub async fn act(&mut self, action: Action, target: &impl Target) -> String {
         match action {
             Action::Crash | Action::ScaleIn if self.running.len() <= 1 => {
                 format!("{action:?}: skipped, one instance left")
             }
             Action::Crash => {
                 let victim = self.running.remove(self.rng.index(self.running.len()));
-                let outcome = topology.kill_instance(&victim).await;
+                let outcome = target.crash(&victim).await;
                 self.crashed.push(victim.clone());
-                describe("crashed", &victim, outcome.map_err(|e| e.to_string()))
+                describe("crashed", &victim, outcome)
             }
             Action::Restart => match self.crashed.pop() {
                 Some(name) => {
-                    let outcome = topology.restart_instance(&name).await;
+                    let outcome = target.restart(&name).await;
                     if outcome.is_ok() {
                         self.running.push(name.clone());
                     }
-                    describe("restarted", &name, outcome.map_err(|e| e.to_string()))
+                    describe("restarted", &name, outcome)
                 }
                 None => "Restart: skipped, nothing crashed".to_owned(),
             },
-            Action::ScaleOut => match topology.add_instance().await {
-                Ok(instance) => {
-                    self.running.push(instance.name.clone());
-                    format!("scaled out: {} joined", instance.name)
+            Action::ScaleOut => match target.scale_out().await {
+                Ok(name) => {
+                    self.running.push(name.clone());
+                    format!("scaled out: {name} joined")
                 }
                 Err(error) => format!("scale out failed: {error}"),
             },
             Action::ScaleIn => {
                 let victim = self.running.remove(self.rng.index(self.running.len()));
-                let backends = topology.balancer().backends();
-                if let Some(backend) = backends.get(&victim) {
-                    backend.drain();
-                }
-                // Let requests in flight finish, as a real deregistration
-                // delay would (much shorter here).
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                let _ = backends.remove(&victim);
-                let outcome = topology.kill_instance(&victim).await;
-                describe("scaled in", &victim, outcome.map_err(|e| e.to_string()))
+                let outcome = target.scale_in(&victim).await;
+                describe("scaled in", &victim, outcome)
             }
         }
     }

@@ -30,12 +30,13 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
+use shop::front::{Behind, Engine};
 use shop::topology::{Topology, TopologyConfig};
 use shop::{BoxError, Scope, Services, Stage};
 
 use stage6::fanout::Fanout;
 
-use crate::chaos::Playback;
+use crate::chaos::{Playback, Target};
 pub use crate::report::Reports;
 use crate::report::{Format, Report, percentile_ms};
 use crate::shopper::{Tally, VirtualShopper};
@@ -76,6 +77,10 @@ pub struct Cli {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Shop through a real engine (nginx or HAProxy, configured from
+    /// `deploy/`) instead of this project's balancer. Stages 1 to 5.
+    #[arg(long, value_enum)]
+    pub behind: Option<Engine>,
 }
 
 /// `crowd serve …` with `CROWD_STAGE=N`: one instance of stage N.
@@ -126,6 +131,12 @@ pub async fn run(cli: &Cli) -> Result<Reports, BoxError> {
             3 => run_stage::<stage3::Stage3>(3, cli, &exe).await?,
             4 => run_stage::<stage4::Stage4>(4, cli, &exe).await?,
             5 => run_stage::<stage5::Stage5>(5, cli, &exe).await?,
+            _ if cli.behind.is_some() => {
+                return Err(
+                    "--behind runs stages 1 to 5 (stage 6's crowd uses the project's balancer)"
+                        .into(),
+                );
+            }
             _ => {
                 reports.live.extend(live::run(cli, &exe, &modes).await?);
                 continue;
@@ -148,24 +159,38 @@ async fn run_stage<S: Stage>(number: u8, cli: &Cli, exe: &Path) -> Result<Report
     let services: Services = S::services(&mut args, Scope::Fleet).await?;
     let mut env = shop::flags::instance_env(&args)?;
     env.push((STAGE_ENV.into(), number.to_string().into()));
-    let topology = Topology::start(TopologyConfig {
+    let config = TopologyConfig {
         env,
         ..TopologyConfig::for_tests(exe, S::INFO)
-    })
-    .await?;
-    let report = shop_through(&topology, S::INFO, cli).await;
-    topology.stop().await;
+    };
+    let report = match cli.behind {
+        Some(engine) => {
+            let behind = Behind::start(config, engine).await?;
+            let mut report = shop_through(&behind, S::INFO, cli).await;
+            if let Ok(report) = &mut report {
+                report.title = format!("{} · {}", report.title, engine.name());
+            }
+            behind.stop().await;
+            report
+        }
+        None => {
+            let topology = Topology::start(config).await?;
+            let report = shop_through(&topology, S::INFO, cli).await;
+            topology.stop().await;
+            report
+        }
+    };
     drop(services);
     report
 }
 
-/// The crowd shops through `topology` while the chaos schedule runs.
+/// The crowd shops through `target` while the chaos schedule runs.
 async fn shop_through(
-    topology: &Topology,
+    target: &impl Target,
     info: &shop::StageInfo,
     cli: &Cli,
 ) -> Result<Report, BoxError> {
-    let url = topology.url();
+    let url = target.url();
     let tally = Arc::new(Tally::default());
     let started = Instant::now();
     let deadline = started + cli.duration;
@@ -195,9 +220,9 @@ async fn shop_through(
         bar.set_prefix(info.title);
         bar
     };
-    let mut chaos = Playback::new(cli.seed, cli.duration, cli.no_chaos, topology, started);
+    let mut chaos = Playback::new(cli.seed, cli.duration, cli.no_chaos, target, started);
     while Instant::now() < deadline {
-        if let Some(line) = chaos.due(topology).await {
+        if let Some(line) = chaos.due(target).await {
             if progress.is_hidden() {
                 if !cli.quiet {
                     eprintln!("  {}: {line}", info.package);

@@ -124,3 +124,81 @@ fn live_crowd_misses_most_updates_locally_and_none_with_streams() {
         "pages did reconnect through the chaos: {streams}"
     );
 }
+
+// --- Behind real nginx and HAProxy: the carts come out as they do behind
+// our own balancer. The statelessness is the shop's, not the balancer's.
+// (Needs `nginx` and `haproxy`; `scripts/test` installs them.)
+
+/// Runs `crowd --stage N --behind ENGINE` briefly (nginx or HAProxy in front
+/// instead of our balancer, the same churn); its one JSON report.
+fn crowd_behind(engine: &str, stage: &str, extra: &[&str]) -> Value {
+    let mut args = vec![
+        "--stage",
+        stage,
+        "--behind",
+        engine,
+        "--shoppers",
+        "8",
+        "--duration",
+        "5s",
+    ];
+    args.extend_from_slice(extra);
+    run_crowd(&args)
+}
+
+fn stateless_stages_lose_no_cart_behind(engine: &str) {
+    for stage in ["3", "4", "5"] {
+        let report = crowd_behind(engine, stage, &[]);
+        assert_eq!(count(&report, "carts_lost"), 0, "stage {stage}: {report}");
+        assert_eq!(count(&report, "carts_intact"), 8, "stage {stage}: {report}");
+        assert_eq!(count(&report, "unconfirmed"), 0, "stage {stage}: {report}");
+        let chaos = report["chaos"].to_string();
+        assert!(
+            chaos.contains("crashed")
+                && chaos.contains("scaled out")
+                && chaos.contains("scaled in"),
+            "instances churned meanwhile: {chaos}"
+        );
+    }
+}
+
+#[test]
+fn stateless_stages_lose_no_cart_behind_nginx_under_churn() {
+    stateless_stages_lose_no_cart_behind("nginx");
+}
+
+#[test]
+fn stateless_stages_lose_no_cart_behind_haproxy_under_churn() {
+    stateless_stages_lose_no_cart_behind("haproxy");
+}
+
+#[test]
+fn round_robin_loses_local_carts_behind_nginx_and_haproxy() {
+    for engine in ["nginx", "haproxy"] {
+        let report = crowd_behind(engine, "1", &["--no-chaos"]);
+        assert!(
+            count(&report, "carts_lost") > 0,
+            "stage 1 behind {engine}, even with no instance failing: {report}"
+        );
+    }
+}
+
+#[test]
+fn sticky_stage_keeps_carts_while_their_instances_live() {
+    for engine in ["nginx", "haproxy"] {
+        let report = crowd_behind(engine, "2", &["--no-chaos"]);
+        assert_eq!(
+            count(&report, "carts_lost"),
+            0,
+            "stage 2 behind {engine}, no instance failing: {report}"
+        );
+    }
+    // HAProxy spreads the shoppers (a cookie per instance): crashing one
+    // takes its shoppers' carts, and `option redispatch` sends them on to
+    // an instance that never saw them.
+    let churned = crowd_behind("haproxy", "2", &[]);
+    assert!(
+        count(&churned, "carts_lost") > 0,
+        "stage 2 behind haproxy loses the carts of a crashed instance: {churned}"
+    );
+}

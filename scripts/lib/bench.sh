@@ -1,18 +1,7 @@
 # Helpers shared by the benchmark scripts (sourced, not run).
 
 # Installs Debian packages that are missing (as root, or with sudo).
-ensure_packages() {
-  local need=() package
-  for package in "$@"; do
-    dpkg -s "$package" >/dev/null 2>&1 || need+=("$package")
-  done
-  [ ${#need[@]} -eq 0 ] && return 0
-  local sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  echo "== installing ${need[*]}"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-}
+source "$(dirname "${BASH_SOURCE[0]}")/packages.sh"
 
 # The workspace's target directory (shared by every package).
 target_dir() {

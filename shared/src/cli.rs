@@ -2,7 +2,7 @@
 //! and `demo`.
 //!
 //! ```text
-//! stage1 [up] [--port 8080] [--instances 3] [--instance-port-base 3001]
+//! stage1 [up] [--port 8080] [--instances 3] [--instance-port-base 3001] [--behind nginx|haproxy]
 //! stage1 serve --port 3001 --id i1 [--host 127.0.0.1]
 //! stage1 demo
 //! ```
@@ -16,6 +16,7 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 
+use crate::front::{Behind, Engine};
 use crate::instance::Instance;
 use crate::stage::{BoxError, Scope, Services, Shop, Stage, StageInfo};
 use crate::topology::{READY_MARKER, Topology, TopologyConfig};
@@ -52,6 +53,10 @@ struct UpArgs<A: Args> {
     /// The first instance's port; the others follow. 0 picks free ports.
     #[arg(long, default_value_t = 3001)]
     instance_port_base: u16,
+    /// Put a real engine in front instead of this project's balancer
+    /// (its configuration rendered from `deploy/`; see `shop::front`).
+    #[arg(long, value_enum)]
+    behind: Option<Engine>,
     #[command(flatten)]
     stage: A,
 }
@@ -187,15 +192,29 @@ async fn up<S: Stage>(mut args: UpArgs<S::Args>) -> Result<(), BoxError> {
     let info = S::INFO;
     // Started first and dropped last: the instances need them until the end.
     let services = S::services(&mut args.stage, Scope::Fleet).await?;
-    let topology = Topology::start(TopologyConfig {
+    let config = TopologyConfig {
         instances: args.instances,
         instance_port_base: args.instance_port_base,
         lb_port: args.port,
         env: crate::flags::instance_env(&args.stage)?,
         policy: S::policy(&args.stage),
         ..TopologyConfig::for_stage(std::env::current_exe()?, info)
-    })
-    .await?;
+    };
+    if let Some(engine) = args.behind {
+        let behind = Behind::start(config, engine).await?;
+        print_engine_banner(info, &behind, &services);
+        lb::signals::terminate().await;
+        println!(
+            "\nstopping {} and {} instance(s)…",
+            engine.name(),
+            behind.instances().len()
+        );
+        behind.stop().await;
+        drop(services);
+        println!("stopped.");
+        return Ok(());
+    }
+    let topology = Topology::start(config).await?;
     print_banner(info, &topology, &services);
     lb::signals::terminate().await;
     println!(
@@ -233,6 +252,30 @@ fn print_banner(info: &StageInfo, topology: &Topology, services: &Services) {
         for line in info.try_this {
             println!("    - {}", line.replace("{url}", &url));
         }
+    }
+    println!("\n  Ctrl-C stops everything.\n");
+}
+
+fn print_engine_banner(info: &StageInfo, behind: &Behind, services: &Services) {
+    let url = behind.url();
+    let engine = behind.engine();
+    println!("\nMyClothes · {} · behind {}", info.title, engine.name());
+    println!("  {}\n", info.lesson);
+    println!("  Shop:       {url}   ({})", engine.name());
+    println!(
+        "  Status:     {url}{}   ({}'s own page)",
+        engine.status_path(),
+        engine.name()
+    );
+    println!(
+        "  Config:     {}   (rendered from deploy/)",
+        behind.config_path().display()
+    );
+    for instance in behind.instances() {
+        println!("  Instance {}: {}", instance.name, instance.url);
+    }
+    for service in services.descriptions() {
+        println!("  {service}");
     }
     println!("\n  Ctrl-C stops everything.\n");
 }

@@ -27,6 +27,7 @@ pub mod cli;
 pub mod cookies;
 pub mod error;
 pub mod flags;
+pub mod front;
 pub mod http;
 pub mod ids;
 mod instance;

@@ -12,9 +12,12 @@
 //! * [`assert_up_flags_reach_every_instance`]: every flag given to `up`
 //!   arrives in every instance it starts.
 //! * [`children_of`] and [`is_alive`]: what processes a launcher left behind.
+//! * [`browser::Browser`]: headless Chromium over WebDriver, for the pages.
 //!
 //! Everything binds 127.0.0.1 port 0, so suites run in parallel without
 //! clashing, and stops when dropped.
+
+pub mod browser;
 
 use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
@@ -93,8 +96,14 @@ pub async fn start_stage(exe: &str, stage: &StageInfo) -> Topology {
 /// Runs `EXE up` on free ports, as a learner would, and reads its banner
 /// until the shop's URL. Its stdout keeps being drained so it never blocks.
 pub fn start_up(exe: &str) -> (Child, String) {
+    start_up_with(exe, &[])
+}
+
+/// [`start_up`] with more flags for `up` (`--behind nginx`).
+pub fn start_up_with(exe: &str, flags: &[&str]) -> (Child, String) {
     let mut child = Command::new(exe)
         .args(["up", "--port", "0", "--instance-port-base", "0"])
+        .args(flags)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

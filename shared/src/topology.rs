@@ -68,7 +68,7 @@ pub struct TopologyConfig {
 }
 
 /// Health checks for a topology on one machine: every second, two strikes.
-const TEACHING_HEALTH: HealthConfig = HealthConfig {
+pub(crate) const TEACHING_HEALTH: HealthConfig = HealthConfig {
     interval: Duration::from_secs(1),
     timeout: Duration::from_secs(1),
     rise: 2,
@@ -159,15 +159,79 @@ pub struct InstanceInfo {
 }
 
 /// The instance processes, shared by the topology and the balancer's
-/// dashboard (as its [`Supervisor`]).
+/// dashboard (as its [`Supervisor`]); also what a real engine in front
+/// ([`crate::front`]) balances over.
 #[derive(Debug)]
-struct Fleet {
-    config: TopologyConfig,
+pub(crate) struct Fleet {
+    pub(crate) config: TopologyConfig,
     /// Never held across an `.await`: a child is taken out to be killed.
     slots: Mutex<Vec<Slot>>,
 }
 
 impl Fleet {
+    /// Starts `config.instances` instances and waits until each is ready.
+    pub(crate) async fn start(config: TopologyConfig) -> Result<Self, LaunchError> {
+        if config.instances == 0 {
+            return Err(LaunchError::Config(
+                "--instances must be at least 1".to_owned(),
+            ));
+        }
+        let ports = instance_ports(&config)?;
+        let mut starting = Vec::with_capacity(ports.len());
+        for (index, port) in ports.into_iter().enumerate() {
+            starting.push(spawn_instance(&config, &format!("i{}", index + 1), port)?);
+        }
+        let mut slots = Vec::with_capacity(starting.len());
+        for pending in starting {
+            slots.push(pending.ready().await?.into_slot());
+        }
+        Ok(Self {
+            config,
+            slots: Mutex::new(slots),
+        })
+    }
+
+    /// Every instance, as a balancer's backend list.
+    pub(crate) fn backends(&self) -> Result<Vec<BackendSpec>, lb::BackendSpecError> {
+        self.slots()
+            .iter()
+            .map(|s| BackendSpec::new(&s.name, &s.url))
+            .collect()
+    }
+
+    /// Every instance, running or not, in start order.
+    pub(crate) fn instances(&self) -> Vec<InstanceInfo> {
+        self.slots()
+            .iter()
+            .map(|s| InstanceInfo {
+                name: s.name.clone(),
+                url: s.url.clone(),
+                pid: s.child.as_ref().and_then(Child::id),
+            })
+            .collect()
+    }
+
+    /// Stops every instance gracefully (SIGTERM, SIGKILL after a grace).
+    pub(crate) async fn stop_all(&self) {
+        let children: Vec<Child> = self
+            .slots()
+            .iter_mut()
+            .filter_map(|s| s.child.take())
+            .collect();
+        for mut child in children {
+            stop_child(&mut child).await;
+        }
+    }
+
+    /// Kills every instance now, without waiting (for `Drop`).
+    pub(crate) fn kill_all_now(&self) {
+        for slot in self.slots().iter_mut() {
+            if let Some(mut child) = slot.child.take() {
+                let _ = child.start_kill();
+            }
+        }
+    }
+
     fn slots(&self) -> std::sync::MutexGuard<'_, Vec<Slot>> {
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -181,7 +245,7 @@ impl Fleet {
         Ok(slot.child.take())
     }
 
-    async fn kill(&self, name: &str) -> Result<(), String> {
+    pub(crate) async fn kill(&self, name: &str) -> Result<(), String> {
         let mut child = self
             .take_child(name)?
             .ok_or_else(|| format!("instance {name} is not running"))?;
@@ -191,7 +255,7 @@ impl Fleet {
             .map_err(|e| format!("cannot kill {name}: {e}"))
     }
 
-    async fn restart(&self, name: &str) -> Result<(), String> {
+    pub(crate) async fn restart(&self, name: &str) -> Result<(), String> {
         if let Some(mut old) = self.take_child(name)? {
             stop_child(&mut old).await;
         }
@@ -213,7 +277,7 @@ impl Fleet {
         Ok(())
     }
 
-    async fn add(&self) -> Result<BackendSpec, String> {
+    pub(crate) async fn add(&self) -> Result<BackendSpec, String> {
         let (name, port) = {
             let slots = self.slots();
             let index = slots.len();
@@ -279,23 +343,10 @@ impl Topology {
                 port: config.lb_port,
                 source,
             })?;
-        let ports = instance_ports(&config)?;
-
-        let mut starting = Vec::with_capacity(ports.len());
-        for (index, port) in ports.into_iter().enumerate() {
-            starting.push(spawn_instance(&config, &format!("i{}", index + 1), port)?);
-        }
-        let mut slots = Vec::with_capacity(starting.len());
-        for pending in starting {
-            slots.push(pending.ready().await?.into_slot());
-        }
-
-        let backends = slots
-            .iter()
-            .map(|s| {
-                BackendSpec::new(&s.name, &s.url).map_err(|e| LaunchError::Balancer(e.to_string()))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let fleet = Arc::new(Fleet::start(config.clone()).await?);
+        let backends = fleet
+            .backends()
+            .map_err(|e| LaunchError::Balancer(e.to_string()))?;
         let mut lb_config = lb::Config::new(backends, config.policy);
         lb_config.health = config.health;
         lb_config.admin = config.admin;
@@ -307,10 +358,6 @@ impl Topology {
         }
         let balancer =
             Balancer::new(lb_config).map_err(|e| LaunchError::Balancer(e.to_string()))?;
-        let fleet = Arc::new(Fleet {
-            config,
-            slots: Mutex::new(slots),
-        });
         balancer.set_supervisor(Arc::clone(&fleet) as Arc<dyn Supervisor>);
         let (lb_stop, stopped) = oneshot::channel::<()>();
         let serving = Arc::clone(&balancer);
@@ -360,15 +407,7 @@ impl Topology {
 
     /// Every instance, running or not, in start order.
     pub fn instances(&self) -> Vec<InstanceInfo> {
-        self.fleet
-            .slots()
-            .iter()
-            .map(|s| InstanceInfo {
-                name: s.name.clone(),
-                url: s.url.clone(),
-                pid: s.child.as_ref().and_then(Child::id),
-            })
-            .collect()
+        self.fleet.instances()
     }
 
     pub fn instance(&self, name: &str) -> Option<InstanceInfo> {
@@ -424,15 +463,7 @@ impl Topology {
     /// Stops everything gracefully: SIGTERM to each instance (SIGKILL after
     /// a grace period), then the balancer.
     pub async fn stop(mut self) {
-        let children: Vec<Child> = self
-            .fleet
-            .slots()
-            .iter_mut()
-            .filter_map(|s| s.child.take())
-            .collect();
-        for mut child in children {
-            stop_child(&mut child).await;
-        }
+        self.fleet.stop_all().await;
         if let Some(stop) = self.lb_stop.take() {
             let _ = stop.send(());
         }
@@ -449,11 +480,7 @@ impl Drop for Topology {
         }
         // The balancer holds the fleet too (as its supervisor); make sure the
         // instances go now, not when the last reference does.
-        for slot in self.fleet.slots().iter_mut() {
-            if let Some(mut child) = slot.child.take() {
-                let _ = child.start_kill();
-            }
-        }
+        self.fleet.kill_all_now();
     }
 }
 

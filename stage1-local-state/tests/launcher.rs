@@ -111,3 +111,35 @@ fn up_flags_reach_every_instance() {
     // instances start with exactly that: nothing was invented on the way.
     shop::testing::assert_up_flags_reach_every_instance::<stage1::Stage1>(STAGE1, &[]);
 }
+
+#[tokio::test]
+async fn up_behind_nginx_or_haproxy_round_robins_and_ctrl_c_stops_the_engine_too() {
+    for engine in ["nginx", "haproxy"] {
+        let (mut launcher, url) = shop::testing::start_up_with(STAGE1, &["--behind", engine]);
+        let children = children_of(launcher.id());
+        let engines = children
+            .iter()
+            .filter(|&&pid| shop::testing::process_name(pid) == engine)
+            .count();
+        assert_eq!(engines, 1, "{engine}'s master process: {children:?}");
+        assert_eq!(children.len(), 4, "and three instances: {children:?}");
+
+        // The engine, not our balancer, spreads the requests.
+        let mut served_by = std::collections::BTreeSet::new();
+        for _ in 0..6 {
+            let answer = reqwest::get(format!("{url}/api/cart"))
+                .await
+                .expect("the cart through the engine");
+            assert!(answer.status().is_success());
+            served_by.insert(
+                answer.headers()["x-served-by"]
+                    .to_str()
+                    .expect("text")
+                    .to_owned(),
+            );
+        }
+        assert_eq!(served_by.len(), 3, "{engine} round-robins: {served_by:?}");
+
+        shop::testing::ctrl_c_stops_everything(&mut launcher, &children, Duration::from_secs(10));
+    }
+}

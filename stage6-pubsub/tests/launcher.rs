@@ -4,10 +4,60 @@
 
 use std::time::Duration;
 
-use shop::testing::{children_of, ctrl_c_stops_everything, process_name, start_up};
-use stage6::client::LiveClient;
+use shop::testing::{children_of, ctrl_c_stops_everything, process_name, start_up, start_up_with};
+use stage6::client::{LiveClient, Tally};
 
 const STAGE6: &str = env!("CARGO_BIN_EXE_stage6");
+const TEE: &str = "TEE-RED-M";
+const SOON: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn live_updates_reach_pages_on_every_instance_behind_nginx_and_haproxy() {
+    for engine in ["nginx", "haproxy"] {
+        let (mut launcher, url) = start_up_with(STAGE6, &["--behind", engine]);
+        let children = children_of(launcher.id());
+        let mut pages = Vec::new();
+        for _ in 0..2 {
+            // The engine upgrades the connection and keeps it open.
+            let mut page = LiveClient::connect(&url, "")
+                .await
+                .unwrap_or_else(|e| panic!("a socket through {engine}: {e}"));
+            let mut tally = Tally::default();
+            page.watch(&[TEE.to_owned()], &Default::default())
+                .await
+                .expect("watch");
+            page.until("snapshot", &mut tally, SOON)
+                .await
+                .expect("open")
+                .expect("a snapshot");
+            pages.push((page, tally));
+        }
+        assert_ne!(
+            pages[0].0.instance(),
+            pages[1].0.instance(),
+            "least connections behind {engine}: the second socket goes to another instance"
+        );
+        let priced = reqwest::Client::new()
+            .post(format!("{url}/api/live/price"))
+            .json(&serde_json::json!({"sku": TEE, "price_cents": 777}))
+            .send()
+            .await
+            .expect("an answer");
+        assert!(priced.status().is_success(), "{}", priced.status());
+        for (page, tally) in &mut pages {
+            let update = page
+                .until("stock", tally, SOON)
+                .await
+                .expect("open")
+                .unwrap_or_else(|| panic!("{engine}: the update reaches {}", page.instance()));
+            assert_eq!(update["price_cents"], 777);
+        }
+        for (page, _) in pages {
+            page.close().await;
+        }
+        ctrl_c_stops_everything(&mut launcher, &children, Duration::from_secs(15));
+    }
+}
 
 #[tokio::test]
 async fn up_starts_private_servers_and_serves_sockets_through_the_balancer() {

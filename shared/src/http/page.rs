@@ -152,7 +152,7 @@ fn catalog_cards() -> String {
         for product in group {
             let _ = write!(
                 html,
-                r#"<button class="size" data-sku="{sku}" title="Add {sku} ({price})">{size}</button>"#,
+                r#"<button class="size" data-sku="{sku}" title="Add {sku} ({price})" aria-label="Add {sku} ({price}) to the cart">{size}</button>"#,
                 sku = escape(&product.sku),
                 price = money(u64::from(product.price_cents)),
                 size = escape(&product.size),

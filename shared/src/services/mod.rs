@@ -40,6 +40,14 @@ pub enum ServiceError {
         package: &'static str,
         variable: &'static str,
     },
+    /// A balancing engine (nginx, HAProxy) is not on this machine.
+    #[error(
+        "`{program}` was not found (looked on PATH and in /usr/sbin). Install it (Debian/Ubuntu: `apt-get install {package}`)"
+    )]
+    MissingEngine {
+        program: &'static str,
+        package: &'static str,
+    },
     /// It started but never became ready; the end of its log says why.
     #[error("{program} did not start: {reason}\n--- the end of its log ({log}) ---\n{tail}")]
     NotReady {
