@@ -18,6 +18,7 @@
 //! needs nothing else built.
 
 pub mod chaos;
+pub mod chart;
 pub mod live;
 pub mod report;
 pub mod rng;
@@ -40,6 +41,9 @@ use crate::chaos::{Playback, Target};
 pub use crate::report::Reports;
 use crate::report::{Format, Report, percentile_ms};
 use crate::shopper::{Tally, VirtualShopper};
+
+/// How often the carts-intact timeline is sampled.
+const TIMELINE_STEP: Duration = Duration::from_millis(500);
 
 /// Set on the instances `crowd` starts: which stage they are.
 pub const STAGE_ENV: &str = "CROWD_STAGE";
@@ -77,6 +81,10 @@ pub struct Cli {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Also draw carts intact over time, per stage, with the chaos events
+    /// marked, as an SVG file (stages 1 to 5).
+    #[arg(long, value_name = "FILE.svg")]
+    pub chart: Option<std::path::PathBuf>,
     /// Shop through a real engine (nginx or HAProxy, configured from
     /// `deploy/`) instead of this project's balancer. Stages 1 to 5.
     #[arg(long, value_enum)]
@@ -221,7 +229,20 @@ async fn shop_through(
         bar
     };
     let mut chaos = Playback::new(cli.seed, cli.duration, cli.no_chaos, target, started);
+    let intact_now = || {
+        let lost = usize::try_from(Tally::get(&tally.carts_lost)).unwrap_or(usize::MAX);
+        (
+            started.elapsed().as_secs_f64(),
+            cli.shoppers.saturating_sub(lost),
+        )
+    };
+    let mut timeline = vec![intact_now()];
+    let mut next_sample = started + TIMELINE_STEP;
     while Instant::now() < deadline {
+        if Instant::now() >= next_sample {
+            timeline.push(intact_now());
+            next_sample += TIMELINE_STEP;
+        }
         if let Some(line) = chaos.due(target).await {
             if progress.is_hidden() {
                 if !cli.quiet {
@@ -272,5 +293,10 @@ async fn shop_through(
         carts_intact: intact,
         carts_lost: lost,
         chaos: chaos.log,
+        timeline: {
+            // The final check may find a loss the run did not see.
+            timeline.push((elapsed, intact));
+            timeline
+        },
     })
 }

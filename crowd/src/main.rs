@@ -30,6 +30,12 @@ fn main() -> ExitCode {
     match runtime.block_on(crowd::run(&cli)) {
         Ok(reports) => {
             println!("{}", crowd::report::render(&reports, cli.format));
+            if let Some(path) = &cli.chart {
+                if let Err(error) = std::fs::write(path, crowd::chart::svg(&reports.carts)) {
+                    eprintln!("error: cannot write {}: {error}", path.display());
+                    return ExitCode::FAILURE;
+                }
+            }
             ExitCode::SUCCESS
         }
         Err(error) => {

@@ -29,6 +29,9 @@ pub struct Report {
     pub carts_lost: usize,
     /// What the chaos schedule did, in order.
     pub chaos: Vec<String>,
+    /// Carts intact as the run went on: `[seconds, carts]`, every half
+    /// second (what `--chart` draws).
+    pub timeline: Vec<(f64, usize)>,
 }
 
 /// What a run found: a carts report per stage 1 to 5, a live report per
@@ -287,6 +290,7 @@ mod tests {
             carts_intact: 1,
             carts_lost: 1,
             chaos: vec![],
+            timeline: vec![(0.0, 2), (1.0, 1)],
         };
         let reports = Reports {
             carts: vec![report],

@@ -202,3 +202,32 @@ fn sticky_stage_keeps_carts_while_their_instances_live() {
         "stage 2 behind haproxy loses the carts of a crashed instance: {churned}"
     );
 }
+
+#[test]
+fn the_chart_draws_each_stage_with_the_chaos_marked() {
+    let folder = tempfile::tempdir().expect("a temporary folder");
+    let path = folder.path().join("chart.svg");
+    let path_text = path.to_str().expect("a UTF-8 path");
+    let report = run_crowd(&[
+        "--stage",
+        "1",
+        "--shoppers",
+        "8",
+        "--duration",
+        "5s",
+        "--chart",
+        path_text,
+    ]);
+    let chart = std::fs::read_to_string(&path).expect("crowd wrote the chart");
+    assert!(chart.starts_with("<svg"), "{chart}");
+    assert_eq!(
+        chart.matches("<polyline").count(),
+        1,
+        "one line for stage 1"
+    );
+    assert!(
+        chart.contains(&format!("{} of 8 intact", count(&report, "carts_intact"))),
+        "the legend gives the final count"
+    );
+    assert!(chart.contains(">crashed "), "the chaos is marked");
+}
