@@ -158,7 +158,13 @@ impl Browser {
     /// Waits until `script` returns true in the page, up to [`PATIENCE`];
     /// returns whether it did.
     pub async fn wait_for(&self, script: &str) -> bool {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
+        self.wait_for_within(script, PATIENCE).await
+    }
+
+    /// [`Browser::wait_for`] with a deadline of its own, for a page doing
+    /// many things in a row.
+    pub async fn wait_for_within(&self, script: &str, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
         loop {
             if self.run(script, json!([])).await == Value::Bool(true) {
                 return true;
@@ -259,6 +265,12 @@ impl Browser {
 
     /// What the page logged as errors (uncaught exceptions, failed loads,
     /// `console.error`) since the last call.
+    ///
+    /// Chromium also logs every API answer that is not a 2xx ("Failed to
+    /// load resource: … 401") even when the page expects and handles it
+    /// (`GET /api/me` is 401 when nobody is logged in; a 422 names a bad
+    /// field). Those, on `/api/` paths, are left out: the tests check the
+    /// answers themselves. A page asset or icon that fails still counts.
     pub async fn console_errors(&self) -> Vec<String> {
         let logs = self
             .call(
@@ -272,6 +284,7 @@ impl Browser {
             .flatten()
             .filter(|entry| entry["level"] == "SEVERE")
             .map(|entry| entry["message"].as_str().unwrap_or_default().to_owned())
+            .filter(|message| !is_handled_api_answer(message))
             .collect()
     }
 
@@ -294,6 +307,16 @@ impl Browser {
     }
 }
 
+/// `http://host/api/… - Failed to load resource: the server responded
+/// with a status of 4xx/5xx`: an API answer the page handles.
+fn is_handled_api_answer(message: &str) -> bool {
+    let Some((url, rest)) = message.split_once(" - ") else {
+        return false;
+    };
+    let path = url.splitn(4, '/').nth(3).unwrap_or_default();
+    path.starts_with("api/") && rest.contains("the server responded with a status of")
+}
+
 /// Where a test's screenshot goes: `docs/screenshots/NAME.png` when
 /// `UPDATE_SCREENSHOTS` is set (`scripts/screenshots`), else a temporary
 /// folder, so that a test run does not change the checkout.
@@ -306,5 +329,20 @@ pub fn screenshot_path(name: &str) -> PathBuf {
         std::env::temp_dir()
             .join("myclothes-screenshots")
             .join(format!("{name}.png"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_handled_api_answers_are_left_out_of_console_errors() {
+        let api = "http://127.0.0.1:4000/api/me - Failed to load resource: the server responded with a status of 401 (Unauthorized)";
+        let icon = "http://127.0.0.1:4000/favicon.ico - Failed to load resource: the server responded with a status of 404 (Not Found)";
+        let script = "http://127.0.0.1:4000/ 12:7 Uncaught TypeError: x is undefined";
+        assert!(is_handled_api_answer(api));
+        assert!(!is_handled_api_answer(icon));
+        assert!(!is_handled_api_answer(script));
     }
 }
