@@ -154,32 +154,7 @@ async fn the_page_fits_a_phone_and_works_by_keyboard() {
             .wait_for("return document.querySelectorAll('button.size').length > 0")
             .await
     );
-    let overflow = browser
-        .run(
-            "return document.documentElement.scrollWidth - document.documentElement.clientWidth",
-            json!([]),
-        )
-        .await;
-    let wide = browser
-        .run(
-            "return [...document.querySelectorAll('body *')] \
-               .filter(e => e.getBoundingClientRect().right > document.documentElement.clientWidth + 0.5) \
-               .slice(0, 8).map(e => e.tagName + '.' + e.className + '#' + e.id + ' ' + Math.round(e.getBoundingClientRect().right))",
-            json!([]),
-        )
-        .await;
-    assert_eq!(overflow, 0, "nothing sticks out sideways at 390 px: {wide}");
-
-    // Every button and input has a name a screen reader can say.
-    let unnamed = browser
-        .run(
-            "return [...document.querySelectorAll('button, input, select')] \
-               .filter(e => !(e.getAttribute('aria-label') || e.labels?.length || e.textContent.trim())) \
-               .map(e => e.outerHTML)",
-            json!([]),
-        )
-        .await;
-    assert_eq!(unnamed, json!([]), "unnamed controls");
+    fits_a_phone_with_named_controls(&browser, "the shop page").await;
 
     // Keyboard only: focus the first size button, press Enter.
     browser
@@ -205,6 +180,61 @@ async fn the_page_fits_a_phone_and_works_by_keyboard() {
         "no console errors"
     );
     browser.screenshot(&screenshot_path("stage1-phone")).await;
+    browser.quit().await;
+    topology.stop().await;
+}
+
+/// At the browser's (phone) width nothing sticks out sideways, and every
+/// button and input has a name a screen reader can say.
+async fn fits_a_phone_with_named_controls(browser: &Browser, page: &str) {
+    let overflow = browser
+        .run(
+            "return document.documentElement.scrollWidth - document.documentElement.clientWidth",
+            json!([]),
+        )
+        .await;
+    let wide = browser
+        .run(
+            "return [...document.querySelectorAll('body *')] \
+               .filter(e => e.getBoundingClientRect().right > document.documentElement.clientWidth + 0.5) \
+               .slice(0, 8).map(e => e.tagName + '.' + e.className + '#' + e.id + ' ' + Math.round(e.getBoundingClientRect().right))",
+            json!([]),
+        )
+        .await;
+    assert_eq!(
+        overflow, 0,
+        "{page}: nothing sticks out sideways at 390 px: {wide}"
+    );
+    let unnamed = browser
+        .run(
+            "return [...document.querySelectorAll('button, input, select')] \
+               .filter(e => !(e.getAttribute('aria-label') || e.labels?.length || e.textContent.trim())) \
+               .map(e => e.outerHTML)",
+            json!([]),
+        )
+        .await;
+    assert_eq!(unnamed, json!([]), "{page}: unnamed controls");
+}
+
+#[tokio::test]
+async fn the_dashboard_fits_a_phone() {
+    let topology = shop::testing::start_stage(STAGE1, &stage1::INFO).await;
+    let browser = Browser::start(390).await;
+    browser.goto(&topology.dashboard_url()).await;
+    assert!(
+        browser
+            .wait_for("return document.querySelectorAll('#backends tr').length === 3")
+            .await
+    );
+    fits_a_phone_with_named_controls(&browser, "the dashboard").await;
+    assert_eq!(
+        browser.console_errors().await,
+        Vec::<String>::new(),
+        "no console errors"
+    );
+    browser
+        .screenshot(&screenshot_path("dashboard-phone"))
+        .await;
     browser.quit().await;
     topology.stop().await;
 }

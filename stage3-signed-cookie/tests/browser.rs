@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use serde_json::json;
-use shop::testing::browser::{Browser, screenshot_path};
+use shop::testing::browser::{Browser, screenshot_path, text_in};
 use shop::topology::{Topology, TopologyConfig};
 
 /// Three instances sharing one signing secret, as `stage3 up` starts them.
@@ -22,11 +22,6 @@ async fn stage3() -> Topology {
 const METER_BYTES: &str = "const m = document.querySelector('#meter .label'); \
      const n = m && !document.querySelector('#meter').hidden ? parseInt(m.textContent.replace('Cookie: ', ''), 10) : -1; \
      return n";
-
-/// Whether the page's notices contain `text`.
-fn notices_say(text: &str) -> String {
-    format!("return document.querySelector('#notices').textContent.includes({text:?})")
-}
 
 #[tokio::test]
 async fn the_cookie_meter_grows_and_a_changed_cookie_is_refused_in_words() {
@@ -60,7 +55,8 @@ async fn the_cookie_meter_grows_and_a_changed_cookie_is_refused_in_words() {
     browser.click("#refresh").await;
     assert!(
         browser
-            .wait_for(&notices_say(
+            .wait_for(&text_in(
+                "#notices",
                 "signature did not match: it was changed after the shop signed it"
             ))
             .await,
@@ -99,7 +95,10 @@ async fn the_four_kilobyte_wall_says_what_it_is() {
     assert!(
         browser
             .wait_for_within(
-                &notices_say("the limit is 4096 bytes, so the cart was left as it was"),
+                &text_in(
+                    "#notices",
+                    "the limit is 4096 bytes, so the cart was left as it was"
+                ),
                 Duration::from_secs(90),
             )
             .await,

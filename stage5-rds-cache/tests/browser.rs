@@ -6,24 +6,15 @@
 
 mod support;
 
-use shop::testing::browser::{Browser, screenshot_path};
+use shop::testing::browser::{Browser, screenshot_path, text_in};
 use support::spawn_shop;
-
-/// Whether the page's notices contain `text`.
-fn notices_say(text: &str) -> String {
-    format!("return document.querySelector('#notices').textContent.includes({text:?})")
-}
-
-fn who_says(text: &str) -> String {
-    format!("return document.querySelector('#who').textContent.includes({text:?})")
-}
 
 #[tokio::test]
 async fn sign_up_log_out_log_in_and_bad_input_names_its_field() {
     let shop = spawn_shop().await;
     let browser = Browser::start(1100).await;
     browser.goto(&shop.topology.url()).await;
-    assert!(browser.wait_for(&who_says("Not logged in")).await);
+    assert!(browser.wait_for(&text_in("#who", "Not logged in")).await);
 
     // A password too short: the page says which field.
     browser.type_into("#email", "ada@example.com").await;
@@ -31,7 +22,7 @@ async fn sign_up_log_out_log_in_and_bad_input_names_its_field() {
     browser.type_into("#name", "Ada").await;
     browser.click("button[data-act='signup']").await;
     assert!(
-        browser.wait_for(&notices_say("password")).await,
+        browser.wait_for(&text_in("#notices", "password")).await,
         "the notice names the password field"
     );
     browser
@@ -43,14 +34,14 @@ async fn sign_up_log_out_log_in_and_bad_input_names_its_field() {
     browser.click("button[data-act='signup']").await;
     assert!(
         browser
-            .wait_for(&who_says("Logged in as Ada (ada@example.com)"))
+            .wait_for(&text_in("#who", "Logged in as Ada (ada@example.com)"))
             .await,
         "signed up and logged in"
     );
     browser.screenshot(&screenshot_path("stage5")).await;
     browser.click("#logout").await;
     assert!(
-        browser.wait_for(&who_says("Not logged in")).await,
+        browser.wait_for(&text_in("#who", "Not logged in")).await,
         "logged out"
     );
     browser
@@ -58,7 +49,7 @@ async fn sign_up_log_out_log_in_and_bad_input_names_its_field() {
         .await;
     browser.click("button[data-act='login']").await;
     assert!(
-        browser.wait_for(&who_says("Logged in as Ada")).await,
+        browser.wait_for(&text_in("#who", "Logged in as Ada")).await,
         "logged in again with the same password"
     );
     assert_eq!(

@@ -307,6 +307,14 @@ impl Browser {
     }
 }
 
+/// A script for [`Browser::wait_for`]: the element matching `css` has
+/// `text` in it (the shop page's `#notices`, say).
+pub fn text_in(css: &str, text: &str) -> String {
+    format!(
+        "const e = document.querySelector({css:?}); return e !== null && e.textContent.includes({text:?})"
+    )
+}
+
 /// `http://host/api/… - Failed to load resource: the server responded
 /// with a status of 4xx/5xx`: an API answer the page handles.
 fn is_handled_api_answer(message: &str) -> bool {
