@@ -61,6 +61,27 @@ impl TestBackend {
     }
 }
 
+/// Serves `app` on a free port until the returned backend is dropped.
+async fn serve(name: &str, app: Router, gates: Arc<Gates>) -> TestBackend {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("test backend serves");
+    });
+    TestBackend {
+        name: name.to_owned(),
+        addr,
+        gates,
+        _stop: stop,
+    }
+}
+
 #[derive(Clone)]
 struct Ctx {
     name: String,
@@ -91,23 +112,7 @@ pub async fn backend(name: &str) -> TestBackend {
             count_hits,
         ))
         .with_state(ctx);
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await
-            .expect("test backend serves");
-    });
-    TestBackend {
-        name: name.to_owned(),
-        addr,
-        gates,
-        _stop: stop,
-    }
+    serve(name, app, gates).await
 }
 
 /// A test backend with an event loop of its own, on its own thread: a
@@ -289,23 +294,7 @@ pub async fn failing(name: &str) -> TestBackend {
             count_hits,
         ))
         .with_state(ctx);
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await
-            .expect("test backend serves");
-    });
-    TestBackend {
-        name: name.to_owned(),
-        addr,
-        gates,
-        _stop: stop,
-    }
+    serve(name, app, gates).await
 }
 
 /// A backend whose connections serve one request, then read the next one
