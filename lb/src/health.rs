@@ -75,9 +75,14 @@ struct Report {
 }
 
 /// Checks every backend each interval, for as long as the balancer runs.
-pub async fn run_checks(balancer: Arc<Balancer>, config: HealthConfig) {
+pub async fn run_checks(
+    balancer: Arc<Balancer>,
+    config: HealthConfig,
+    source: Option<std::net::IpAddr>,
+) {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(config.timeout));
+    connector.set_local_address(source);
     let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(0)
         .build(connector);

@@ -29,6 +29,7 @@
 mod admin;
 mod backend;
 mod body;
+mod dial;
 mod errors;
 mod headers;
 mod health;
@@ -80,6 +81,10 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// Let the admin API add backends that are not on this machine.
     pub allow_remote_backends: bool,
+    /// The address connections to the backends (and health checks) come
+    /// from; `None` lets the kernel choose. Stage 7's security groups let
+    /// only this address reach the instances.
+    pub source_address: Option<std::net::IpAddr>,
 }
 
 impl Config {
@@ -98,6 +103,7 @@ impl Config {
             admin: false,
             admin_token: None,
             allow_remote_backends: false,
+            source_address: None,
         }
     }
 }
@@ -168,6 +174,10 @@ pub struct Args {
     /// Let the admin API add backends that are not on this machine.
     #[arg(long)]
     pub allow_remote_backends: bool,
+    /// Connect to the backends from this local address (one the security
+    /// groups in front of them let in).
+    #[arg(long)]
+    pub source_address: Option<std::net::IpAddr>,
     /// Worker threads, each with its own event loop (default: one per core).
     #[arg(long)]
     pub workers: Option<usize>,
@@ -201,6 +211,7 @@ impl Args {
             admin: self.admin,
             admin_token: self.admin_token.clone(),
             allow_remote_backends: self.allow_remote_backends,
+            source_address: self.source_address,
         })
     }
 }

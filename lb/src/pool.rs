@@ -40,7 +40,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
@@ -51,6 +50,7 @@ use tokio::net::TcpStream;
 
 use crate::backend::ConnectFailure;
 use crate::body::ProxyBody;
+use crate::dial::Dial;
 
 /// Idle connections kept per backend and thread; more are closed.
 const MAX_IDLE: usize = 128;
@@ -247,7 +247,7 @@ fn take_idle(key: &PoolKey) -> Option<Idle> {
 /// Sends `request` to `key.address` on an idle connection, or a new one.
 pub async fn send(
     key: PoolKey,
-    connect_timeout: Duration,
+    dial: Dial,
     mut request: Request<ProxyBody>,
 ) -> Result<(Response<Incoming>, Pooled), SendError> {
     // The most recently used connection first: it is the least likely to
@@ -277,8 +277,7 @@ pub async fn send(
         }
     }
 
-    let connected =
-        tokio::time::timeout(connect_timeout, TcpStream::connect(key.address.as_str())).await;
+    let connected = dial.connect(key.address.as_str()).await;
     let stream = match connected {
         Ok(Ok(stream)) => stream,
         Ok(Err(error)) => {
@@ -292,7 +291,7 @@ pub async fn send(
                 request: Box::new(request),
                 why: Unsent::Connect(
                     ConnectFailure::TimedOut,
-                    format!("no connection within {} ms", connect_timeout.as_millis()),
+                    format!("no connection within {} ms", dial.timeout.as_millis()),
                 ),
             });
         }

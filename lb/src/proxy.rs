@@ -58,6 +58,7 @@ use crate::admin;
 use crate::admin::AdminAccess;
 use crate::backend::{Backend, BackendSet, HealthChange, Limits, Refused};
 use crate::body::{FromClient, ProxyBody, Tracked, linger};
+use crate::dial::Dial;
 use crate::errors::LbError;
 use crate::headers;
 use crate::health::{self, HealthConfig};
@@ -80,7 +81,7 @@ pub struct Balancer {
     id: usize,
     backends: BackendSet,
     picker: Picker,
-    connect_timeout: Duration,
+    dial: Dial,
     request_timeout: Duration,
     limits: Limits,
     /// The query parameter the hash-param policy hashes.
@@ -178,7 +179,10 @@ impl Balancer {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             backends: BackendSet::new(config.backends, config.limits)?,
             picker: Picker::new(config.policy),
-            connect_timeout: config.connect_timeout,
+            dial: Dial {
+                timeout: config.connect_timeout,
+                source: config.source_address,
+            },
             request_timeout: config.request_timeout,
             limits: config.limits,
             hash_param: config.hash_param,
@@ -242,8 +246,13 @@ impl Balancer {
     /// Starts the active health checks (if configured) on this runtime;
     /// they stop when the returned guard is dropped.
     pub fn start_health_checks(self: &Arc<Self>) -> Option<AbortOnDrop> {
-        self.health
-            .map(|config| AbortOnDrop(tokio::spawn(health::run_checks(Arc::clone(self), config))))
+        self.health.map(|config| {
+            AbortOnDrop(tokio::spawn(health::run_checks(
+                Arc::clone(self),
+                config,
+                self.dial.source,
+            )))
+        })
     }
 
     /// [`Balancer::serve`] without the health checks: one of several accept
@@ -437,7 +446,7 @@ impl Balancer {
             in_flight,
             client,
             upstream,
-            self.connect_timeout,
+            self.dial,
             self.request_timeout,
         )
         .await;
@@ -528,11 +537,8 @@ impl Balancer {
             balancer: self.id,
             address: backend.address().to_owned(),
         };
-        let sent = tokio::time::timeout(
-            self.request_timeout,
-            pool::send(key, self.connect_timeout, upstream),
-        )
-        .await;
+        let sent =
+            tokio::time::timeout(self.request_timeout, pool::send(key, self.dial, upstream)).await;
         let bad_gateway = |reason: String| LbError::BadGateway {
             backend: backend.name().to_owned(),
             reason,

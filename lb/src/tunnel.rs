@@ -37,10 +37,10 @@ use hyper::header::{CONNECTION, HeaderMap, HeaderValue, UPGRADE};
 use hyper::upgrade::OnUpgrade;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
 use crate::backend::{Backend, ConnectFailure, InFlight};
 use crate::body::{ProxyBody, Tracked};
+use crate::dial::Dial;
 use crate::errors::LbError;
 
 /// Whether `request` asks to switch protocols: a GET with `Upgrade` and a
@@ -89,25 +89,24 @@ pub(crate) async fn open(
     in_flight: InFlight,
     client: OnUpgrade,
     upstream: Request<ProxyBody>,
-    connect_timeout: Duration,
+    dial: Dial,
     answer_timeout: Duration,
 ) -> Result<Response<ProxyBody>, LbError> {
     let bad_gateway = |reason: &str| LbError::BadGateway {
         backend: backend.name().to_owned(),
         reason: reason.to_owned(),
     };
-    let stream =
-        match tokio::time::timeout(connect_timeout, TcpStream::connect(backend.address())).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(_)) => {
-                backend.connect_failed(ConnectFailure::Refused);
-                return Err(bad_gateway("it refused the connection"));
-            }
-            Err(_) => {
-                backend.connect_failed(ConnectFailure::TimedOut);
-                return Err(bad_gateway("it did not accept a connection in time"));
-            }
-        };
+    let stream = match dial.connect(backend.address()).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(_)) => {
+            backend.connect_failed(ConnectFailure::Refused);
+            return Err(bad_gateway("it refused the connection"));
+        }
+        Err(_) => {
+            backend.connect_failed(ConnectFailure::TimedOut);
+            return Err(bad_gateway("it did not accept a connection in time"));
+        }
+    };
     backend.connected();
     let _ = stream.set_nodelay(true);
     let (mut sender, connection) = http1::handshake(TokioIo::new(stream))

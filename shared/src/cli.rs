@@ -192,7 +192,10 @@ async fn up<S: Stage>(mut args: UpArgs<S::Args>) -> Result<(), BoxError> {
     let info = S::INFO;
     // Started first and dropped last: the instances need them until the end.
     let services = S::services(&mut args.stage, Scope::Fleet).await?;
+    let (placement, balancer_source) = services.placement();
     let config = TopologyConfig {
+        placement,
+        balancer_source,
         instances: args.instances,
         instance_port_base: args.instance_port_base,
         lb_port: args.port,

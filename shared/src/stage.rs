@@ -32,6 +32,8 @@ use crate::catalog::Catalog;
 use crate::error::ApiError;
 use crate::instance::Instance;
 use crate::store::CartStore;
+use crate::topology::Placement;
+use std::net::IpAddr;
 
 /// An error a stage hook may return; shown to the user as one line.
 pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
@@ -196,6 +198,8 @@ impl<S: Stage> Shop<S> {
 pub struct Services {
     running: Vec<Box<dyn Any + Send + Sync>>,
     descriptions: Vec<String>,
+    placement: Option<Arc<dyn Placement>>,
+    balancer_source: Option<IpAddr>,
 }
 
 impl Services {
@@ -220,6 +224,22 @@ impl Services {
     /// One line per service, for the banner.
     pub(crate) fn descriptions(&self) -> &[String] {
         &self.descriptions
+    }
+
+    /// Has `up` run the instances where `placement` says, reached by the
+    /// balancer from `balancer_source` (stage 7's zones).
+    pub fn place_instances(
+        &mut self,
+        placement: Arc<dyn Placement>,
+        balancer_source: Option<IpAddr>,
+    ) {
+        self.placement = Some(placement);
+        self.balancer_source = balancer_source;
+    }
+
+    /// Where `up` runs the instances (see [`Self::place_instances`]).
+    pub(crate) fn placement(&self) -> (Option<Arc<dyn Placement>>, Option<IpAddr>) {
+        (self.placement.clone(), self.balancer_source)
     }
 }
 

@@ -18,7 +18,7 @@
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdTcpListener};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener as StdTcpListener};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -65,6 +65,45 @@ pub struct TopologyConfig {
     pub env: Vec<(OsString, OsString)>,
     /// Pass the instances' logs through to this process's stderr.
     pub show_logs: bool,
+    /// Where each instance runs; `None`: on 127.0.0.1, named `i1`, `i2`, ….
+    pub placement: Option<Arc<dyn Placement>>,
+    /// The address the balancer connects to the instances from (see
+    /// [`lb::Config::source_address`]); `None` lets the kernel choose.
+    pub balancer_source: Option<IpAddr>,
+}
+
+/// Decides where each instance of a topology runs: stage 7 spreads them
+/// over zones, each on an address (and a network namespace) of its own.
+pub trait Placement: Send + Sync + std::fmt::Debug {
+    /// Where the instance numbered `index` (from 0, in start order) runs.
+    /// Called again for each instance added later (scale out).
+    fn place(&self, index: usize) -> Result<Place, String>;
+}
+
+/// Where one instance runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Place {
+    /// Its name (`X-Served-By`, the dashboard): `a1` says "zone a".
+    pub name: String,
+    /// The address it listens on.
+    pub host: IpAddr,
+    /// Its port; `None` uses the topology's port plan.
+    pub port: Option<u16>,
+    /// A command the instance is started through (`ip netns exec NS`), or
+    /// empty.
+    pub wrapper: Vec<OsString>,
+}
+
+impl Place {
+    /// The default: `iN` on 127.0.0.1.
+    fn local(index: usize) -> Self {
+        Self {
+            name: format!("i{}", index + 1),
+            host: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: None,
+            wrapper: Vec::new(),
+        }
+    }
 }
 
 /// Health checks for a topology on one machine: every second, two strikes.
@@ -90,6 +129,8 @@ impl TopologyConfig {
             admin: true,
             env: Vec::new(),
             show_logs: true,
+            placement: None,
+            balancer_source: None,
         }
     }
 
@@ -143,6 +184,7 @@ fn tail(lines: &[String]) -> String {
 #[derive(Debug)]
 struct Slot {
     name: String,
+    place: Place,
     url: String,
     port: u16,
     child: Option<Child>,
@@ -179,7 +221,9 @@ impl Fleet {
         let ports = instance_ports(&config)?;
         let mut starting = Vec::with_capacity(ports.len());
         for (index, port) in ports.into_iter().enumerate() {
-            starting.push(spawn_instance(&config, &format!("i{}", index + 1), port)?);
+            let place = place(&config, index).map_err(LaunchError::Config)?;
+            let port = place.port.unwrap_or(port);
+            starting.push(spawn_instance(&config, place, port)?);
         }
         let mut slots = Vec::with_capacity(starting.len());
         for pending in starting {
@@ -259,13 +303,13 @@ impl Fleet {
         if let Some(mut old) = self.take_child(name)? {
             stop_child(&mut old).await;
         }
-        let port = self
+        let (place, port) = self
             .slots()
             .iter()
             .find(|s| s.name == name)
-            .map(|s| s.port)
+            .map(|s| (s.place.clone(), s.port))
             .ok_or_else(|| format!("no instance named {name}"))?;
-        let started = spawn_instance(&self.config, name, port)
+        let started = spawn_instance(&self.config, place, port)
             .map_err(|e| e.to_string())?
             .ready()
             .await
@@ -278,24 +322,23 @@ impl Fleet {
     }
 
     pub(crate) async fn add(&self) -> Result<BackendSpec, String> {
-        let (name, port) = {
-            let slots = self.slots();
-            let index = slots.len();
-            let port = match self.config.instance_port_base {
-                0 => 0,
-                base => u16::try_from(index)
-                    .ok()
-                    .and_then(|i| base.checked_add(i))
-                    .ok_or("no port left for another instance")?,
-            };
-            (format!("i{}", index + 1), port)
+        let index = self.slots().len();
+        let place = place(&self.config, index)?;
+        let port = match (place.port, self.config.instance_port_base) {
+            (Some(port), _) => port,
+            (None, 0) => 0,
+            (None, base) => u16::try_from(index)
+                .ok()
+                .and_then(|i| base.checked_add(i))
+                .ok_or("no port left for another instance")?,
         };
-        let started = spawn_instance(&self.config, &name, port)
+        let started = spawn_instance(&self.config, place, port)
             .map_err(|e| e.to_string())?
             .ready()
             .await
             .map_err(|e| e.to_string())?;
-        let spec = BackendSpec::new(&started.name, &started.url).map_err(|e| e.to_string())?;
+        let spec =
+            BackendSpec::new(&started.place.name, &started.url).map_err(|e| e.to_string())?;
         self.slots().push(started.into_slot());
         Ok(spec)
     }
@@ -348,6 +391,7 @@ impl Topology {
             .backends()
             .map_err(|e| LaunchError::Balancer(e.to_string()))?;
         let mut lb_config = lb::Config::new(backends, config.policy);
+        lb_config.source_address = config.balancer_source;
         lb_config.health = config.health;
         lb_config.admin = config.admin;
         if config.sticky {
@@ -539,20 +583,41 @@ fn instance_ports(config: &TopologyConfig) -> Result<Vec<u16>, LaunchError> {
 
 /// An instance process that has been spawned but has not said it is ready.
 struct Starting {
-    name: String,
+    place: Place,
     child: Child,
     ready: oneshot::Receiver<Result<String, String>>,
     stderr: Arc<Mutex<VecDeque<String>>>,
 }
 
-fn spawn_instance(config: &TopologyConfig, name: &str, port: u16) -> Result<Starting, LaunchError> {
-    let mut command = Command::new(&config.exe);
+/// Where instance `index` runs: as the placement says, or on 127.0.0.1.
+fn place(config: &TopologyConfig, index: usize) -> Result<Place, String> {
+    match &config.placement {
+        Some(placement) => placement.place(index),
+        None => Ok(Place::local(index)),
+    }
+}
+
+fn spawn_instance(
+    config: &TopologyConfig,
+    place: Place,
+    port: u16,
+) -> Result<Starting, LaunchError> {
+    let mut command = match place.wrapper.split_first() {
+        Some((program, args)) => {
+            let mut command = Command::new(program);
+            command.args(args).arg(&config.exe);
+            command
+        }
+        None => Command::new(&config.exe),
+    };
     command
         .arg("serve")
+        .arg("--host")
+        .arg(place.host.to_string())
         .arg("--port")
         .arg(port.to_string())
         .arg("--id")
-        .arg(name)
+        .arg(&place.name)
         .env(LAUNCHER_PID_ENV, std::process::id().to_string())
         .envs(config.env.iter().map(|(k, v)| (k, v)))
         // Instances log warnings only, unless the user asked for more.
@@ -582,7 +647,7 @@ fn spawn_instance(config: &TopologyConfig, name: &str, port: u16) -> Result<Star
         }
     }
     Ok(Starting {
-        name: name.to_owned(),
+        place,
         child,
         ready,
         stderr,
@@ -591,7 +656,7 @@ fn spawn_instance(config: &TopologyConfig, name: &str, port: u16) -> Result<Star
 
 /// An instance process that said it is ready.
 struct Started {
-    name: String,
+    place: Place,
     url: String,
     port: u16,
     child: Child,
@@ -600,7 +665,8 @@ struct Started {
 impl Started {
     fn into_slot(self) -> Slot {
         Slot {
-            name: self.name,
+            name: self.place.name.clone(),
+            place: self.place,
             url: self.url,
             port: self.port,
             child: Some(self.child),
@@ -629,7 +695,7 @@ impl Starting {
             .and_then(|p| p.trim_end_matches('/').parse().ok())
             .unwrap_or(0);
         Ok(Started {
-            name: self.name,
+            place: self.place,
             url,
             port,
             child: self.child,
@@ -646,7 +712,7 @@ impl Starting {
             .map(|lines| lines.iter().cloned().collect())
             .unwrap_or_default();
         LaunchError::NotReady {
-            name: self.name,
+            name: self.place.name,
             reason,
             stderr,
         }

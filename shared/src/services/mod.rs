@@ -61,7 +61,7 @@ pub enum ServiceError {
 }
 
 /// Finds `program` on `PATH`.
-pub(crate) fn find_on_path(program: &str) -> Option<PathBuf> {
+pub fn find_on_path(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|dir| dir.join(program))
@@ -74,7 +74,7 @@ pub(crate) fn find_on_path(program: &str) -> Option<PathBuf> {
 /// else could take it in between, so callers retry on "address in use".
 /// (Asking the server for port 0 would avoid the race, but then it would
 /// have to tell us its port, which `redis-server` and `postgres` do not.)
-pub(crate) fn free_port() -> std::io::Result<u16> {
+pub fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
         .local_addr()?
         .port())
@@ -96,7 +96,7 @@ const UNOWNED_GRACE: Duration = Duration::from_secs(24 * 60 * 60);
 /// Folders are removed when their server stops. A launcher killed with
 /// SIGKILL cannot remove them, so each new one first removes the folders
 /// whose owner process is gone.
-pub(crate) fn private_dir(kind: &str) -> std::io::Result<tempfile::TempDir> {
+pub fn private_dir(kind: &str) -> std::io::Result<tempfile::TempDir> {
     use std::os::unix::fs::PermissionsExt;
     remove_stale_dirs(&std::env::temp_dir());
     let dir = tempfile::Builder::new()
@@ -172,7 +172,7 @@ fn remove_stale_dirs(temp: &Path) {
 /// Dropping it stops the process (SIGTERM, then SIGKILL after a grace
 /// period), so a panicking test leaves no server behind.
 #[derive(Debug)]
-pub(crate) struct ManagedProcess {
+pub struct ManagedProcess {
     program: &'static str,
     child: Child,
     log: PathBuf,
@@ -188,7 +188,7 @@ impl ManagedProcess {
     /// code between fork and exec; `setpriv` does exactly that, and is on
     /// every Debian and Ubuntu machine.) `as_user` runs it as that user,
     /// which PostgreSQL needs when we are root.
-    pub(crate) fn spawn<I, S>(
+    pub fn spawn<I, S>(
         program: &'static str,
         binary: &Path,
         args: I,
@@ -199,7 +199,25 @@ impl ManagedProcess {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let child = logged_command(binary, args, log, as_user)?.spawn()?;
+        Self::spawn_in(program, binary, args, log, as_user, None)
+    }
+
+    /// [`Self::spawn`], inside the network namespace `netns` when given
+    /// (`ip netns exec NS …`: the process sees only that namespace's
+    /// addresses and firewall; stage 7's zones).
+    pub fn spawn_in<I, S>(
+        program: &'static str,
+        binary: &Path,
+        args: I,
+        log: &Path,
+        as_user: Option<&str>,
+        netns: Option<&str>,
+    ) -> Result<Self, ServiceError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let child = logged_command(binary, args, log, as_user, netns)?.spawn()?;
         Ok(Self {
             program,
             child,
@@ -210,24 +228,24 @@ impl ManagedProcess {
 
     /// Stops with `signal` instead of SIGTERM (PostgreSQL: SIGINT, its "fast"
     /// shutdown; SIGTERM would wait for every client to disconnect).
-    pub(crate) fn stop_with(mut self, signal: Signal) -> Self {
+    pub fn stop_with(mut self, signal: Signal) -> Self {
         self.stop_signal = signal;
         self
     }
 
-    pub(crate) fn pid(&self) -> u32 {
+    pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// Sends `signal` to the process (SIGSTOP and SIGCONT pause and resume it).
-    pub(crate) fn signal(&self, signal: Signal) -> std::io::Result<()> {
+    pub fn signal(&self, signal: Signal) -> std::io::Result<()> {
         kill(Pid::from_raw(self.pid_i32()), signal).map_err(std::io::Error::from)
     }
 
     /// Sends `signal` to the process and every process it started (a
     /// PostgreSQL server is a postmaster and a backend per connection:
     /// freezing only the first would leave open connections answering).
-    pub(crate) fn signal_tree(&self, signal: Signal) -> std::io::Result<()> {
+    pub fn signal_tree(&self, signal: Signal) -> std::io::Result<()> {
         // The parent first: a stopped parent starts no new children while
         // the rest are found.
         self.signal(signal)?;
@@ -246,7 +264,7 @@ impl ManagedProcess {
     }
 
     /// `Some` once the process has exited.
-    pub(crate) fn exited(&mut self) -> Option<ExitStatus> {
+    pub fn exited(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().ok().flatten()
     }
 
@@ -258,7 +276,7 @@ impl ManagedProcess {
     }
 
     /// A [`ServiceError::NotReady`] carrying the log's last lines.
-    pub(crate) fn not_ready(&self, reason: impl Into<String>) -> ServiceError {
+    pub fn not_ready(&self, reason: impl Into<String>) -> ServiceError {
         ServiceError::NotReady {
             program: self.program,
             reason: reason.into(),
@@ -269,7 +287,7 @@ impl ManagedProcess {
 
     /// Stops the process: SIGTERM (a clean shutdown: Redis flushes its
     /// append-only file), then SIGKILL if it is still there after `grace`.
-    pub(crate) fn stop(&mut self, grace: Duration) {
+    pub fn stop(&mut self, grace: Duration) {
         if self.exited().is_some() {
             return;
         }
@@ -290,7 +308,7 @@ impl ManagedProcess {
     }
 
     /// Kills the process at once, as a crash would.
-    pub(crate) fn kill(&mut self) {
+    pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -322,9 +340,41 @@ fn children_of(parent: u32) -> Vec<u32> {
         .collect()
 }
 
+/// `ip` (iproute2), on `PATH` or in `/usr/sbin` (off a non-root `PATH`).
+pub fn ip_binary() -> Result<PathBuf, ServiceError> {
+    find_on_path("ip")
+        .or_else(|| Some(PathBuf::from("/usr/sbin/ip")).filter(|p| p.is_file()))
+        .or_else(|| Some(PathBuf::from("/sbin/ip")).filter(|p| p.is_file()))
+        .ok_or(ServiceError::MissingEngine {
+            program: "ip",
+            package: "iproute2",
+        })
+}
+
 /// `binary`, started through `setpriv --pdeathsig SIGTERM` (and as `as_user`
 /// when given): see [`ManagedProcess::spawn`].
-fn as_user_command(binary: &Path, as_user: Option<&str>) -> Result<Command, ServiceError> {
+fn as_user_command(
+    binary: &Path,
+    as_user: Option<&str>,
+    netns: Option<&str>,
+) -> Result<Command, ServiceError> {
+    if let Some(netns) = netns {
+        let mut command = Command::new(ip_binary()?);
+        command.args(["netns", "exec", netns]);
+        let setpriv = find_on_path("setpriv").ok_or(ServiceError::Missing {
+            program: "setpriv",
+            package: "util-linux",
+            variable: "the service's URL",
+        })?;
+        command.arg(setpriv).args(["--pdeathsig", "SIGTERM"]);
+        if let Some(user) = as_user {
+            command
+                .args(["--reuid", user, "--regid", user])
+                .arg("--init-groups");
+        }
+        command.arg("--").arg(binary);
+        return Ok(command);
+    }
     Ok(match find_on_path("setpriv") {
         Some(setpriv) => {
             let mut command = Command::new(setpriv);
@@ -354,6 +404,7 @@ fn logged_command<I, S>(
     args: I,
     log: &Path,
     as_user: Option<&str>,
+    netns: Option<&str>,
 ) -> Result<Command, ServiceError>
 where
     I: IntoIterator<Item = S>,
@@ -361,7 +412,7 @@ where
 {
     let out = File::options().create(true).append(true).open(log)?;
     let err = out.try_clone()?;
-    let mut command = as_user_command(binary, as_user)?;
+    let mut command = as_user_command(binary, as_user, netns)?;
     command
         .args(args)
         .stdin(Stdio::null())
@@ -373,7 +424,7 @@ where
 /// Runs a setup command (`initdb`, `pg_basebackup`) to the end, as
 /// `as_user` when given; its output goes to `log`, whose end is shown if it
 /// fails.
-pub(crate) fn run_to_end<I, S>(
+pub fn run_to_end<I, S>(
     program: &'static str,
     binary: &Path,
     args: I,
@@ -384,7 +435,23 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let status = logged_command(binary, args, log, as_user)?.status()?;
+    run_to_end_in(program, binary, args, log, as_user, None)
+}
+
+/// [`run_to_end`], inside the network namespace `netns` when given.
+pub fn run_to_end_in<I, S>(
+    program: &'static str,
+    binary: &Path,
+    args: I,
+    log: &Path,
+    as_user: Option<&str>,
+    netns: Option<&str>,
+) -> Result<(), ServiceError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let status = logged_command(binary, args, log, as_user, netns)?.status()?;
     if status.success() {
         return Ok(());
     }

@@ -286,7 +286,7 @@ fn stop(server: &mut Server) {
 
 /// `pg_config --bindir`, else the newest `/usr/lib/postgresql/*/bin`, else
 /// wherever `initdb` is on `PATH`.
-fn find_bindir() -> Option<PathBuf> {
+pub fn find_bindir() -> Option<PathBuf> {
     let has_initdb = |dir: &Path| dir.join("initdb").is_file();
     if let Ok(output) = Command::new("pg_config").arg("--bindir").output() {
         let dir = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
@@ -314,7 +314,7 @@ fn find_bindir() -> Option<PathBuf> {
 /// The user the servers run as: ourselves, or `postgres` when we are root
 /// (PostgreSQL refuses to run as root, so that a compromised server cannot
 /// take the machine).
-fn server_user() -> Result<Option<String>, ServiceError> {
+pub fn server_user() -> Result<Option<String>, ServiceError> {
     if !nix::unistd::Uid::effective().is_root() {
         return Ok(None);
     }
@@ -329,7 +329,7 @@ fn server_user() -> Result<Option<String>, ServiceError> {
 }
 
 /// Gives `path` to the server user (when we run as root).
-fn hand_over(path: &Path, user: Option<&str>) -> Result<(), ServiceError> {
+pub fn hand_over(path: &Path, user: Option<&str>) -> Result<(), ServiceError> {
     let Some(name) = user else {
         return Ok(());
     };
@@ -341,7 +341,7 @@ fn hand_over(path: &Path, user: Option<&str>) -> Result<(), ServiceError> {
     Ok(())
 }
 
-fn append_settings(data: &Path, settings: &[String]) -> Result<(), ServiceError> {
+pub fn append_settings(data: &Path, settings: &[String]) -> Result<(), ServiceError> {
     use std::io::Write;
     let mut conf = std::fs::File::options()
         .append(true)
