@@ -1,0 +1,276 @@
+//! The failover manager: a small Patroni.
+//!
+//! Every second it asks the primary `SELECT 1`. After `--failover-after`
+//! failures in a row (3: one lost packet is not a dead zone) it:
+//!
+//! 1. **fences** the old primary: the writer endpoint stops forwarding to
+//!    it, and its processes are killed, so that it can never accept a
+//!    write again even if its zone comes back by itself (two primaries
+//!    taking writes, "split brain", is the failure worse than downtime;
+//!    Patroni fences with a leader lease and a watchdog, RDS by stopping
+//!    the instance);
+//! 2. **promotes** the standby (`SELECT pg_promote()`): it finishes
+//!    replaying what it received and starts a new timeline;
+//! 3. re-points the writer endpoint at it; instances reconnect by
+//!    themselves (their pools dial again when the old connections close).
+//!
+//! With synchronous replication, a primary whose standby is gone would
+//! make every commit wait forever. Like Patroni (and unlike its
+//! `synchronous_mode_strict`), the manager then **degrades**: after the
+//! same number of checks without a standby it clears
+//! `synchronous_standby_names`, and commits are acknowledged by one zone
+//! until the other returns, when it sets it again. `--strict-sync` keeps
+//! the promise instead: no standby, no writes.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Connection, PgConnection};
+use tokio::sync::watch;
+
+use crate::endpoint::Endpoint;
+use crate::postgres_ha::{NodeName, PostgresHa, Replication};
+
+/// How often the primary is asked, and how long an answer may take.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// What the manager decided and when: the timeline of a failover.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Event {
+    /// Milliseconds since the manager started.
+    pub at_ms: u128,
+    pub what: String,
+}
+
+/// The manager's view, for the dashboard, the demo and the tests.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Status {
+    pub primary: Option<NodeName>,
+    /// Synchronous replication is off for want of a standby.
+    pub degraded: bool,
+    pub failovers: u32,
+    pub events: Vec<Event>,
+}
+
+/// Its settings.
+#[derive(Clone, Copy, Debug)]
+pub struct Policy {
+    /// Failed checks in a row before a failover (and before degrading).
+    pub after: u32,
+    /// Never degrade synchronous replication (`--strict-sync`).
+    pub strict: bool,
+}
+
+/// The manager, shared between its loop and whoever reads its status.
+#[derive(Debug)]
+pub struct FailoverManager {
+    postgres: Arc<Mutex<PostgresHa>>,
+    writer: Arc<Endpoint>,
+    policy: Policy,
+    status: Mutex<Status>,
+    started: Instant,
+}
+
+impl FailoverManager {
+    pub fn new(postgres: Arc<Mutex<PostgresHa>>, writer: Arc<Endpoint>, policy: Policy) -> Self {
+        let primary = lock(&postgres).primary();
+        Self {
+            postgres,
+            writer,
+            policy,
+            status: Mutex::new(Status {
+                primary: Some(primary),
+                ..Status::default()
+            }),
+            started: Instant::now(),
+        }
+    }
+
+    /// A copy of the status now.
+    pub fn status(&self) -> Status {
+        lock(&self.status).clone()
+    }
+
+    fn record(&self, what: String) {
+        tracing::warn!(target: "failover", "{what}");
+        lock(&self.status).events.push(Event {
+            at_ms: self.started.elapsed().as_millis(),
+            what,
+        });
+    }
+
+    /// Checks every second until `shutdown` turns true. Runs inside the
+    /// `region` machine (see [`crate::netns`]).
+    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) {
+        let mut primary_failures = 0u32;
+        let mut standby_missing = 0u32;
+        let mut ticker = tokio::time::interval(PROBE_EVERY);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+            let (primary, url, replication) = {
+                let pg = lock(&self.postgres);
+                (pg.primary(), pg.url_of(pg.primary()), pg.replication())
+            };
+            let probe = tokio::time::timeout(PROBE_EVERY, check(&url)).await;
+            let Ok(Ok(standby_streaming)) = probe else {
+                primary_failures += 1;
+                self.record(format!(
+                    "{} did not answer ({primary_failures}/{})",
+                    primary.as_str(),
+                    self.policy.after
+                ));
+                if primary_failures >= self.policy.after && self.fail_over(primary).await {
+                    primary_failures = 0;
+                    standby_missing = 0;
+                }
+                continue;
+            };
+            primary_failures = 0;
+            if replication == Replication::Synchronous && !self.policy.strict {
+                standby_missing = if standby_streaming {
+                    0
+                } else {
+                    standby_missing + 1
+                };
+                self.keep_sync_honest(&url, standby_streaming, standby_missing)
+                    .await;
+            }
+        }
+    }
+
+    /// Fences `old`, promotes the standby, re-points the writer endpoint.
+    /// Returns whether a new primary now takes writes.
+    async fn fail_over(&self, old: NodeName) -> bool {
+        self.writer.point_at(None);
+        let (standby, standby_url, standby_address, replication) = {
+            let mut pg = lock(&self.postgres);
+            pg.kill(old);
+            let standby = pg.standby();
+            let (host, port) = pg.address_of(standby);
+            (
+                standby,
+                pg.url_of(standby),
+                SocketAddr::from((host, port)),
+                pg.replication(),
+            )
+        };
+        self.record(format!(
+            "fenced {}: the writer endpoint refuses connections and its processes are killed",
+            old.as_str()
+        ));
+        let promoted = tokio::time::timeout(Duration::from_secs(30), promote(&standby_url)).await;
+        if let Err(error) = promoted.map_err(|_| "timed out".to_owned()).and_then(|r| r) {
+            self.record(format!(
+                "cannot promote {}: {error}; writes stay down until a server is back",
+                standby.as_str()
+            ));
+            return false;
+        }
+        lock(&self.postgres).promoted(standby);
+        self.writer.point_at(Some(standby_address));
+        {
+            let mut status = lock(&self.status);
+            status.primary = Some(standby);
+            status.failovers += 1;
+        }
+        self.record(format!(
+            "promoted {}; the writer endpoint points at {standby_address}",
+            standby.as_str()
+        ));
+        if replication == Replication::Synchronous && !self.policy.strict {
+            // Its standby was the old primary, which is gone.
+            self.set_sync(&standby_url, false).await;
+        }
+        true
+    }
+
+    /// Degrades when the standby has been missing too long; restores
+    /// synchronous commits when it streams again.
+    async fn keep_sync_honest(&self, url: &str, streaming: bool, missing: u32) {
+        let degraded = lock(&self.status).degraded;
+        if streaming && degraded {
+            self.set_sync(url, true).await;
+        } else if !streaming && !degraded && missing >= self.policy.after {
+            self.set_sync(url, false).await;
+        }
+    }
+
+    async fn set_sync(&self, url: &str, on: bool) {
+        let names = if on { "ANY 1 (pg_a, pg_b)" } else { "" };
+        let result = tokio::time::timeout(PROBE_EVERY * 5, async {
+            let mut connection = connect(url).await?;
+            sqlx::query(&format!(
+                "ALTER SYSTEM SET synchronous_standby_names = '{names}'"
+            ))
+            .execute(&mut connection)
+            .await?;
+            sqlx::query("SELECT pg_reload_conf()")
+                .execute(&mut connection)
+                .await?;
+            connection.close().await
+        })
+        .await;
+        match result {
+            Ok(Ok(())) => {
+                lock(&self.status).degraded = !on;
+                self.record(if on {
+                    "the standby streams again: commits wait for it (synchronous)".to_owned()
+                } else {
+                    "no standby: commits are acknowledged by one zone only (degraded, not strict)"
+                        .to_owned()
+                });
+            }
+            Ok(Err(error)) => {
+                self.record(format!("cannot change synchronous_standby_names: {error}"))
+            }
+            Err(_) => self.record("cannot change synchronous_standby_names: timed out".to_owned()),
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+async fn connect(url: &str) -> Result<PgConnection, sqlx::Error> {
+    PgConnectOptions::from_str(url)?
+        .disable_statement_logging()
+        .connect()
+        .await
+}
+
+/// Asks the primary whether it answers, and whether a standby streams
+/// from it (`pg_stat_replication`).
+async fn check(url: &str) -> Result<bool, sqlx::Error> {
+    let mut connection = connect(url).await?;
+    let streaming: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_stat_replication
+                        WHERE application_name IN ('pg_a', 'pg_b') AND state = 'streaming')",
+    )
+    .fetch_one(&mut connection)
+    .await?;
+    connection.close().await?;
+    Ok(streaming)
+}
+
+/// `pg_promote()`: ends recovery and waits until the server takes writes.
+pub async fn promote(url: &str) -> Result<(), String> {
+    let mut connection = connect(url).await.map_err(|e| e.to_string())?;
+    let promoted: bool = sqlx::query_scalar("SELECT pg_promote(true, 30)")
+        .fetch_one(&mut connection)
+        .await
+        .map_err(|e| e.to_string())?;
+    if promoted {
+        Ok(())
+    } else {
+        Err("pg_promote() returned false".to_owned())
+    }
+}

@@ -1,0 +1,3 @@
+//! `sudo -E cargo run -p stage7`.
+
+fn main() {}
