@@ -25,7 +25,9 @@
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
+
 use std::time::{Duration, Instant};
+use tokio::sync::Mutex as AsyncMutex;
 
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection};
@@ -67,7 +69,7 @@ pub struct Policy {
 /// The manager, shared between its loop and whoever reads its status.
 #[derive(Debug)]
 pub struct FailoverManager {
-    postgres: Arc<Mutex<PostgresHa>>,
+    postgres: Arc<AsyncMutex<PostgresHa>>,
     writer: Arc<Endpoint>,
     policy: Policy,
     status: Mutex<Status>,
@@ -75,8 +77,12 @@ pub struct FailoverManager {
 }
 
 impl FailoverManager {
-    pub fn new(postgres: Arc<Mutex<PostgresHa>>, writer: Arc<Endpoint>, policy: Policy) -> Self {
-        let primary = lock(&postgres).primary();
+    pub async fn new(
+        postgres: Arc<AsyncMutex<PostgresHa>>,
+        writer: Arc<Endpoint>,
+        policy: Policy,
+    ) -> Self {
+        let primary = postgres.lock().await.primary();
         Self {
             postgres,
             writer,
@@ -114,7 +120,7 @@ impl FailoverManager {
                 _ = shutdown.wait_for(|stop| *stop) => return,
             }
             let (primary, url, replication) = {
-                let pg = lock(&self.postgres);
+                let pg = self.postgres.lock().await;
                 (pg.primary(), pg.url_of(pg.primary()), pg.replication())
             };
             let probe = tokio::time::timeout(PROBE_EVERY, check(&url)).await;
@@ -149,7 +155,7 @@ impl FailoverManager {
     async fn fail_over(&self, old: NodeName) -> bool {
         self.writer.point_at(None);
         let (standby, standby_url, standby_address, replication) = {
-            let mut pg = lock(&self.postgres);
+            let mut pg = self.postgres.lock().await;
             pg.kill(old);
             let standby = pg.standby();
             let (host, port) = pg.address_of(standby);
@@ -172,7 +178,7 @@ impl FailoverManager {
             ));
             return false;
         }
-        lock(&self.postgres).promoted(standby);
+        self.postgres.lock().await.promoted(standby);
         self.writer.point_at(Some(standby_address));
         {
             let mut status = lock(&self.status);

@@ -19,6 +19,7 @@
 //! nftables; without root the zones run on loopback addresses, without the
 //! firewall, and the banner says so).
 
+pub mod data_tier;
 pub mod endpoint;
 pub mod failover;
 pub mod netns;

@@ -93,3 +93,103 @@ pub async fn listen_in(machine: &Machine, port: u16) {
         .expect("the listener thread")
         .unwrap_or_else(|e| panic!("cannot listen on {address}: {e}"));
 }
+
+/// SQL from inside a machine (the security groups decide who may ask).
+pub mod sql {
+    use std::collections::BTreeSet;
+    use std::time::Duration;
+
+    use sqlx::{Connection, PgConnection};
+    use stage7::netns;
+    use stage7::region::Machine;
+
+    /// Runs `statement` on the server at `url`, from `from`.
+    pub async fn execute(from: &Machine, url: &str, statement: &'static str) {
+        let url = url.to_owned();
+        netns::run(from.netns.as_deref(), move || {
+            Box::pin(async move {
+                let mut connection = PgConnection::connect(&url).await?;
+                sqlx::raw_sql(statement).execute(&mut connection).await?;
+                Ok::<_, sqlx::Error>(())
+            })
+        })
+        .await
+        .expect("the SQL thread")
+        .unwrap_or_else(|e| panic!("{statement}: {e}"));
+    }
+
+    /// Inserts each of `ids` into `orders`, each in its own transaction on
+    /// its own connection, all at once; a commit that has not returned
+    /// within `deadline` is not acknowledged (the client gave up, as a
+    /// shop request would). Returns the acknowledged ids.
+    pub async fn commit_each(
+        from: &Machine,
+        url: &str,
+        ids: std::ops::RangeInclusive<i32>,
+        deadline: Duration,
+    ) -> BTreeSet<i32> {
+        let url = url.to_owned();
+        netns::run(from.netns.as_deref(), move || {
+            Box::pin(async move {
+                let mut writes = tokio::task::JoinSet::new();
+                for id in ids {
+                    let url = url.clone();
+                    writes.spawn(async move {
+                        let write = async {
+                            let mut connection = PgConnection::connect(&url).await?;
+                            sqlx::query("INSERT INTO orders (id) VALUES ($1)")
+                                .bind(id)
+                                .execute(&mut connection)
+                                .await?;
+                            Ok::<_, sqlx::Error>(())
+                        };
+                        matches!(tokio::time::timeout(deadline, write).await, Ok(Ok(())))
+                            .then_some(id)
+                    });
+                }
+                let mut acknowledged = BTreeSet::new();
+                while let Some(done) = writes.join_next().await {
+                    if let Ok(Some(id)) = done {
+                        acknowledged.insert(id);
+                    }
+                }
+                acknowledged
+            })
+        })
+        .await
+        .expect("the SQL thread")
+    }
+
+    /// The ids in `orders` on the server at `url`.
+    pub async fn ids(from: &Machine, url: &str) -> Result<BTreeSet<i32>, sqlx::Error> {
+        let url = url.to_owned();
+        netns::run(from.netns.as_deref(), move || {
+            Box::pin(async move {
+                let mut connection = PgConnection::connect(&url).await?;
+                let ids: Vec<i32> = sqlx::query_scalar("SELECT id FROM orders")
+                    .fetch_all(&mut connection)
+                    .await?;
+                Ok(ids.into_iter().collect())
+            })
+        })
+        .await
+        .expect("the SQL thread")
+    }
+
+    /// One value of `query` (a text column) on the server at `url`.
+    pub async fn text(
+        from: &Machine,
+        url: &str,
+        query: &'static str,
+    ) -> Result<String, sqlx::Error> {
+        let url = url.to_owned();
+        netns::run(from.netns.as_deref(), move || {
+            Box::pin(async move {
+                let mut connection = PgConnection::connect(&url).await?;
+                sqlx::query_scalar(query).fetch_one(&mut connection).await
+            })
+        })
+        .await
+        .expect("the SQL thread")
+    }
+}

@@ -1,0 +1,192 @@
+//! The data tier across the zones, and the region's services in front of it.
+//!
+//! [`DataTier::start`] adds the fixed machines to the region (`a-data`,
+//! `b-data`, and `region`), starts PostgreSQL there ([`crate::postgres_ha`])
+//! and, on a thread inside the `region` machine ([`crate::netns`]), the
+//! writer endpoint ([`crate::endpoint`]) and the failover manager
+//! ([`crate::failover`]). Instances are given the endpoint's address, never
+//! a server's: after a failover the same URL reaches the new primary.
+//!
+//! Taking a zone down ([`DataTier::take_zone_down`]) is the power and the
+//! network of a whole zone going at once: every process in its machines
+//! is killed (`SIGKILL`, found with `ip netns pids`) and their links to the
+//! bridge are cut. Bringing it back ([`DataTier::bring_zone_back`])
+//! restores the links and re-joins its servers as standbys.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use nix::sys::signal::Signal;
+use tokio::net::TcpListener;
+use tokio::sync::{Mutex as AsyncMutex, watch};
+
+use crate::endpoint::Endpoint;
+use crate::failover::{FailoverManager, Policy, Status};
+use crate::netns;
+use crate::postgres_ha::{self, NodeName, PostgresHa, Replication};
+use crate::region::{A_DATA_HOST, B_DATA_HOST, Machine, REGION_HOST, Region, Zone};
+use crate::security_groups::Group;
+
+/// The writer endpoint's port on the `region` machine.
+pub const WRITER_PORT: u16 = 5432;
+
+/// How the data tier behaves on a bad day.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    pub replication: Replication,
+    pub policy: Policy,
+}
+
+/// PostgreSQL in two zones, the writer endpoint and the failover manager;
+/// all stopped when dropped.
+#[derive(Debug)]
+pub struct DataTier {
+    // Field order matters: the region's services stop first, then the
+    // servers, then the namespaces they ran in.
+    control: Option<JoinHandle<()>>,
+    shutdown: watch::Sender<bool>,
+    manager: Arc<FailoverManager>,
+    writer: Arc<Endpoint>,
+    postgres: Arc<AsyncMutex<PostgresHa>>,
+    control_machine: Machine,
+    region: Arc<Region>,
+}
+
+impl DataTier {
+    /// Adds the data machines to `region` and starts everything on them.
+    pub async fn start(region: Arc<Region>, options: Options) -> Result<Self, shop::BoxError> {
+        let control_machine =
+            region.add_machine("region", Zone::Region, REGION_HOST, Group::Data)?;
+        let a_data = region.add_machine("a-data", Zone::A, A_DATA_HOST, Group::Data)?;
+        let b_data = region.add_machine("b-data", Zone::B, B_DATA_HOST, Group::Data)?;
+        let postgres = PostgresHa::start(a_data, b_data, options.replication).await?;
+        let (host, port) = postgres.address_of(postgres.primary());
+        let writer = Arc::new(Endpoint::new(
+            "writer",
+            Some(SocketAddr::from((host, port))),
+        ));
+        let postgres = Arc::new(AsyncMutex::new(postgres));
+        let manager =
+            Arc::new(FailoverManager::new(postgres.clone(), writer.clone(), options.policy).await);
+        let (shutdown, stop) = watch::channel(false);
+        let (bound_tx, bound) = tokio::sync::oneshot::channel();
+        let listen = SocketAddr::from((control_machine.address, WRITER_PORT));
+        let control = {
+            let (writer, manager) = (writer.clone(), manager.clone());
+            netns::spawn(
+                control_machine.netns.as_deref(),
+                "stage7-region",
+                move || {
+                    Box::pin(async move {
+                        let listener = match TcpListener::bind(listen).await {
+                            Ok(listener) => {
+                                let _ = bound_tx.send(Ok(()));
+                                listener
+                            }
+                            Err(error) => {
+                                let _ = bound_tx.send(Err(error.to_string()));
+                                return;
+                            }
+                        };
+                        tokio::join!(writer.serve(listener, stop.clone()), manager.run(stop));
+                    })
+                },
+            )?
+        };
+        bound
+            .await
+            .map_err(|_| "the region's thread stopped")?
+            .map_err(|e| format!("the writer endpoint cannot listen on {listen}: {e}"))?;
+        Ok(Self {
+            control: Some(control),
+            shutdown,
+            manager,
+            writer,
+            postgres,
+            control_machine,
+            region,
+        })
+    }
+
+    pub fn region(&self) -> &Arc<Region> {
+        &self.region
+    }
+
+    /// The `region` machine (the endpoints, the failover manager).
+    pub fn control_machine(&self) -> &Machine {
+        &self.control_machine
+    }
+
+    /// Where instances send writes: the writer endpoint, not a server.
+    pub fn writer_url(&self) -> String {
+        postgres_ha::url(self.control_machine.address, WRITER_PORT)
+    }
+
+    /// Where the writer endpoint forwards now (`None` while fenced).
+    pub fn writer_target(&self) -> Option<SocketAddr> {
+        self.writer.target()
+    }
+
+    /// The asynchronous read replica (stage 5's reads).
+    pub async fn replica_url(&self) -> String {
+        self.postgres.lock().await.url_of(NodeName::Replica)
+    }
+
+    /// The servers themselves (tests reach past the endpoint with it).
+    pub fn postgres(&self) -> &Arc<AsyncMutex<PostgresHa>> {
+        &self.postgres
+    }
+
+    /// The failover manager's view.
+    pub fn status(&self) -> Status {
+        self.manager.status()
+    }
+
+    /// Zone `zone` goes dark: every process in its machines is killed and
+    /// their links cut. Returns how many processes were killed.
+    pub async fn take_zone_down(&self, zone: Zone) -> Result<usize, shop::BoxError> {
+        self.region.set_zone_link(zone, false)?;
+        let mut killed = 0;
+        for machine in self.region.machines().iter().filter(|m| m.zone == zone) {
+            for pid in self.region.pids_in(machine) {
+                if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).is_ok()
+                {
+                    killed += 1;
+                }
+            }
+        }
+        let mut postgres = self.postgres.lock().await;
+        for node in [NodeName::A, NodeName::B, NodeName::Replica] {
+            if postgres.machine_of(node).zone == zone {
+                // Already dead: this only collects what is left of it.
+                postgres.kill(node);
+            }
+        }
+        Ok(killed)
+    }
+
+    /// Zone `zone` comes back: links restored, its servers re-joined (a
+    /// former primary as the new primary's standby). Returns what was done
+    /// to each server.
+    pub async fn bring_zone_back(&self, zone: Zone) -> Result<Vec<String>, shop::BoxError> {
+        self.region.set_zone_link(zone, true)?;
+        let mut done = Vec::new();
+        let mut postgres = self.postgres.lock().await;
+        for node in [NodeName::A, NodeName::B, NodeName::Replica] {
+            if postgres.machine_of(node).zone == zone {
+                done.push(postgres.rejoin(node).await?);
+            }
+        }
+        Ok(done)
+    }
+}
+
+impl Drop for DataTier {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+        if let Some(control) = self.control.take() {
+            let _ = control.join();
+        }
+    }
+}
