@@ -267,16 +267,23 @@ async fn check(url: &str) -> Result<bool, sqlx::Error> {
     Ok(streaming)
 }
 
-/// `pg_promote()`: ends recovery and waits until the server takes writes.
+/// `pg_promote()`: ends recovery and waits until the server takes writes;
+/// then a checkpoint, so that its new timeline is on record.
 pub async fn promote(url: &str) -> Result<(), String> {
     let mut connection = connect(url).await.map_err(|e| e.to_string())?;
     let promoted: bool = sqlx::query_scalar("SELECT pg_promote(true, 30)")
         .fetch_one(&mut connection)
         .await
         .map_err(|e| e.to_string())?;
-    if promoted {
-        Ok(())
-    } else {
-        Err("pg_promote() returned false".to_owned())
+    if !promoted {
+        return Err("pg_promote() returned false".to_owned());
     }
+    // The new timeline reaches the control file only at the next
+    // checkpoint; until then `pg_rewind` of the old primary would compare
+    // timelines, find them equal, and rewind nothing (Patroni does the same).
+    sqlx::query("CHECKPOINT")
+        .execute(&mut connection)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
 }

@@ -489,7 +489,7 @@ fn is_ready(isready: &Path, netns: Option<&str>, host: &str, port: &str) -> bool
         _ => Command::new(isready),
     };
     command
-        .args(["-q", "-h", host, "-p", port, "-t", "1"])
+        .args(["-q", "-h", host, "-p", port, "-U", "postgres", "-t", "1"])
         .status()
         .is_ok_and(|s| s.success())
 }

@@ -1,0 +1,131 @@
+//! A whole zone goes dark under the data tier: the failover manager
+//! fences the primary and promotes the standby, the writer endpoint
+//! follows, and the same URL takes writes again. Then the zone returns,
+//! and its old primary re-joins as the standby.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use stage7::data_tier::{DataTier, Options};
+use stage7::failover::Policy;
+use stage7::postgres_ha::{NodeName, Replication};
+use stage7::region::{Machine, Zone};
+use support::{region, sql};
+
+const DEADLINE: Duration = Duration::from_secs(2);
+
+async fn data_tier() -> (DataTier, Machine) {
+    let region = Arc::new(region());
+    let options = Options {
+        replication: Replication::Synchronous,
+        policy: Policy {
+            after: 3,
+            strict: false,
+        },
+    };
+    let tier = DataTier::start(region.clone(), options)
+        .await
+        .expect("the data tier");
+    // An instance in zone b: it outlives zone a.
+    let b1 = region.instance_machine(1).expect("b1");
+    sql::execute(
+        &b1,
+        &tier.writer_url(),
+        "CREATE TABLE orders (id int PRIMARY KEY)",
+    )
+    .await;
+    (tier, b1)
+}
+
+/// Takes zone a down and writes through the endpoint until a write is
+/// acknowledged again; returns how long writes were refused.
+async fn lose_zone_a(tier: &DataTier, client: &Machine) -> Duration {
+    let killed = tier.take_zone_down(Zone::A).await.expect("zone a down");
+    assert!(killed >= 1, "the primary's processes were in zone a");
+    let lost_at = Instant::now();
+    let mut id = 1000;
+    loop {
+        id += 1;
+        if sql::commit_each(client, &tier.writer_url(), id..=id, DEADLINE)
+            .await
+            .contains(&id)
+        {
+            return lost_at.elapsed();
+        }
+        assert!(
+            lost_at.elapsed() < Duration::from_secs(60),
+            "no write accepted a minute after the zone went: {:?}",
+            tier.status()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn losing_the_primary_zone_promotes_the_standby_behind_the_same_url() {
+    let (tier, b1) = data_tier().await;
+    let acknowledged = sql::commit_each(&b1, &tier.writer_url(), 1..=20, DEADLINE).await;
+    assert_eq!(acknowledged.len(), 20);
+
+    let without_writes = lose_zone_a(&tier, &b1).await;
+    eprintln!("writes refused for {:.1}s", without_writes.as_secs_f64());
+
+    let status = tier.status();
+    assert_eq!(status.primary, Some(NodeName::B), "{status:?}");
+    assert_eq!(status.failovers, 1, "{status:?}");
+    assert!(
+        status.degraded,
+        "with its standby gone, the new primary commits alone: {status:?}"
+    );
+    let survived = sql::ids(&b1, &tier.writer_url())
+        .await
+        .expect("read through the endpoint");
+    assert!(
+        acknowledged.is_subset(&survived),
+        "every acknowledged write is on the new primary"
+    );
+}
+
+#[tokio::test]
+async fn zone_returns_as_standby() {
+    let (tier, b1) = data_tier().await;
+    lose_zone_a(&tier, &b1).await;
+
+    let done = tier.bring_zone_back(Zone::A).await.expect("zone a back");
+    assert!(
+        done.iter().any(|d| d.starts_with("pg_a: rewound")),
+        "{done:?}"
+    );
+    let a_data = tier.region().machine("a-data").expect("a-data");
+    let old_primary = tier.postgres().lock().await.url_of(NodeName::A);
+    assert_eq!(
+        sql::text(&a_data, &old_primary, "SELECT pg_is_in_recovery()::text")
+            .await
+            .expect("ask pg_a"),
+        "true",
+        "the old primary came back as a standby"
+    );
+    // The manager sees it stream and makes commits synchronous again; a
+    // write acknowledged now is on both.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tier.status().degraded {
+        if Instant::now() > deadline {
+            let new_primary = tier.postgres().lock().await.url_of(NodeName::B);
+            let replication = sql::text(&b1, &new_primary, "SELECT coalesce(string_agg(application_name || ':' || state, ','), 'none') FROM pg_stat_replication").await;
+            panic!(
+                "still degraded: {:?}; pg_stat_replication on pg_b: {replication:?}",
+                tier.status()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let acknowledged = sql::commit_each(&b1, &tier.writer_url(), 2001..=2005, DEADLINE).await;
+    assert_eq!(acknowledged.len(), 5);
+    let on_a = sql::ids(&a_data, &old_primary).await.expect("read pg_a");
+    assert!(
+        acknowledged.is_subset(&on_a),
+        "a synchronous commit is on the standby before it is acknowledged (visible once replayed)"
+    );
+}
