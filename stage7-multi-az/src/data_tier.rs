@@ -16,6 +16,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use tokio::net::TcpListener;
@@ -25,11 +26,16 @@ use crate::endpoint::Endpoint;
 use crate::failover::{FailoverManager, Policy, Status};
 use crate::netns;
 use crate::postgres_ha::{self, NodeName, PostgresHa, Replication};
+use crate::redis_ha::{self, RedisHa};
 use crate::region::{A_DATA_HOST, B_DATA_HOST, Machine, REGION_HOST, Region, Zone};
 use crate::security_groups::Group;
 
 /// The writer endpoint's port on the `region` machine.
 pub const WRITER_PORT: u16 = 5432;
+/// The sessions endpoint's port on the `region` machine.
+pub const SESSIONS_PORT: u16 = 6379;
+/// How often the sessions endpoint asks the Sentinels where the primary is.
+const FOLLOW_SENTINELS_EVERY: Duration = Duration::from_millis(250);
 
 /// How the data tier behaves on a bad day.
 #[derive(Clone, Copy, Debug)]
@@ -48,7 +54,9 @@ pub struct DataTier {
     shutdown: watch::Sender<bool>,
     manager: Arc<FailoverManager>,
     writer: Arc<Endpoint>,
+    sessions: Arc<Endpoint>,
     postgres: Arc<AsyncMutex<PostgresHa>>,
+    redis: AsyncMutex<RedisHa>,
     control_machine: Machine,
     region: Arc<Region>,
 }
@@ -60,36 +68,46 @@ impl DataTier {
             region.add_machine("region", Zone::Region, REGION_HOST, Group::Data)?;
         let a_data = region.add_machine("a-data", Zone::A, A_DATA_HOST, Group::Data)?;
         let b_data = region.add_machine("b-data", Zone::B, B_DATA_HOST, Group::Data)?;
+        let redis = RedisHa::start(&a_data, &b_data, &control_machine).await?;
         let postgres = PostgresHa::start(a_data, b_data, options.replication).await?;
         let (host, port) = postgres.address_of(postgres.primary());
         let writer = Arc::new(Endpoint::new(
             "writer",
             Some(SocketAddr::from((host, port))),
         ));
+        let sessions = Arc::new(Endpoint::new("sessions", Some(redis.first_primary())));
         let postgres = Arc::new(AsyncMutex::new(postgres));
         let manager =
             Arc::new(FailoverManager::new(postgres.clone(), writer.clone(), options.policy).await);
         let (shutdown, stop) = watch::channel(false);
         let (bound_tx, bound) = tokio::sync::oneshot::channel();
-        let listen = SocketAddr::from((control_machine.address, WRITER_PORT));
+        let address = control_machine.address;
         let control = {
-            let (writer, manager) = (writer.clone(), manager.clone());
+            let (writer, sessions, manager) = (writer.clone(), sessions.clone(), manager.clone());
+            let sentinels = redis.sentinels();
             netns::spawn(
                 control_machine.netns.as_deref(),
                 "stage7-region",
                 move || {
                     Box::pin(async move {
-                        let listener = match TcpListener::bind(listen).await {
-                            Ok(listener) => {
-                                let _ = bound_tx.send(Ok(()));
-                                listener
-                            }
-                            Err(error) => {
-                                let _ = bound_tx.send(Err(error.to_string()));
-                                return;
-                            }
-                        };
-                        tokio::join!(writer.serve(listener, stop.clone()), manager.run(stop));
+                        let bind = |port| TcpListener::bind(SocketAddr::from((address, port)));
+                        let (writer_listener, sessions_listener) =
+                            match (bind(WRITER_PORT).await, bind(SESSIONS_PORT).await) {
+                                (Ok(w), Ok(s)) => {
+                                    let _ = bound_tx.send(Ok(()));
+                                    (w, s)
+                                }
+                                (Err(error), _) | (_, Err(error)) => {
+                                    let _ = bound_tx.send(Err(error.to_string()));
+                                    return;
+                                }
+                            };
+                        tokio::join!(
+                            writer.serve(writer_listener, stop.clone()),
+                            sessions.serve(sessions_listener, stop.clone()),
+                            follow_sentinels(&sessions, &sentinels, stop.clone()),
+                            manager.run(stop)
+                        );
                     })
                 },
             )?
@@ -97,13 +115,15 @@ impl DataTier {
         bound
             .await
             .map_err(|_| "the region's thread stopped")?
-            .map_err(|e| format!("the writer endpoint cannot listen on {listen}: {e}"))?;
+            .map_err(|e| format!("the region's endpoints cannot listen on {address}: {e}"))?;
         Ok(Self {
             control: Some(control),
             shutdown,
             manager,
             writer,
+            sessions,
             postgres,
+            redis: AsyncMutex::new(redis),
             control_machine,
             region,
         })
@@ -121,6 +141,21 @@ impl DataTier {
     /// Where instances send writes: the writer endpoint, not a server.
     pub fn writer_url(&self) -> String {
         postgres_ha::url(self.control_machine.address, WRITER_PORT)
+    }
+
+    /// Where instances keep sessions and carts: the sessions endpoint.
+    pub fn sessions_url(&self) -> String {
+        format!("redis://{}:{SESSIONS_PORT}/", self.control_machine.address)
+    }
+
+    /// Where the sessions endpoint forwards now: the Redis primary.
+    pub fn sessions_target(&self) -> Option<SocketAddr> {
+        self.sessions.target()
+    }
+
+    /// Stage 5's cache (in the `region` machine).
+    pub async fn cache_url(&self) -> String {
+        self.redis.lock().await.cache_url()
     }
 
     /// Where the writer endpoint forwards now (`None` while fenced).
@@ -156,6 +191,7 @@ impl DataTier {
                 }
             }
         }
+        self.redis.lock().await.zone_lost(zone);
         let mut postgres = self.postgres.lock().await;
         for node in [NodeName::A, NodeName::B, NodeName::Replica] {
             if postgres.machine_of(node).zone == zone {
@@ -178,6 +214,12 @@ impl DataTier {
                 done.push(postgres.rejoin(node).await?);
             }
         }
+        drop(postgres);
+        let primary = self
+            .sessions
+            .target()
+            .ok_or("the sessions endpoint has no target")?;
+        done.extend(self.redis.lock().await.zone_back(zone, primary).await?);
         Ok(done)
     }
 }
@@ -187,6 +229,24 @@ impl Drop for DataTier {
         let _ = self.shutdown.send(true);
         if let Some(control) = self.control.take() {
             let _ = control.join();
+        }
+    }
+}
+
+/// Points the sessions endpoint wherever the Sentinels say the primary is.
+async fn follow_sentinels(
+    sessions: &Endpoint,
+    sentinels: &[SocketAddr],
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(FOLLOW_SENTINELS_EVERY);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        if let Some(primary) = redis_ha::primary_from_sentinels(sentinels).await {
+            sessions.point_at(Some(primary));
         }
     }
 }

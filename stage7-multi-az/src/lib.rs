@@ -24,5 +24,6 @@ pub mod endpoint;
 pub mod failover;
 pub mod netns;
 pub mod postgres_ha;
+pub mod redis_ha;
 pub mod region;
 pub mod security_groups;

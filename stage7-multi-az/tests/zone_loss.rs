@@ -12,7 +12,7 @@ use stage7::data_tier::{DataTier, Options};
 use stage7::failover::Policy;
 use stage7::postgres_ha::{NodeName, Replication};
 use stage7::region::{Machine, Zone};
-use support::{region, sql};
+use support::{redis_in, region, sql};
 
 const DEADLINE: Duration = Duration::from_secs(2);
 
@@ -128,4 +128,59 @@ async fn zone_returns_as_standby() {
         acknowledged.is_subset(&on_a),
         "a synchronous commit is on the standby before it is acknowledged (visible once replayed)"
     );
+}
+
+#[tokio::test]
+async fn sentinel_failover_keeps_sessions() {
+    let (tier, b1) = data_tier().await;
+    let url = tier.sessions_url();
+    redis_in::query(&b1, &url, &["SET", "cart:ada", "3 t-shirts"])
+        .await
+        .expect("SET");
+    // Replication is asynchronous: WAIT makes this one cart's copy certain
+    // (the shop does not wait; see redis_ha's documentation).
+    // (The replica may still be loading its first copy: ask until it has it.)
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while redis_in::query(&b1, &url, &["WAIT", "1", "200"]).await != Ok(redis::Value::Int(1)) {
+        assert!(
+            Instant::now() < deadline,
+            "the replica in zone b never acknowledged the cart"
+        );
+    }
+
+    tier.take_zone_down(Zone::A).await.expect("zone a down");
+    let lost_at = Instant::now();
+    let cart = loop {
+        if let Ok(redis::Value::BulkString(cart)) =
+            redis_in::query(&b1, &url, &["GET", "cart:ada"]).await
+        {
+            break String::from_utf8_lossy(&cart).into_owned();
+        }
+        assert!(
+            lost_at.elapsed() < Duration::from_secs(60),
+            "the sessions endpoint never answered again"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!(
+        "sessions unreachable for {:.1}s",
+        lost_at.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        cart, "3 t-shirts",
+        "the cart survived the zone, behind the same URL"
+    );
+    let b_data = tier.region().machine("b-data").expect("b-data");
+    assert_eq!(
+        tier.sessions_target(),
+        Some(std::net::SocketAddr::from((
+            b_data.address,
+            stage7::redis_ha::PORT
+        ))),
+        "the Sentinels promoted the replica in zone b and the endpoint followed"
+    );
+    // And it takes writes: a promoted replica, not a read-only one.
+    redis_in::query(&b1, &url, &["SET", "cart:bob", "1 scarf"])
+        .await
+        .expect("a write after the failover");
 }

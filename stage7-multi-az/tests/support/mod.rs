@@ -193,3 +193,41 @@ pub mod sql {
         .expect("the SQL thread")
     }
 }
+
+/// Redis commands from inside a machine.
+pub mod redis_in {
+    use std::time::Duration;
+
+    use stage7::netns;
+    use stage7::region::Machine;
+
+    /// Runs `command` (words) on the Redis at `url`, from `from`, within a
+    /// second.
+    pub async fn query(
+        from: &Machine,
+        url: &str,
+        command: &[&str],
+    ) -> Result<redis::Value, String> {
+        let url = url.to_owned();
+        let words: Vec<String> = command.iter().map(|w| (*w).to_owned()).collect();
+        netns::run(from.netns.as_deref(), move || {
+            Box::pin(async move {
+                let ask = async {
+                    let client = redis::Client::open(url)?;
+                    let mut connection = client.get_multiplexed_async_connection().await?;
+                    let mut cmd = redis::cmd(&words[0]);
+                    for word in &words[1..] {
+                        cmd.arg(word);
+                    }
+                    cmd.query_async::<redis::Value>(&mut connection).await
+                };
+                match tokio::time::timeout(Duration::from_secs(1), ask).await {
+                    Ok(result) => result.map_err(|e| e.to_string()),
+                    Err(_) => Err("no answer within 1s".to_owned()),
+                }
+            })
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+}
