@@ -238,7 +238,7 @@ impl Services {
     }
 
     /// Where `up` runs the instances (see [`Self::place_instances`]).
-    pub(crate) fn placement(&self) -> (Option<Arc<dyn Placement>>, Option<IpAddr>) {
+    pub fn placement(&self) -> (Option<Arc<dyn Placement>>, Option<IpAddr>) {
         (self.placement.clone(), self.balancer_source)
     }
 }

@@ -97,7 +97,41 @@ impl RedisHa {
         for name in names {
             ha.launch(&name).await?;
         }
+        ha.wait_for_replica(b_data).await?;
         Ok(ha)
+    }
+
+    /// Returns once the replica has its first full copy and streams
+    /// (`ROLE` says `connected`): until then it has nothing to promote.
+    async fn wait_for_replica(&self, replica: &Machine) -> Result<(), ServiceError> {
+        let address = SocketAddr::from((replica.address, PORT));
+        let deadline = Instant::now() + READY_WITHIN;
+        loop {
+            let role = netns::run(replica.netns.as_deref(), move || {
+                Box::pin(async move {
+                    let ask = async {
+                        let client = redis::Client::open(format!("redis://{address}/"))?;
+                        let mut connection = client.get_multiplexed_async_connection().await?;
+                        redis::cmd("ROLE")
+                            .query_async::<redis::Value>(&mut connection)
+                            .await
+                    };
+                    tokio::time::timeout(Duration::from_secs(1), ask).await
+                })
+            })
+            .await;
+            if let Ok(Ok(Ok(redis::Value::Array(role)))) = role
+                && role.get(3) == Some(&redis::Value::BulkString(b"connected".to_vec()))
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(ServiceError::Io(std::io::Error::other(
+                    "the Redis replica in zone b did not finish its first copy within 20s",
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Where the primary was when the tier started (the endpoint's first
@@ -153,6 +187,11 @@ impl RedisHa {
                 "256mb",
                 "--maxmemory-policy",
                 "noeviction",
+                // Redis waits 5 s by default before a full copy to a new
+                // replica, in case more ask: a zone lost in those seconds
+                // would take every cart with it.
+                "--repl-diskless-sync-delay",
+                "0",
             ]
             .map(str::to_owned),
         );
