@@ -159,7 +159,7 @@ pub(crate) async fn signup<S: DataStage>(
         .carts
         .rotate(
             &request_jar(&headers),
-            &[(USER, &id.to_string()), (LSN, lsn.as_str())],
+            &[(USER, &id.to_string()), (LSN, &lsn.to_stored())],
         )
         .await?;
     let profile = Profile {
@@ -321,7 +321,7 @@ pub(crate) async fn put_me<S: DataStage>(
     let lsn = data.db.wal_position().await?;
     if let Some(session) = shop.carts.session(&request_jar(&headers), &[]).await? {
         shop.carts
-            .set_fields(&session, &[(LSN, lsn.as_str())])
+            .set_fields(&session, &[(LSN, &lsn.to_stored())])
             .await?;
     }
     data.cache

@@ -5,8 +5,13 @@
 //! shopper who has just changed their own profile. So the shop remembers,
 //! in the shopper's session, the primary's WAL position (LSN) after their
 //! last write, and reads from the replica only once it has replayed that far
-//! (`pg_last_wal_replay_lsn() >= lsn`); otherwise from the primary. The
-//! alternatives: always read your own data from the primary (simple, but
+//! (`pg_last_wal_replay_lsn() >= lsn`); otherwise from the primary. A
+//! position is a *timeline* and an LSN: after a failover (stage 7) the
+//! promoted standby starts a new timeline, whose positions continue from
+//! the fork and cannot be compared with the old one's (a write the old
+//! primary acknowledged may never have reached the new one), so a replica
+//! on another timeline than the shopper's last write is not trusted with
+//! it. The alternatives: always read your own data from the primary (simple, but
 //! the primary takes every profile read), or wait on the replica until it
 //! catches up (adds the lag to the response time).
 //!
@@ -62,20 +67,38 @@ impl DbStats {
     }
 }
 
-/// A position in the primary's write-ahead log (`pg_lsn` as text, e.g.
-/// `0/3000148`): a replica that has replayed this far has every write
-/// committed before it.
+/// A position in the primary's write-ahead log: its timeline and LSN
+/// (stored as `2:0/3000148`). A replica on the same timeline that has
+/// replayed this far has every write committed before it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WalPosition(String);
+pub struct WalPosition {
+    /// `None` for a position stored before timelines were kept (the LSN
+    /// alone is then compared).
+    timeline: Option<i32>,
+    lsn: String,
+}
 
 impl WalPosition {
     /// A position as stored (in the shopper's session).
     pub fn from_stored(text: &str) -> Self {
-        Self(text.to_owned())
+        match text.split_once(':') {
+            Some((timeline, lsn)) => Self {
+                timeline: timeline.parse().ok(),
+                lsn: lsn.to_owned(),
+            },
+            None => Self {
+                timeline: None,
+                lsn: text.to_owned(),
+            },
+        }
     }
 
-    pub fn as_str(&self) -> &str {
-        &self.0
+    /// How it is stored: `timeline:lsn`.
+    pub fn to_stored(&self) -> String {
+        match self.timeline {
+            Some(timeline) => format!("{timeline}:{}", self.lsn),
+            None => self.lsn.clone(),
+        }
     }
 }
 
@@ -209,12 +232,19 @@ impl Database {
                 Ok(false)
             }
             None => Ok(true),
-            Some(lsn) => self
+            // Replayed far enough, on the same timeline: the one it
+            // receives from its upstream or, while it receives nothing (its
+            // upstream is down), that of its last restartpoint.
+            Some(position) => self
                 .within(
                     sqlx::query_scalar::<_, Option<bool>>(
-                        "SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn",
+                        "SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn
+                            AND ($2::int IS NULL
+                                 OR $2 = COALESCE((SELECT received_tli FROM pg_stat_wal_receiver),
+                                                  (SELECT timeline_id FROM pg_control_checkpoint())))",
                     )
-                    .bind(lsn.as_str())
+                    .bind(&position.lsn)
+                    .bind(position.timeline)
                     .fetch_one(&self.replica),
                 )
                 .await
@@ -292,15 +322,23 @@ impl Database {
     }
 
     /// The primary's WAL position now: asked right after a commit, a
-    /// replica that has replayed this far has the write.
+    /// replica that has replayed this far has the write. The timeline is
+    /// the first eight hex digits of the current WAL file's name (exact at
+    /// once after a promotion, unlike the last checkpoint's).
     pub async fn wal_position(&self) -> Result<WalPosition, DataError> {
-        let text = self
+        let (lsn, timeline) = self
             .on_primary(
-                sqlx::query_scalar::<_, String>("SELECT pg_current_wal_lsn()::text")
-                    .fetch_one(&self.primary),
+                sqlx::query_as::<_, (String, String)>(
+                    "SELECT pg_current_wal_lsn()::text,
+                            substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)",
+                )
+                .fetch_one(&self.primary),
             )
             .await?;
-        Ok(WalPosition(text))
+        Ok(WalPosition {
+            timeline: i32::from_str_radix(&timeline, 16).ok(),
+            lsn,
+        })
     }
 
     /// How far the replica is behind the primary, in bytes of WAL; `None`
@@ -325,5 +363,24 @@ impl Database {
             .await
             .ok()
             .flatten()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WalPosition;
+
+    #[test]
+    fn a_position_is_stored_with_its_timeline() {
+        let position = WalPosition::from_stored("2:0/3000148");
+        assert_eq!(position.timeline, Some(2));
+        assert_eq!(position.to_stored(), "2:0/3000148");
+    }
+
+    #[test]
+    fn a_position_stored_without_a_timeline_still_reads() {
+        let position = WalPosition::from_stored("0/3000148");
+        assert_eq!(position.timeline, None);
+        assert_eq!(position.to_stored(), "0/3000148");
     }
 }

@@ -173,6 +173,11 @@ impl DataTier {
         &self.postgres
     }
 
+    /// The failover manager's clock (see [`crate::failover::Event::at_ms`]).
+    pub fn clock_ms(&self) -> u128 {
+        self.manager.clock_ms()
+    }
+
     /// The failover manager's view.
     pub fn status(&self) -> Status {
         self.manager.status()

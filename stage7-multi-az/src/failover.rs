@@ -95,6 +95,11 @@ impl FailoverManager {
         }
     }
 
+    /// Milliseconds since the manager started: the clock of its events.
+    pub fn clock_ms(&self) -> u128 {
+        self.started.elapsed().as_millis()
+    }
+
     /// A copy of the status now.
     pub fn status(&self) -> Status {
         lock(&self.status).clone()

@@ -20,6 +20,7 @@
 //! firewall, and the banner says so).
 
 pub mod data_tier;
+mod demo;
 pub mod endpoint;
 pub mod failover;
 pub mod netns;
@@ -116,10 +117,10 @@ impl Stage for Stage7 {
     const LOG_HEADERS: &'static [&'static str] = &["x-session", "x-data-path"];
 
     async fn demo(
-        _args: MultiAzArgs,
-        _exe: std::path::PathBuf,
-        _services: Services,
+        args: MultiAzArgs,
+        exe: std::path::PathBuf,
+        services: Services,
     ) -> Result<(), BoxError> {
-        Err("stage 7's narrated demo is not written yet: run `cargo test -p stage7 --test zone_loss -- --nocapture` to watch a zone go dark".into())
+        demo::run(args, exe, services).await
     }
 }

@@ -195,6 +195,12 @@ impl RedisHa {
             ]
             .map(str::to_owned),
         );
+        // Say our own address: on loopback the kernel would otherwise
+        // connect (and so announce us) from 127.0.0.1, whoever we are.
+        args.extend([
+            "--replica-announce-ip".to_owned(),
+            machine.address.to_string(),
+        ]);
         if let Some(primary) = replica_of {
             args.extend([
                 "--replicaof".to_owned(),
@@ -226,6 +232,7 @@ impl RedisHa {
             &config,
             format!(
                 "port {SENTINEL_PORT}\nbind {address}\nprotected-mode no\ndir {dir}\n\
+                 sentinel announce-ip {address}\n\
                  sentinel monitor {MASTER_NAME} {primary} {PORT} 2\n\
                  sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
                  sentinel failover-timeout {MASTER_NAME} 5000\n\

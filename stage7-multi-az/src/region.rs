@@ -449,7 +449,9 @@ fn nft_binary() -> Option<PathBuf> {
 /// holding our pid. A file whose pid is gone is a crashed run's: its
 /// namespaces are removed and the number reused.
 fn claim_run() -> Result<(u8, PathBuf), RegionError> {
-    let dir = std::env::temp_dir().join("myclothes-stage7");
+    // Not under the `myclothes-` prefix: those folders are private_dir's,
+    // which removes the ones without an owner file of its kind.
+    let dir = std::env::temp_dir().join("mc7-regions");
     std::fs::create_dir_all(&dir)?;
     for run in 1..=250u8 {
         let file = dir.join(format!("{run}.owner"));

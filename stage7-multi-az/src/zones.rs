@@ -106,12 +106,10 @@ pub async fn start(args: &mut MultiAzArgs) -> Result<Services, BoxError> {
         "Redis:      sessions endpoint {} → a-data, replica in b-data, 3 Sentinels (quorum 2)",
         tier.sessions_url()
     ));
+    let shopper = region.shopper_address();
     services.keep(
         tier,
-        format!(
-            "Region:     run {region:?}",
-            region = region.balancer_address()
-        ),
+        format!("Machines:   {shopper}/24 (the host is .1, the balancer .2; ip netns list)"),
     );
     Ok(services)
 }
