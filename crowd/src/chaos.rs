@@ -13,6 +13,9 @@ use std::time::Duration;
 use shop::front::Behind;
 use shop::topology::Topology;
 
+use stage7::data_tier::DataTier;
+use stage7::region::Zone;
+
 use crate::rng::Rng;
 
 /// One thing done to the fleet.
@@ -26,6 +29,11 @@ pub enum Action {
     ScaleOut,
     /// Drain an instance, remove it from the balancer, stop it.
     ScaleIn,
+    /// Stage 7: zone a goes dark (its servers and instances killed, its
+    /// links cut).
+    ZoneDown,
+    /// Stage 7: zone a comes back (servers re-joined, instances restarted).
+    ZoneUp,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -50,6 +58,17 @@ pub fn schedule(duration: Duration) -> Vec<Event> {
         action,
     })
     .collect()
+}
+
+/// Stage 7's schedule: one zone lost for a third of the run, then back.
+pub fn zone_schedule(duration: Duration) -> Vec<Event> {
+    [(0.30, Action::ZoneDown), (0.65, Action::ZoneUp)]
+        .into_iter()
+        .map(|(fraction, action)| Event {
+            at: duration.mul_f64(fraction),
+            action,
+        })
+        .collect()
 }
 
 /// What the chaos schedule acts on: a stage's instances, behind this
@@ -139,31 +158,34 @@ impl Target for Behind {
 /// The schedule played against a target as a run goes on: each call to
 /// [`Playback::due`] does whatever has come due.
 #[derive(Debug)]
-pub struct Playback {
+pub struct Playback<'z> {
     chaos: Chaos,
+    zones: Option<&'z DataTier>,
     events: std::iter::Peekable<std::vec::IntoIter<Event>>,
     started: std::time::Instant,
     /// What was done, in order (`"4.0s crashed: i2"`).
     pub log: Vec<String>,
 }
 
-impl Playback {
+impl<'z> Playback<'z> {
     /// The schedule for a run of `duration` that started at `started`
-    /// (none at all with `quiet_fleet`).
+    /// (none at all with `quiet_fleet`; the zone schedule with `zones`).
     pub fn new(
         seed: u64,
         duration: Duration,
         quiet_fleet: bool,
         target: &impl Target,
+        zones: Option<&'z DataTier>,
         started: std::time::Instant,
     ) -> Self {
-        let events = if quiet_fleet {
-            Vec::new()
-        } else {
-            schedule(duration)
+        let events = match (quiet_fleet, zones) {
+            (true, _) => Vec::new(),
+            (false, Some(_)) => zone_schedule(duration),
+            (false, None) => schedule(duration),
         };
         Self {
             chaos: Chaos::new(seed, target),
+            zones,
             events: events.into_iter().peekable(),
             started,
             log: Vec::new(),
@@ -174,7 +196,11 @@ impl Playback {
     pub async fn due(&mut self, target: &impl Target) -> Option<String> {
         let elapsed = self.started.elapsed();
         let event = self.events.next_if(|e| elapsed >= e.at)?;
-        let done = self.chaos.act(event.action, target).await;
+        let done = match (event.action, self.zones) {
+            (Action::ZoneDown, Some(zones)) => zone_down(zones, target).await,
+            (Action::ZoneUp, Some(zones)) => zone_up(zones, target).await,
+            (action, _) => self.chaos.act(action, target).await,
+        };
         let line = format!("{:.1}s {done}", self.started.elapsed().as_secs_f64());
         self.log.push(line.clone());
         Some(line)
@@ -201,6 +227,7 @@ impl Chaos {
     /// Does `action`; returns a line saying what happened.
     pub async fn act(&mut self, action: Action, target: &impl Target) -> String {
         match action {
+            Action::ZoneDown | Action::ZoneUp => format!("{action:?}: skipped, no zones here"),
             Action::Crash | Action::ScaleIn if self.running.len() <= 1 => {
                 format!("{action:?}: skipped, one instance left")
             }
@@ -233,6 +260,40 @@ impl Chaos {
                 describe("scaled in", &victim, outcome)
             }
         }
+    }
+}
+
+/// Zone a goes dark: its servers (through the data tier) and its
+/// instances (`a1`, `a2`, …: killed already with their namespaces, and
+/// collected by the launcher here).
+async fn zone_down(zones: &DataTier, target: &impl Target) -> String {
+    let killed = zones.take_zone_down(Zone::A).await;
+    for name in target
+        .instance_names()
+        .iter()
+        .filter(|n| n.starts_with('a'))
+    {
+        let _ = target.crash(name).await;
+    }
+    match killed {
+        Ok(count) => format!("zone a went dark ({count} processes killed, links cut)"),
+        Err(error) => format!("zone a down failed: {error}"),
+    }
+}
+
+/// Zone a comes back: its servers re-join, its instances start again.
+async fn zone_up(zones: &DataTier, target: &impl Target) -> String {
+    let back = zones.bring_zone_back(Zone::A).await;
+    for name in target
+        .instance_names()
+        .iter()
+        .filter(|n| n.starts_with('a'))
+    {
+        let _ = target.restart(name).await;
+    }
+    match back {
+        Ok(done) => format!("zone a came back: {}", done.join("; ")),
+        Err(error) => format!("zone a back failed: {error}"),
     }
 }
 

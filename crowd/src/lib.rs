@@ -7,7 +7,9 @@
 //! behind the balancer, plus the stage's Redis or PostgreSQL), lets N
 //! shoppers ([`shopper`]) shop through the balancer for a while, each
 //! checking its cart after every step, while the [`chaos`] schedule crashes,
-//! restarts and scales instances. Then it prints a [`report`].
+//! restarts and scales instances. Then it prints a [`report`]. Stage 7
+//! (`--stage 7`, as root) plays a different schedule: zone a goes dark,
+//! servers and instances together, and comes back.
 //!
 //! **Run it:** `cargo run --release -p crowd -- --stage all --format markdown`
 //! (`--shoppers 40 --duration 20s --seed 7` are the defaults).
@@ -48,11 +50,11 @@ const TIMELINE_STEP: Duration = Duration::from_millis(500);
 /// Set on the instances `crowd` starts: which stage they are.
 pub const STAGE_ENV: &str = "CROWD_STAGE";
 
-/// `crowd [--stage 1..6|all] [--shoppers N] [--duration D] [--seed S] [--format F]`
+/// `crowd [--stage 1..7|all] [--shoppers N] [--duration D] [--seed S] [--format F]`
 #[derive(Clone, Debug, Parser)]
 #[command(version, about)]
 pub struct Cli {
-    /// Which stage to run: 1 to 6, or `all` (every stage in turn, same seed
+    /// Which stage to run: 1 to 7, or `all` (stages 1 to 6 in turn, same seed
     /// and schedule). Stage 6 runs the live crowd ([`live`]) once per
     /// `--fanout` mode.
     #[arg(long, default_value = "all")]
@@ -100,8 +102,9 @@ pub fn serve_stage_instance() -> ExitCode {
         Ok("4") => shop::cli::main::<stage4::Stage4>(),
         Ok("5") => shop::cli::main::<stage5::Stage5>(),
         Ok("6") => shop::cli::main::<stage6::Stage6>(),
+        Ok("7") => shop::cli::main::<stage7::Stage7>(),
         _ => {
-            eprintln!("error: `crowd serve` is how crowd starts instances; set {STAGE_ENV}=1..6");
+            eprintln!("error: `crowd serve` is how crowd starts instances; set {STAGE_ENV}=1..7");
             ExitCode::FAILURE
         }
     }
@@ -114,8 +117,8 @@ pub async fn run(cli: &Cli) -> Result<Reports, BoxError> {
         one => vec![
             one.parse::<u8>()
                 .ok()
-                .filter(|n| (1..=6).contains(n))
-                .ok_or("--stage takes 1 to 6, or all")?,
+                .filter(|n| (1..=7).contains(n))
+                .ok_or("--stage takes 1 to 7, or all (1 to 6: stage 7 needs root)")?,
         ],
     };
     let modes: Vec<Fanout> = match cli.fanout.as_str() {
@@ -139,6 +142,7 @@ pub async fn run(cli: &Cli) -> Result<Reports, BoxError> {
             3 => run_stage::<stage3::Stage3>(3, cli, &exe).await?,
             4 => run_stage::<stage4::Stage4>(4, cli, &exe).await?,
             5 => run_stage::<stage5::Stage5>(5, cli, &exe).await?,
+            7 if cli.behind.is_none() => run_stage::<stage7::Stage7>(7, cli, &exe).await?,
             _ if cli.behind.is_some() => {
                 return Err(
                     "--behind runs stages 1 to 5 (stage 6's crowd uses the project's balancer)"
@@ -164,17 +168,22 @@ pub(crate) struct DefaultArgs<A: clap::Args> {
 
 async fn run_stage<S: Stage>(number: u8, cli: &Cli, exe: &Path) -> Result<Report, BoxError> {
     let mut args = DefaultArgs::<S::Args>::try_parse_from(["crowd"])?.args;
-    let services: Services = S::services(&mut args, Scope::Fleet).await?;
+    let mut services: Services = S::services(&mut args, Scope::Fleet).await?;
     let mut env = shop::flags::instance_env(&args)?;
     env.push((STAGE_ENV.into(), number.to_string().into()));
+    // Stage 7 places its instances in zones, reached from the balancer's
+    // own address; the others leave both unset.
+    let (placement, balancer_source) = services.placement();
     let config = TopologyConfig {
         env,
+        placement,
+        balancer_source,
         ..TopologyConfig::for_tests(exe, S::INFO)
     };
     let report = match cli.behind {
         Some(engine) => {
             let behind = Behind::start(config, engine).await?;
-            let mut report = shop_through(&behind, S::INFO, cli).await;
+            let mut report = shop_through(&behind, None, S::INFO, cli).await;
             if let Ok(report) = &mut report {
                 report.title = format!("{} · {}", report.title, engine.name());
             }
@@ -183,7 +192,10 @@ async fn run_stage<S: Stage>(number: u8, cli: &Cli, exe: &Path) -> Result<Report
         }
         None => {
             let topology = Topology::start(config).await?;
-            let report = shop_through(&topology, S::INFO, cli).await;
+            let zones = services
+                .get_mut::<stage7::data_tier::DataTier>()
+                .map(|tier| &*tier);
+            let report = shop_through(&topology, zones, S::INFO, cli).await;
             topology.stop().await;
             report
         }
@@ -192,9 +204,11 @@ async fn run_stage<S: Stage>(number: u8, cli: &Cli, exe: &Path) -> Result<Report
     report
 }
 
-/// The crowd shops through `target` while the chaos schedule runs.
+/// The crowd shops through `target` while the chaos schedule runs (with
+/// `zones`, stage 7's: zone a goes dark, then comes back).
 async fn shop_through(
     target: &impl Target,
+    zones: Option<&stage7::data_tier::DataTier>,
     info: &shop::StageInfo,
     cli: &Cli,
 ) -> Result<Report, BoxError> {
@@ -228,7 +242,7 @@ async fn shop_through(
         bar.set_prefix(info.title);
         bar
     };
-    let mut chaos = Playback::new(cli.seed, cli.duration, cli.no_chaos, target, started);
+    let mut chaos = Playback::new(cli.seed, cli.duration, cli.no_chaos, target, zones, started);
     let intact_now = || {
         let lost = usize::try_from(Tally::get(&tally.carts_lost)).unwrap_or(usize::MAX);
         (

@@ -127,7 +127,14 @@ async fn watch_through(
         publishing_ends,
     ));
 
-    let mut chaos = Playback::new(cli.seed, cli.duration, cli.no_chaos, topology, started);
+    let mut chaos = Playback::new(
+        cli.seed,
+        cli.duration,
+        cli.no_chaos,
+        topology,
+        None,
+        started,
+    );
     while Instant::now() < publishing_ends {
         if let Some(line) = chaos.due(topology).await {
             if !cli.quiet {

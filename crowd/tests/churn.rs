@@ -231,3 +231,22 @@ fn the_chart_draws_each_stage_with_the_chaos_marked() {
     );
     assert!(chart.contains(">crashed "), "the chaos is marked");
 }
+
+#[test]
+fn a_zone_going_dark_loses_no_cart_in_stage_7() {
+    // Long enough for the failovers (seconds) to happen inside the run.
+    let report = run_crowd(&["--stage", "7", "--shoppers", "8", "--duration", "20s"]);
+    let chaos = report["chaos"].as_array().expect("chaos log");
+    assert!(
+        chaos
+            .iter()
+            .any(|e| e.as_str().is_some_and(|e| e.contains("zone a went dark"))),
+        "zone a went dark meanwhile: {chaos:?}"
+    );
+    assert_eq!(
+        count(&report, "carts_lost"),
+        0,
+        "the replica in zone b held every cart: {report}"
+    );
+    assert_eq!(count(&report, "carts_intact"), 8);
+}
