@@ -193,8 +193,8 @@ async fn run_stage<S: Stage>(number: u8, cli: &Cli, exe: &Path) -> Result<Report
         None => {
             let topology = Topology::start(config).await?;
             let zones = services
-                .get_mut::<stage7::data_tier::DataTier>()
-                .map(|tier| &*tier);
+                .get_mut::<std::sync::Arc<stage7::data_tier::DataTier>>()
+                .map(|tier| &**tier);
             let report = shop_through(&topology, zones, S::INFO, cli).await;
             topology.stop().await;
             report

@@ -10,6 +10,7 @@
 //! | `GET /_lb/metrics` | Prometheus text format |
 //! | `GET /_lb/config` | policy, stickiness, whether instance controls exist |
 //! | `POST /_lb/instances`, `POST /_lb/instances/{name}/kill` · `/restart` | with a [`Supervisor`](crate::supervisor::Supervisor) only |
+//! | `POST /_lb/zones/{zone}/down` · `/up` | with a supervisor that placed its instances in zones |
 //!
 //! Adding a backend decides where the balancer sends traffic (and the
 //! shoppers' cookies), so the API is closed the way routers' and
@@ -323,6 +324,9 @@ pub async fn handle(
         (&Method::POST, ["instances", name, action @ ("kill" | "restart")]) => {
             control_instance(balancer, name, action).await
         }
+        (&Method::POST, ["zones", zone, action @ ("down" | "up")]) => {
+            control_zone(balancer, zone, *action == "up").await
+        }
         (
             _,
             ["config" | "metrics" | "backends"]
@@ -349,6 +353,7 @@ fn config(balancer: &Balancer) -> serde_json::Value {
         "sticky": balancer.sticky().is_some(),
         "sticky_ttl_s": balancer.sticky().map(|s| s.ttl().as_secs()),
         "controls": balancer.supervisor().is_some(),
+        "zones": balancer.supervisor().map(|s| s.zones()).unwrap_or_default(),
     })
 }
 
@@ -446,6 +451,22 @@ async fn control_instance(balancer: &Balancer, name: &str, action: &str) -> Resp
             )
         }
         Err(e) => json_response(StatusCode::UNPROCESSABLE_ENTITY, "instance_failed", &e),
+    }
+}
+
+async fn control_zone(balancer: &Balancer, zone: &str, up: bool) -> Response<ProxyBody> {
+    let Some(supervisor) = balancer.supervisor() else {
+        return no_supervisor();
+    };
+    match supervisor.set_zone(zone, up).await {
+        Ok(done) => {
+            tracing::warn!(zone, up, "zone control");
+            json(
+                StatusCode::OK,
+                &serde_json::json!({ "zone": zone, "up": up, "done": done }),
+            )
+        }
+        Err(e) => json_response(StatusCode::UNPROCESSABLE_ENTITY, "zone_failed", &e),
     }
 }
 

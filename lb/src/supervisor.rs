@@ -5,7 +5,10 @@
 //! and hands the balancer a [`Supervisor`]. The dashboard then shows kill,
 //! restart and add buttons, and the admin API answers
 //! `POST /_lb/instances`, `POST /_lb/instances/{name}/kill|restart`.
-//! A plain `lb` binary has no supervisor and shows no such buttons.
+//! A plain `lb` binary has no supervisor and shows no such buttons. A
+//! launcher that placed its instances in availability zones (stage 7) also
+//! names the zones, and the dashboard offers to take a whole zone down and
+//! bring it back (`POST /_lb/zones/{zone}/down|up`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -23,4 +26,15 @@ pub trait Supervisor: Send + Sync + 'static {
     fn restart(&self, name: &str) -> SupervisorFuture<'_, ()>;
     /// Starts one more instance and returns it as a backend to add.
     fn add(&self) -> SupervisorFuture<'_, BackendSpec>;
+    /// The availability zones the instances run in; none by default.
+    fn zones(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// Takes zone `zone` down (everything in it, not only the instances)
+    /// or, with `up`, brings it back; returns what was done.
+    fn set_zone(&self, zone: &str, up: bool) -> SupervisorFuture<'_, String> {
+        let _ = up;
+        let message = format!("there is no zone {zone} here");
+        Box::pin(async move { Err(message) })
+    }
 }

@@ -78,6 +78,22 @@ pub trait Placement: Send + Sync + std::fmt::Debug {
     /// Where the instance numbered `index` (from 0, in start order) runs.
     /// Called again for each instance added later (scale out).
     fn place(&self, index: usize) -> Result<Place, String>;
+
+    /// The zones it places instances in (the dashboard offers to take
+    /// each down); none by default.
+    fn zones(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Takes everything of zone `zone` that is not an instance down (its
+    /// servers, its network) or, with `up`, brings it back; the fleet
+    /// kills and restarts the zone's instances itself. Returns what was
+    /// done.
+    fn set_zone(&self, zone: &str, up: bool) -> lb::supervisor::SupervisorFuture<'_, String> {
+        let _ = up;
+        let message = format!("there is no zone {zone} here");
+        Box::pin(async move { Err(message) })
+    }
 }
 
 /// Where one instance runs.
@@ -92,6 +108,8 @@ pub struct Place {
     /// A command the instance is started through (`ip netns exec NS`), or
     /// empty.
     pub wrapper: Vec<OsString>,
+    /// Its availability zone, if the placement has zones.
+    pub zone: Option<String>,
 }
 
 impl Place {
@@ -102,6 +120,7 @@ impl Place {
             host: IpAddr::V4(Ipv4Addr::LOCALHOST),
             port: None,
             wrapper: Vec::new(),
+            zone: None,
         }
     }
 }
@@ -299,6 +318,35 @@ impl Fleet {
             .map_err(|e| format!("cannot kill {name}: {e}"))
     }
 
+    /// A whole zone down (its servers first, then its instances, which
+    /// the placement's namespaces may have taken already), or back (its
+    /// servers first, so the instances find them).
+    async fn set_zone(&self, zone: &str, up: bool) -> Result<String, String> {
+        let placement = self
+            .config
+            .placement
+            .as_ref()
+            .ok_or_else(|| format!("there is no zone {zone} here"))?;
+        let mut done = vec![placement.set_zone(zone, up).await?];
+        let names: Vec<String> = self
+            .slots()
+            .iter()
+            .filter(|s| s.place.zone.as_deref() == Some(zone))
+            .map(|s| s.name.clone())
+            .collect();
+        for name in names {
+            let outcome = if up {
+                self.restart(&name)
+                    .await
+                    .map(|()| format!("{name} restarted"))
+            } else {
+                self.kill(&name).await.map(|()| format!("{name} killed"))
+            };
+            done.push(outcome.unwrap_or_else(|e| e));
+        }
+        Ok(done.join("; "))
+    }
+
     pub(crate) async fn restart(&self, name: &str) -> Result<(), String> {
         if let Some(mut old) = self.take_child(name)? {
             stop_child(&mut old).await;
@@ -357,6 +405,19 @@ impl Supervisor for Fleet {
 
     fn add(&self) -> SupervisorFuture<'_, BackendSpec> {
         Box::pin(Fleet::add(self))
+    }
+
+    fn zones(&self) -> Vec<String> {
+        self.config
+            .placement
+            .as_ref()
+            .map(|p| p.zones())
+            .unwrap_or_default()
+    }
+
+    fn set_zone(&self, zone: &str, up: bool) -> SupervisorFuture<'_, String> {
+        let zone = zone.to_owned();
+        Box::pin(async move { Fleet::set_zone(self, &zone, up).await })
     }
 }
 

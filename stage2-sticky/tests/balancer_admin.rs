@@ -224,6 +224,11 @@ async fn dashboard_buttons_kill_restart_and_add_instances() {
         "the launcher lends the dashboard its instance controls"
     );
     assert_eq!(config["sticky"], true);
+    assert_eq!(
+        config["zones"],
+        json!([]),
+        "instances on one machine, in no zone: no zone buttons"
+    );
 
     let pid = topology
         .instance("i2")

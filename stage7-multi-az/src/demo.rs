@@ -36,7 +36,7 @@ pub async fn run(args: MultiAzArgs, exe: PathBuf, mut services: Services) -> Res
     })
     .await?;
     let tier = services
-        .get_mut::<DataTier>()
+        .get_mut::<std::sync::Arc<DataTier>>()
         .ok_or("stage 7's data tier did not start")?;
     let names: Vec<String> = topology
         .instances()

@@ -8,6 +8,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use lb::supervisor::SupervisorFuture;
 use shop::services::ip_binary;
 use shop::topology::{Place, Placement};
 use shop::{BoxError, Services};
@@ -16,13 +17,15 @@ use crate::MultiAzArgs;
 use crate::data_tier::{DataTier, Options};
 use crate::failover::Policy;
 use crate::postgres_ha::Replication;
-use crate::region::{Mode, Region};
+use crate::region::{Mode, Region, Zone};
 use crate::security_groups::INSTANCE_PORT;
 
-/// Puts instance `index` in its zone's next machine.
+/// Puts instance `index` in its zone's next machine; takes whole zones
+/// down and back for the dashboard.
 #[derive(Debug)]
 pub struct ZonePlacement {
     region: Arc<Region>,
+    tier: Arc<DataTier>,
 }
 
 impl Placement for ZonePlacement {
@@ -43,6 +46,30 @@ impl Placement for ZonePlacement {
             host: IpAddr::V4(machine.address),
             port: Some(INSTANCE_PORT),
             wrapper,
+            zone: Some(machine.zone.name().to_owned()),
+        })
+    }
+
+    fn zones(&self) -> Vec<String> {
+        vec!["a".to_owned(), "b".to_owned()]
+    }
+
+    fn set_zone(&self, zone: &str, up: bool) -> SupervisorFuture<'_, String> {
+        let zone = Zone::parse(zone);
+        Box::pin(async move {
+            let zone = zone.ok_or("the zones are a and b")?;
+            let done = if up {
+                self.tier
+                    .bring_zone_back(zone)
+                    .await
+                    .map(|done| done.join("; "))
+            } else {
+                self.tier
+                    .take_zone_down(zone)
+                    .await
+                    .map(|killed| format!("{killed} processes killed, links cut"))
+            };
+            done.map_err(|e| e.to_string())
         })
     }
 }
@@ -63,7 +90,7 @@ pub async fn start(args: &mut MultiAzArgs) -> Result<Services, BoxError> {
             strict: args.strict_sync,
         },
     };
-    let tier = DataTier::start(region.clone(), options).await?;
+    let tier = Arc::new(DataTier::start(region.clone(), options).await?);
     let data = &mut args.data;
     data.database_url = Some(tier.writer_url());
     data.database_replica_url = Some(tier.replica_url().await);
@@ -76,6 +103,7 @@ pub async fn start(args: &mut MultiAzArgs) -> Result<Services, BoxError> {
     services.place_instances(
         Arc::new(ZonePlacement {
             region: region.clone(),
+            tier: tier.clone(),
         }),
         Some(IpAddr::V4(region.balancer_address())),
     );

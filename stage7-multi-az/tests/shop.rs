@@ -9,7 +9,6 @@ use shop::shopper::Shopper;
 use shop::topology::{Topology, TopologyConfig};
 use shop::{Scope, Stage};
 use stage7::data_tier::DataTier;
-use stage7::region::Zone;
 use stage7::{MultiAzArgs, Stage7};
 
 const STAGE7: &str = env!("CARGO_BIN_EXE_stage7");
@@ -79,10 +78,37 @@ async fn zone_loss_keeps_serving() {
         before.summary()
     );
 
-    let tier = services.get_mut::<DataTier>().expect("the data tier");
-    tier.take_zone_down(Zone::A)
+    let tier = services
+        .get_mut::<std::sync::Arc<DataTier>>()
+        .expect("the data tier")
+        .clone();
+    // The dashboard's button: the same admin API call it makes.
+    let admin = reqwest::Client::new();
+    let token = topology
+        .admin_token()
+        .expect("the admin API is on")
+        .to_owned();
+    let config: serde_json::Value = admin
+        .get(format!("{}/_lb/config", topology.url()))
+        .send()
         .await
-        .expect("zone a goes dark");
+        .expect("config")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        config["zones"],
+        json!(["a", "b"]),
+        "the dashboard offers both zones"
+    );
+    let down = admin
+        .post(format!("{}/_lb/zones/a/down", topology.url()))
+        .bearer_auth(&token)
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("zone a down");
+    assert_eq!(down.status(), 200, "{:?}", down.text().await);
     let lost_at = Instant::now();
 
     // Reads: the cart (sessions' Redis, failed over by the Sentinels).
@@ -145,5 +171,25 @@ async fn zone_loss_keeps_serving() {
         me["email"], "ada@example.com",
         "the account written before the loss is there: {me}"
     );
+
+    // The zone comes back from the dashboard: its servers re-join, its
+    // instances serve again.
+    let up = admin
+        .post(format!("{}/_lb/zones/a/up", topology.url()))
+        .bearer_auth(&token)
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("zone a back");
+    let done: serde_json::Value = up.json().await.expect("json");
+    let done = done["done"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        done.contains("pg_a: rewound") && done.contains("a1 restarted"),
+        "{done}"
+    );
+    topology
+        .wait_for_backend("a1", lb::BackendState::Up, Duration::from_secs(30))
+        .await
+        .expect("a1 healthy again");
     topology.stop().await;
 }

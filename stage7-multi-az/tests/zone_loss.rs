@@ -123,10 +123,44 @@ async fn zone_returns_as_standby() {
     }
     let acknowledged = sql::commit_each(&b1, &tier.writer_url(), 2001..=2005, DEADLINE).await;
     assert_eq!(acknowledged.len(), 5);
-    let on_a = sql::ids(&a_data, &old_primary).await.expect("read pg_a");
-    assert!(
-        acknowledged.is_subset(&on_a),
-        "a synchronous commit is on the standby before it is acknowledged (visible once replayed)"
+    // `synchronous_commit = on` waits for the standby's disk, not its
+    // replay: the rows become visible there a moment later.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let on_a = sql::ids(&a_data, &old_primary).await.expect("read pg_a");
+        if acknowledged.is_subset(&on_a) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pg_a never showed {acknowledged:?}: {on_a:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The old Redis primary came back as a replica of the promoted one.
+    let b_data = tier.region().machine("b-data").expect("b-data");
+    let role = redis_in::query(
+        &a_data,
+        &format!("redis://{}:6379/", a_data.address),
+        &["ROLE"],
+    )
+    .await
+    .expect("ROLE on zone a's Redis");
+    let redis::Value::Array(role) = role else {
+        panic!("ROLE answered {role:?}");
+    };
+    assert_eq!(
+        role.first(),
+        Some(&redis::Value::BulkString(b"slave".to_vec())),
+        "{role:?}"
+    );
+    assert_eq!(
+        role.get(1),
+        Some(&redis::Value::BulkString(
+            b_data.address.to_string().into_bytes()
+        )),
+        "it follows zone b's: {role:?}"
     );
 }
 
