@@ -34,6 +34,9 @@ pub enum Action {
     ZoneDown,
     /// Stage 7: zone a comes back (servers re-joined, instances restarted).
     ZoneUp,
+    /// Stage 7, `--partition-first`: zone b's data machine is cut off from
+    /// the others shortly before zone a goes dark (healed when it does).
+    Partition,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -60,10 +63,14 @@ pub fn schedule(duration: Duration) -> Vec<Event> {
     .collect()
 }
 
-/// Stage 7's schedule: one zone lost for a third of the run, then back.
-pub fn zone_schedule(duration: Duration) -> Vec<Event> {
-    [(0.30, Action::ZoneDown), (0.65, Action::ZoneUp)]
+/// Stage 7's schedule: zone a lost for a third of the run, then back;
+/// with `partition_first`, zone b's data cut off from it for the
+/// twentieth of the run before.
+pub fn zone_schedule(duration: Duration, partition_first: bool) -> Vec<Event> {
+    let partition = partition_first.then_some((0.25, Action::Partition));
+    partition
         .into_iter()
+        .chain([(0.30, Action::ZoneDown), (0.65, Action::ZoneUp)])
         .map(|(fraction, action)| Event {
             at: duration.mul_f64(fraction),
             action,
@@ -176,11 +183,12 @@ impl<'z> Playback<'z> {
         quiet_fleet: bool,
         target: &impl Target,
         zones: Option<&'z DataTier>,
+        partition_first: bool,
         started: std::time::Instant,
     ) -> Self {
         let events = match (quiet_fleet, zones) {
             (true, _) => Vec::new(),
-            (false, Some(_)) => zone_schedule(duration),
+            (false, Some(_)) => zone_schedule(duration, partition_first),
             (false, None) => schedule(duration),
         };
         Self {
@@ -199,6 +207,10 @@ impl<'z> Playback<'z> {
         let done = match (event.action, self.zones) {
             (Action::ZoneDown, Some(zones)) => zone_down(zones, target).await,
             (Action::ZoneUp, Some(zones)) => zone_up(zones, target).await,
+            (Action::Partition, Some(zones)) => match zones.partition_zone_b_data(true) {
+                Ok(()) => "zone b's data cut off from zone a (a partition)".to_owned(),
+                Err(error) => format!("partition failed: {error}"),
+            },
             (action, _) => self.chaos.act(action, target).await,
         };
         let line = format!("{:.1}s {done}", self.started.elapsed().as_secs_f64());
@@ -227,7 +239,9 @@ impl Chaos {
     /// Does `action`; returns a line saying what happened.
     pub async fn act(&mut self, action: Action, target: &impl Target) -> String {
         match action {
-            Action::ZoneDown | Action::ZoneUp => format!("{action:?}: skipped, no zones here"),
+            Action::ZoneDown | Action::ZoneUp | Action::Partition => {
+                format!("{action:?}: skipped, no zones here")
+            }
             Action::Crash | Action::ScaleIn if self.running.len() <= 1 => {
                 format!("{action:?}: skipped, one instance left")
             }
@@ -268,6 +282,8 @@ impl Chaos {
 /// collected by the launcher here).
 async fn zone_down(zones: &DataTier, target: &impl Target) -> String {
     let killed = zones.take_zone_down(Zone::A).await;
+    // A partition before (`--partition-first`) ends with zone a.
+    let _ = zones.partition_zone_b_data(false);
     for name in target
         .instance_names()
         .iter()

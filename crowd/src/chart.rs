@@ -183,6 +183,8 @@ mod tests {
             carts_lost: 4 - timeline.last().map_or(0, |p| p.1),
             chaos: vec!["2.0s crashed: i2".into(), "3.5s restarted: i2".into()],
             timeline,
+            account_writes: None,
+            account_writes_lost: None,
         }
     }
 

@@ -19,6 +19,7 @@
 //! own command line (see [`serve_stage_instance`]). So `cargo run -p crowd`
 //! needs nothing else built.
 
+pub mod accounts;
 pub mod chaos;
 pub mod chart;
 pub mod live;
@@ -87,6 +88,11 @@ pub struct Cli {
     /// marked, as an SVG file (stages 1 to 5).
     #[arg(long, value_name = "FILE.svg")]
     pub chart: Option<std::path::PathBuf>,
+    /// Stage 7: cut zone b's data machine off from zone a a moment before
+    /// zone a goes dark (the partition that comes first on a bad day): what
+    /// an asynchronous standby then loses.
+    #[arg(long)]
+    pub partition_first: bool,
     /// Shop through a real engine (nginx or HAProxy, configured from
     /// `deploy/`) instead of this project's balancer. Stages 1 to 5.
     #[arg(long, value_enum)]
@@ -217,6 +223,8 @@ async fn shop_through(
     let started = Instant::now();
     let deadline = started + cli.duration;
 
+    // Stage 7: account writers beside the shoppers.
+    let writers = zones.map(|_| tokio::spawn(accounts::run(url.clone(), cli.seed, deadline)));
     let mut shoppers = Vec::new();
     for n in 0..cli.shoppers {
         let mut shopper = VirtualShopper::new(&url, cli.seed, n as u64)?;
@@ -242,7 +250,15 @@ async fn shop_through(
         bar.set_prefix(info.title);
         bar
     };
-    let mut chaos = Playback::new(cli.seed, cli.duration, cli.no_chaos, target, zones, started);
+    let mut chaos = Playback::new(
+        cli.seed,
+        cli.duration,
+        cli.no_chaos,
+        target,
+        zones,
+        cli.partition_first,
+        started,
+    );
     let intact_now = || {
         let lost = usize::try_from(Tally::get(&tally.carts_lost)).unwrap_or(usize::MAX);
         (
@@ -288,13 +304,20 @@ async fn shop_through(
         }
         latencies.extend(shopper.latencies);
     }
+    let writes = match writers {
+        Some(writers) => writers.await.ok(),
+        None => None,
+    };
     let elapsed = started.elapsed().as_secs_f64();
     let requests = Tally::get(&tally.requests);
     #[allow(clippy::cast_precision_loss)]
     let requests_per_s = requests as f64 / elapsed.max(0.001);
     Ok(Report {
         stage: info.package.to_owned(),
-        title: info.title.to_owned(),
+        title: match zones {
+            Some(zones) => format!("{} · {}", info.title, zones.standby_kind().await),
+            None => info.title.to_owned(),
+        },
         shoppers: cli.shoppers,
         duration_s: elapsed,
         requests,
@@ -312,5 +335,7 @@ async fn shop_through(
             timeline.push((elapsed, intact));
             timeline
         },
+        account_writes: writes.map(|w| w.acknowledged),
+        account_writes_lost: writes.map(|w| w.lost),
     })
 }

@@ -32,6 +32,12 @@ pub struct Report {
     /// Carts intact as the run went on: `[seconds, carts]`, every half
     /// second (what `--chart` draws).
     pub timeline: Vec<(f64, usize)>,
+    /// Stage 7: account renames the shop acknowledged ([`crate::accounts`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account_writes: Option<u64>,
+    /// Stage 7: acknowledged renames the database no longer holds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account_writes_lost: Option<u64>,
 }
 
 /// What a run found: a carts report per stage 1 to 5, a live report per
@@ -156,6 +162,16 @@ pub fn render(reports: &Reports, format: Format) -> String {
             reports.carts.iter().map(|r| cells(r).to_vec()).collect(),
             format,
         ));
+        for report in &reports.carts {
+            if let (Some(writes), Some(lost)) = (report.account_writes, report.account_writes_lost)
+            {
+                let _ = writeln!(
+                    out,
+                    "\n{}: {writes} account writes acknowledged, {lost} of them lost",
+                    report.title
+                );
+            }
+        }
         if let Some(first) = reports
             .carts
             .first()
@@ -291,6 +307,8 @@ mod tests {
             carts_lost: 1,
             chaos: vec![],
             timeline: vec![(0.0, 2), (1.0, 1)],
+            account_writes: None,
+            account_writes_lost: None,
         };
         let reports = Reports {
             carts: vec![report],
@@ -301,5 +319,22 @@ mod tests {
         assert_eq!(lines.len(), 3);
         assert!(lines[1].starts_with("| --- |"));
         assert!(lines[2].starts_with("| Stage 1 | 2 | 10 |"));
+
+        // Stage 7's account writers add a line under the table.
+        let mut stage7 = reports.carts[0].clone();
+        stage7.title = "Stage 7".into();
+        stage7.account_writes = Some(100);
+        stage7.account_writes_lost = Some(3);
+        let table = render(
+            &Reports {
+                carts: vec![stage7],
+                live: Vec::new(),
+            },
+            Format::Markdown,
+        );
+        assert!(
+            table.contains("Stage 7: 100 account writes acknowledged, 3 of them lost"),
+            "{table}"
+        );
     }
 }

@@ -249,4 +249,10 @@ fn a_zone_going_dark_loses_no_cart_in_stage_7() {
         "the replica in zone b held every cart: {report}"
     );
     assert_eq!(count(&report, "carts_intact"), 8);
+    assert!(count(&report, "account_writes") > 0, "{report}");
+    assert_eq!(
+        count(&report, "account_writes_lost"),
+        0,
+        "the synchronous standby held every acknowledged account write: {report}"
+    );
 }

@@ -207,6 +207,23 @@ impl DataTier {
         Ok(killed)
     }
 
+    /// Cuts zone b's data machine off from the rest (or heals the cut): a
+    /// partition between the zones' data tiers, the bad day that comes
+    /// before a zone's loss. The standby and the Redis replica stop
+    /// receiving; the instances and the endpoints carry on.
+    pub fn partition_zone_b_data(&self, cut: bool) -> Result<(), shop::BoxError> {
+        let b_data = self.region.machine("b-data").ok_or("no b-data machine")?;
+        Ok(self.region.set_machine_link(&b_data, !cut)?)
+    }
+
+    /// Which standby this tier runs ("synchronous standby").
+    pub async fn standby_kind(&self) -> &'static str {
+        match self.postgres.lock().await.replication() {
+            Replication::Synchronous => "synchronous standby",
+            Replication::Asynchronous => "asynchronous standby",
+        }
+    }
+
     /// Zone `zone` comes back: links restored, its servers re-joined (a
     /// former primary as the new primary's standby). Returns what was done
     /// to each server.
