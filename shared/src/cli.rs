@@ -204,6 +204,15 @@ async fn up<S: Stage>(mut args: UpArgs<S::Args>) -> Result<(), BoxError> {
         ..TopologyConfig::for_stage(std::env::current_exe()?, info)
     };
     if let Some(engine) = args.behind {
+        if config.placement.is_some() {
+            // nginx and HAProxy would dial the instances from the host's
+            // own address, which the instances' security group drops.
+            return Err(format!(
+                "{} places its instances in zones, reachable only from the project's balancer; run it without --behind",
+                info.package
+            )
+            .into());
+        }
         let behind = Behind::start(config, engine).await?;
         print_engine_banner(info, &behind, &services);
         lb::signals::terminate().await;

@@ -85,10 +85,10 @@ pub trait Placement: Send + Sync + std::fmt::Debug {
         Vec::new()
     }
 
-    /// Takes everything of zone `zone` that is not an instance down (its
-    /// servers, its network) or, with `up`, brings it back; the fleet
-    /// kills and restarts the zone's instances itself. Returns what was
-    /// done.
+    /// Takes zone `zone` down (its servers and its network; processes it
+    /// can see in the zone, instances included, may go with it) or, with
+    /// `up`, brings its servers and network back; the fleet then kills, or
+    /// restarts, the zone's instances itself. Returns what was done.
     fn set_zone(&self, zone: &str, up: bool) -> lb::supervisor::SupervisorFuture<'_, String> {
         let _ = up;
         let message = format!("there is no zone {zone} here");

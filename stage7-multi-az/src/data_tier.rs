@@ -7,6 +7,12 @@
 //! ([`crate::failover`]). Instances are given the endpoint's address, never
 //! a server's: after a failover the same URL reaches the new primary.
 //!
+//! Why endpoints and not clients that know every server? sqlx takes one
+//! host per URL (libpq's `target_session_attrs=read-write` over a host list
+//! has no sqlx equivalent), and the redis crate's Sentinel client would
+//! change how stages 4 and 5 connect; an application on RDS and ElastiCache
+//! is given one name per role, as here, and the provider moves the name.
+//!
 //! Taking a zone down ([`DataTier::take_zone_down`]) is the power and the
 //! network of a whole zone going at once: every process in its machines
 //! is killed (`SIGKILL`, found with `ip netns pids`) and their links to the
@@ -50,7 +56,7 @@ pub struct Options {
 pub struct DataTier {
     // Field order matters: the region's services stop first, then the
     // servers, then the namespaces they ran in.
-    control: Option<JoinHandle<()>>,
+    control: Option<JoinHandle<Option<()>>>,
     shutdown: watch::Sender<bool>,
     manager: Arc<FailoverManager>,
     writer: Arc<Endpoint>,
@@ -129,6 +135,7 @@ impl DataTier {
         })
     }
 
+    /// The region the tier's machines are in.
     pub fn region(&self) -> &Arc<Region> {
         &self.region
     }

@@ -5,7 +5,8 @@
 //! then zone a loses power and network at once (its instances, the
 //! PostgreSQL primary, the Redis primary and a Sentinel). The demo asks for
 //! the cart and writes the profile every quarter second and says how long
-//! each was unavailable, what the failover manager did, and what was lost.
+//! each was unavailable, what the failover manager did, and whether the
+//! cart and the account written before the loss are still there.
 //! Then zone a comes back, its old primary as the new one's standby.
 
 use std::path::PathBuf;
@@ -147,6 +148,20 @@ pub async fn run(args: MultiAzArgs, exe: PathBuf, mut services: Services) -> Res
         cart.summary(),
         cart.served_by(),
         writes_after.as_secs_f64()
+    ));
+    let me: serde_json::Value = ada
+        .http()
+        .get(ada.url("/api/me"))
+        .send()
+        .await?
+        .json()
+        .await
+        .unwrap_or_default();
+    say.note(&format!(
+        "the account signed up before the loss: {} (name now {}); the cart before it: {}.",
+        me["email"],
+        me["name"],
+        cart.summary()
     ));
     for event in tier.status().events.iter().filter(|e| e.at_ms >= lost_ms) {
         let after = (event.at_ms - lost_ms) as f64 / 1000.0;

@@ -1,7 +1,12 @@
 //! The failover manager: a small Patroni.
 //!
-//! Every second it asks the primary `SELECT 1`. After `--failover-after`
-//! failures in a row (3: one lost packet is not a dead zone) it:
+//! Every second it asks the primary about its standby
+//! (`pg_stat_replication`: is one streaming, and is it synchronous?). After
+//! `--failover-after` failures in a row (3: one lost packet is not a dead
+//! zone), and only if the standby was in sync when the primary last
+//! answered (else it may lack acknowledged writes, and promoting it would
+//! lose them: the manager refuses and says so, as Patroni promotes only a
+//! member listed as synchronous), it:
 //!
 //! 1. **fences** the old primary: the writer endpoint stops forwarding to
 //!    it, and its processes are killed, so that it can never accept a
@@ -36,6 +41,9 @@ use tokio::sync::watch;
 use crate::endpoint::Endpoint;
 use crate::postgres_ha::{NodeName, PostgresHa, Replication};
 
+/// How many events the status keeps.
+const MAX_EVENTS: usize = 200;
+
 /// How often the primary is asked, and how long an answer may take.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 
@@ -44,16 +52,20 @@ const PROBE_EVERY: Duration = Duration::from_secs(1);
 pub struct Event {
     /// Milliseconds since the manager started.
     pub at_ms: u128,
+    /// What it saw or did, in a sentence.
     pub what: String,
 }
 
 /// The manager's view, for the dashboard, the demo and the tests.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct Status {
+    /// The server it takes for the primary.
     pub primary: Option<NodeName>,
     /// Synchronous replication is off for want of a standby.
     pub degraded: bool,
+    /// Promotions so far.
     pub failovers: u32,
+    /// The latest events, oldest first.
     pub events: Vec<Event>,
 }
 
@@ -77,6 +89,7 @@ pub struct FailoverManager {
 }
 
 impl FailoverManager {
+    /// A manager of `postgres` that re-points `writer` on failover.
     pub async fn new(
         postgres: Arc<AsyncMutex<PostgresHa>>,
         writer: Arc<Endpoint>,
@@ -107,7 +120,12 @@ impl FailoverManager {
 
     fn record(&self, what: String) {
         tracing::warn!(target: "failover", "{what}");
-        lock(&self.status).events.push(Event {
+        let mut status = lock(&self.status);
+        // The latest events only: a failing failover records one a second.
+        if status.events.len() >= MAX_EVENTS {
+            status.events.remove(0);
+        }
+        status.events.push(Event {
             at_ms: self.started.elapsed().as_millis(),
             what,
         });
@@ -118,6 +136,10 @@ impl FailoverManager {
     pub async fn run(&self, mut shutdown: watch::Receiver<bool>) {
         let mut primary_failures = 0u32;
         let mut standby_missing = 0u32;
+        // What the primary said of its standby when it last answered: a
+        // standby that was not in sync then may lack acknowledged writes.
+        let mut last_seen = StandbySeen::default();
+        let mut refused = false;
         let mut ticker = tokio::time::interval(PROBE_EVERY);
         loop {
             tokio::select! {
@@ -129,27 +151,50 @@ impl FailoverManager {
                 (pg.primary(), pg.url_of(pg.primary()), pg.replication())
             };
             let probe = tokio::time::timeout(PROBE_EVERY, check(&url)).await;
-            let Ok(Ok(standby_streaming)) = probe else {
+            let Ok(Ok(seen)) = probe else {
                 primary_failures += 1;
                 self.record(format!(
                     "{} did not answer ({primary_failures}/{})",
                     primary.as_str(),
                     self.policy.after
                 ));
-                if primary_failures >= self.policy.after && self.fail_over(primary).await {
+                if primary_failures < self.policy.after {
+                    continue;
+                }
+                let degraded = lock(&self.status).degraded;
+                let safe = match replication {
+                    Replication::Synchronous => last_seen.synchronous && !degraded,
+                    Replication::Asynchronous => last_seen.streaming,
+                };
+                if !safe {
+                    if !refused {
+                        self.record(format!(
+                            "not promoting: the standby was not {} when {} last answered, so it may lack acknowledged writes; writes stay down until {} returns",
+                            if replication == Replication::Synchronous { "a synchronous standby in sync" } else { "streaming" },
+                            primary.as_str(),
+                            primary.as_str()
+                        ));
+                        refused = true;
+                    }
+                    continue;
+                }
+                if self.fail_over(primary).await {
                     primary_failures = 0;
                     standby_missing = 0;
+                    last_seen = StandbySeen::default();
                 }
                 continue;
             };
             primary_failures = 0;
+            refused = false;
+            last_seen = seen;
             if replication == Replication::Synchronous && !self.policy.strict {
-                standby_missing = if standby_streaming {
+                standby_missing = if seen.streaming {
                     0
                 } else {
                     standby_missing + 1
                 };
-                self.keep_sync_honest(&url, standby_streaming, standby_missing)
+                self.keep_sync_honest(&url, seen.streaming, standby_missing)
                     .await;
             }
         }
@@ -158,19 +203,18 @@ impl FailoverManager {
     /// Fences `old`, promotes the standby, re-points the writer endpoint.
     /// Returns whether a new primary now takes writes.
     async fn fail_over(&self, old: NodeName) -> bool {
+        // Held from fencing to promotion: a zone brought back meanwhile
+        // must not restart the old primary as a primary.
+        let mut pg = self.postgres.lock().await;
         self.writer.point_at(None);
-        let (standby, standby_url, standby_address, replication) = {
-            let mut pg = self.postgres.lock().await;
-            pg.kill(old);
-            let standby = pg.standby();
-            let (host, port) = pg.address_of(standby);
-            (
-                standby,
-                pg.url_of(standby),
-                SocketAddr::from((host, port)),
-                pg.replication(),
-            )
-        };
+        pg.kill(old);
+        let standby = pg.standby();
+        let (host, port) = pg.address_of(standby);
+        let (standby_url, standby_address, replication) = (
+            pg.url_of(standby),
+            SocketAddr::from((host, port)),
+            pg.replication(),
+        );
         self.record(format!(
             "fenced {}: the writer endpoint refuses connections and its processes are killed",
             old.as_str()
@@ -183,7 +227,8 @@ impl FailoverManager {
             ));
             return false;
         }
-        self.postgres.lock().await.promoted(standby);
+        pg.promoted(standby);
+        drop(pg);
         self.writer.point_at(Some(standby_address));
         {
             let mut status = lock(&self.status);
@@ -258,28 +303,48 @@ async fn connect(url: &str) -> Result<PgConnection, sqlx::Error> {
         .await
 }
 
-/// Asks the primary whether it answers, and whether a standby streams
-/// from it (`pg_stat_replication`).
-async fn check(url: &str) -> Result<bool, sqlx::Error> {
+/// What the primary says of its standby (`pg_stat_replication`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct StandbySeen {
+    /// A standby (pg_a or pg_b) streams from it.
+    streaming: bool,
+    /// ... and the primary waits for it (`sync_state` sync or quorum):
+    /// every commit acknowledged is on it.
+    synchronous: bool,
+}
+
+/// Asks the primary whether it answers, and what it says of its standby.
+async fn check(url: &str) -> Result<StandbySeen, sqlx::Error> {
     let mut connection = connect(url).await?;
-    let streaming: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM pg_stat_replication
-                        WHERE application_name IN ('pg_a', 'pg_b') AND state = 'streaming')",
+    let (streaming, synchronous): (bool, bool) = sqlx::query_as(
+        "SELECT count(*) > 0, coalesce(bool_or(sync_state IN ('sync', 'quorum')), false)
+           FROM pg_stat_replication
+          WHERE application_name IN ('pg_a', 'pg_b') AND state = 'streaming'",
     )
     .fetch_one(&mut connection)
     .await?;
     connection.close().await?;
-    Ok(streaming)
+    Ok(StandbySeen {
+        streaming,
+        synchronous,
+    })
 }
 
 /// `pg_promote()`: ends recovery and waits until the server takes writes;
 /// then a checkpoint, so that its new timeline is on record.
 pub async fn promote(url: &str) -> Result<(), String> {
     let mut connection = connect(url).await.map_err(|e| e.to_string())?;
-    let promoted: bool = sqlx::query_scalar("SELECT pg_promote(true, 30)")
+    // Safe to repeat: a server already promoted (by an earlier try whose
+    // answer was lost) is not promoted again.
+    let in_recovery: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
         .fetch_one(&mut connection)
         .await
         .map_err(|e| e.to_string())?;
+    let promoted = !in_recovery
+        || sqlx::query_scalar::<_, bool>("SELECT pg_promote(true, 30)")
+            .fetch_one(&mut connection)
+            .await
+            .map_err(|e| e.to_string())?;
     if !promoted {
         return Err("pg_promote() returned false".to_owned());
     }

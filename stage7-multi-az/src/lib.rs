@@ -8,8 +8,10 @@
 //! ([`postgres_ha`]), the sessions' Redis with a replica watched by three
 //! Sentinels, and security groups that let each tier talk only to the
 //! next ([`security_groups`]). When zone `a` goes dark, a failover manager
-//! ([`failover`]) fences the old primary and promotes the standby, and the
-//! endpoints ([`endpoint`]) follow: no committed write is lost.
+//! ([`failover`]) fences the old primary and promotes the standby (only
+//! one that was in sync), and the endpoints ([`endpoint`]) follow: no
+//! acknowledged write is lost. (An asynchronous standby, `--async-standby`,
+//! can lose them: the tests show it.)
 //!
 //! **What changed since stage 5:** nothing in the shop's code. The
 //! instances are stage 5's; what changes is where each server runs and how

@@ -24,8 +24,13 @@ const NETNS_DIR: &str = "/run/netns";
 
 /// Runs `work` to its end on a new thread inside network namespace
 /// `netns` (or in ours, for `None`: the loopback layout), on a runtime of
-/// its own. Returns the thread; join it for the result.
-pub fn spawn<F, T>(netns: Option<&str>, name: &str, work: F) -> std::io::Result<JoinHandle<T>>
+/// its own. Returns the thread (join it for the result), or why it could
+/// not join the namespace.
+pub fn spawn<F, T>(
+    netns: Option<&str>,
+    name: &str,
+    work: F,
+) -> std::io::Result<JoinHandle<Option<T>>>
 where
     F: FnOnce() -> std::pin::Pin<Box<dyn Future<Output = T>>> + Send + 'static,
     T: Send + 'static,
@@ -33,23 +38,38 @@ where
     let namespace = netns
         .map(|ns| File::open(format!("{NETNS_DIR}/{ns}")))
         .transpose()?;
-    std::thread::Builder::new()
+    // The thread joins the namespace and builds its runtime first, then
+    // says so: a failure is this function's error, not a panic on a
+    // thread nobody watches. (A wait of microseconds.)
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
+    let thread = std::thread::Builder::new()
         .name(name.to_owned())
         .spawn(move || {
-            if let Some(namespace) = namespace {
-                // Only this thread moves: the rest of the process stays put.
-                if let Err(error) =
+            let prepared = (|| {
+                if let Some(namespace) = namespace {
+                    // Only this thread moves: the rest of the process stays put.
                     nix::sched::setns(&namespace, nix::sched::CloneFlags::CLONE_NEWNET)
-                {
-                    panic!("cannot join the network namespace: {error}");
+                        .map_err(std::io::Error::from)?;
+                }
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+            })();
+            match prepared {
+                Ok(runtime) => {
+                    let _ = ready_tx.send(Ok(()));
+                    Some(runtime.block_on(work()))
+                }
+                Err(error) => {
+                    let _ = ready_tx.send(Err(error));
+                    None
                 }
             }
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap_or_else(|error| panic!("cannot build a runtime: {error}"));
-            runtime.block_on(work())
-        })
+        })?;
+    ready_rx
+        .recv()
+        .map_err(|_| std::io::Error::other("the namespace thread stopped"))??;
+    Ok(thread)
 }
 
 /// Runs `work` inside `netns` and waits for its result without blocking

@@ -177,6 +177,7 @@ impl PostgresHa {
         Ok(ha)
     }
 
+    /// Whether commits wait for the standby.
     pub fn replication(&self) -> Replication {
         self.replication
     }
@@ -247,7 +248,7 @@ impl PostgresHa {
             "restarted as the primary (no failover happened)".to_owned()
         } else if name == NodeName::Replica {
             "restarted; catches up from the standby".to_owned()
-        } else if self.has_diverged(name) {
+        } else if self.was_a_primary(name) {
             match self.rewind(name) {
                 Ok(()) => format!(
                     "rewound with pg_rewind onto {}'s timeline",
@@ -272,7 +273,7 @@ impl PostgresHa {
     }
 
     /// A node that was a primary: no `standby.signal` in its folder.
-    fn has_diverged(&self, name: NodeName) -> bool {
+    fn was_a_primary(&self, name: NodeName) -> bool {
         !self.node(name).data.join("standby.signal").exists()
     }
 
@@ -299,7 +300,9 @@ impl PostgresHa {
     }
 
     /// The subnet every server lets in (`trust`: a throwaway teaching
-    /// cluster, guarded by the security groups, never a template).
+    /// cluster, never a template). With namespaces the security groups
+    /// guard it; on the loopback layout any local user can reach it, as
+    /// stage 5's servers on 127.0.0.1.
     fn subnet(&self) -> String {
         let [a, b, c, _] = self.node(NodeName::A).address().octets();
         format!("{a}.{b}.{c}.0/24")
@@ -348,6 +351,12 @@ impl PostgresHa {
                 // Enough WAL kept for a returning zone to catch up from.
                 "wal_keep_size = '256MB'".to_owned(),
                 "synchronous_commit = on".to_owned(),
+                // A standby that is gone is noticed in 5 s, not the default
+                // 60: until then it still looks in sync, every synchronous
+                // commit waits for it, and the failover manager cannot
+                // degrade.
+                "wal_sender_timeout = '5s'".to_owned(),
+                "wal_receiver_timeout = '5s'".to_owned(),
                 format!(
                     "synchronous_standby_names = '{}'",
                     self.replication.standby_names()

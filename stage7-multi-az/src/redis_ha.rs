@@ -401,9 +401,12 @@ async fn ping(netns: Option<&str>, address: SocketAddr) -> bool {
     .unwrap_or(false)
 }
 
-/// Where the Sentinels say the primary is now: the first Sentinel that
-/// answers. Runs inside the `region` machine.
+/// Where the Sentinels say the primary is now: the address a majority of
+/// them name (2 of 3). Not the first that answers: a Sentinel that has just
+/// come back with its zone still names the old primary until the others'
+/// hello messages correct it. Runs inside the `region` machine.
 pub async fn primary_from_sentinels(sentinels: &[SocketAddr]) -> Option<SocketAddr> {
+    let mut named: Vec<SocketAddr> = Vec::new();
     for sentinel in sentinels {
         let ask = async {
             let client = redis::Client::open(format!("redis://{sentinel}/"))?;
@@ -418,8 +421,12 @@ pub async fn primary_from_sentinels(sentinels: &[SocketAddr]) -> Option<SocketAd
             tokio::time::timeout(Duration::from_millis(500), ask).await
             && let Ok(ip) = host.parse::<Ipv4Addr>()
         {
-            return Some(SocketAddr::from((ip, port)));
+            named.push(SocketAddr::from((ip, port)));
         }
     }
-    None
+    let majority = sentinels.len() / 2 + 1;
+    named
+        .iter()
+        .find(|candidate| named.iter().filter(|n| n == candidate).count() >= majority)
+        .copied()
 }

@@ -23,12 +23,20 @@
 //!
 //! `R` is a run number (1–250) claimed with an owner file, so that tests
 //! and two learners' launchers can run side by side; a launcher killed
-//! with SIGKILL leaves its namespaces behind, and the next one removes
-//! them once their owner is gone.
+//! with SIGKILL leaves its namespaces behind, and a later one that finds
+//! the number's owner gone removes them before it takes the number.
 //!
 //! Namespaces need root. Without it the same layout runs on loopback
 //! addresses (127.77.R.x: Linux routes all of 127/8 to `lo`), with no
 //! firewall and no link to cut: the banner says so.
+//!
+//! Why namespaces and not containers or virtual machines? The workshop's
+//! machines have no Docker, and a namespace is exactly the part of a
+//! container that matters here: its own interfaces, addresses, routes and
+//! firewall, for processes that are otherwise ordinary (`ps` shows them,
+//! their logs are files). Why one namespace per machine and not one per
+//! zone? Security groups belong to a machine's interface: the database and
+//! an instance in the same zone must still be separate, with separate rules.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -80,10 +88,12 @@ pub enum NetworkChoice {
 pub enum Zone {
     A,
     B,
+    /// Not a zone: the regional services that survive either zone's loss.
     Region,
 }
 
 impl Zone {
+    /// `a`, `b` or `region`: the first letter of its machines' names.
     pub fn name(self) -> &'static str {
         match self {
             Self::A => "a",
@@ -107,16 +117,21 @@ impl Zone {
 pub struct Machine {
     /// `a1`, `b-data`, `region`.
     pub name: String,
+    /// Which zone's power and network it shares.
     pub zone: Zone,
+    /// Its one address (on `eth0`, or on `lo` in the loopback layout).
     pub address: Ipv4Addr,
+    /// Its security group: which rules guard it, and which sets list it.
     pub group: Group,
     /// Its namespace; `None` in the loopback layout.
     pub netns: Option<String>,
 }
 
-/// The last byte of each fixed machine's address.
+/// The last byte of the `region` machine's address.
 pub const REGION_HOST: u8 = 10;
+/// The last byte of zone a's data machine's address.
 pub const A_DATA_HOST: u8 = 20;
+/// The last byte of zone b's data machine's address.
 pub const B_DATA_HOST: u8 = 40;
 /// The host side: shoppers, and the balancer's own source address.
 const SHOPPER_HOST: u8 = 1;
@@ -162,6 +177,7 @@ impl Region {
         Ok(region)
     }
 
+    /// Namespaces, or the loopback layout (and why).
     pub fn mode(&self) -> &Mode {
         &self.mode
     }
@@ -257,45 +273,63 @@ impl Region {
             group,
             netns: netns.clone(),
         };
-        if let Some(ns) = &netns {
-            let vpc = self.vpc();
-            let link = format!("v-{name}");
-            let cidr = format!("{address}/24");
-            self.ip(&["netns", "add", ns])?;
-            self.ip(&["-n", ns, "link", "set", "lo", "up"])?;
-            self.ip(&[
-                "-n", &vpc, "link", "add", &link, "type", "veth", "peer", "name", "eth0", "netns",
-                ns,
-            ])?;
-            self.ip(&["-n", &vpc, "link", "set", &link, "master", "br0", "up"])?;
-            self.ip(&["-n", ns, "addr", "add", &cidr, "dev", "eth0"])?;
-            self.ip(&["-n", ns, "link", "set", "eth0", "up"])?;
-        }
+        // The machine list is locked throughout: two machines added at
+        // once must each see the other in their groups' sets.
         let mut machines = self.lock();
-        machines.push(machine.clone());
-        if let (Some(nft), Some(ns)) = (&self.nft, &netns) {
-            let rules = security_groups::ruleset(
-                group,
-                &self.group_members(&machines, Group::Lb),
-                &self.group_members(&machines, Group::App),
-                &self.group_members(&machines, Group::Data),
-            );
-            run_with_input(
-                &self.ip,
-                &["netns", "exec", ns, &nft.to_string_lossy(), "-f", "-"],
-                &rules,
-            )?;
-            for other in machines.iter().filter(|m| m.name != name) {
-                if let Some(other_ns) = &other.netns {
-                    run_with_input(
-                        &self.ip,
-                        &["netns", "exec", other_ns, &nft.to_string_lossy(), "-f", "-"],
-                        &security_groups::add_member(group, address),
-                    )?;
-                }
+        if let Some(ns) = &netns {
+            // A machine half made (no link, or no firewall: a namespace
+            // with no table accepts everything) is taken apart again.
+            if let Err(error) = self.build_machine(&machine, ns, &machines) {
+                let _ = self.ip(&["netns", "del", ns]);
+                return Err(error);
             }
         }
+        machines.push(machine.clone());
         Ok(machine)
+    }
+
+    /// The namespace, its link to the bridge and address, its security
+    /// group; and its address in its group's set on the `others`.
+    fn build_machine(
+        &self,
+        machine: &Machine,
+        ns: &str,
+        others: &[Machine],
+    ) -> Result<(), RegionError> {
+        let vpc = self.vpc();
+        let link = format!("v-{}", machine.name);
+        let cidr = format!("{}/24", machine.address);
+        self.ip(&["netns", "add", ns])?;
+        self.ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        self.ip(&[
+            "-n", &vpc, "link", "add", &link, "type", "veth", "peer", "name", "eth0", "netns", ns,
+        ])?;
+        self.ip(&["-n", &vpc, "link", "set", &link, "master", "br0", "up"])?;
+        self.ip(&["-n", ns, "addr", "add", &cidr, "dev", "eth0"])?;
+        self.ip(&["-n", ns, "link", "set", "eth0", "up"])?;
+        let Some(nft) = &self.nft else {
+            return Err(RegionError::Unsupported(
+                "`nft` was not found (apt-get install nftables)".to_owned(),
+            ));
+        };
+        let nft = nft.to_string_lossy();
+        let mut everyone = others.to_vec();
+        everyone.push(machine.clone());
+        let rules = security_groups::ruleset(
+            machine.group,
+            &self.group_members(&everyone, Group::Lb),
+            &self.group_members(&everyone, Group::App),
+            &self.group_members(&everyone, Group::Data),
+        );
+        run_with_input(&self.ip, &["netns", "exec", ns, &nft, "-f", "-"], &rules)?;
+        for other_ns in others.iter().filter_map(|m| m.netns.as_deref()) {
+            run_with_input(
+                &self.ip,
+                &["netns", "exec", other_ns, &nft, "-f", "-"],
+                &security_groups::add_member(machine.group, machine.address),
+            )?;
+        }
+        Ok(())
     }
 
     fn group_members(&self, machines: &[Machine], group: Group) -> Vec<Ipv4Addr> {
@@ -445,14 +479,24 @@ fn nft_binary() -> Option<PathBuf> {
     find_on_path("nft").or_else(|| Some(PathBuf::from("/usr/sbin/nft")).filter(|p| p.is_file()))
 }
 
-/// Claims the lowest free run number: an owner file created exclusively,
-/// holding our pid. A file whose pid is gone is a crashed run's: its
+/// Claims the lowest free run number: an owner file holding our pid,
+/// written under a lock. A file whose pid is gone is a crashed run's: its
 /// namespaces are removed and the number reused.
 fn claim_run() -> Result<(u8, PathBuf), RegionError> {
     // Not under the `myclothes-` prefix: those folders are private_dir's,
     // which removes the ones without an owner file of its kind.
     let dir = std::env::temp_dir().join("mc7-regions");
     std::fs::create_dir_all(&dir)?;
+    // One launcher claims at a time (an exclusive lock on a file, released
+    // when `_claiming` drops): two could otherwise both find a crashed
+    // run's number free, and one remove what the other just set up.
+    let lock = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("claiming.lock"))?;
+    let _claiming = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, errno)| std::io::Error::from(errno))?;
     for run in 1..=250u8 {
         let file = dir.join(format!("{run}.owner"));
         if let Ok(text) = std::fs::read_to_string(&file) {
@@ -467,15 +511,8 @@ fn claim_run() -> Result<(u8, PathBuf), RegionError> {
             }
             let _ = std::fs::remove_file(&file);
         }
-        let created = std::fs::File::options()
-            .write(true)
-            .create_new(true)
-            .open(&file);
-        if let Ok(mut owner) = created {
-            use std::io::Write;
-            writeln!(owner, "{}", std::process::id())?;
-            return Ok((run, file));
-        }
+        std::fs::write(&file, format!("{}\n", std::process::id()))?;
+        return Ok((run, file));
     }
     Err(RegionError::Full(dir.display().to_string()))
 }

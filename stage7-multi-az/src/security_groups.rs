@@ -51,10 +51,13 @@ pub const DATA_PORTS: [u16; 5] = [5432, 5433, 6379, 6380, 26379];
 /// A security group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum Group {
+    /// The balancer: reaches the instances.
     #[serde(rename = "sg-lb")]
     Lb,
+    /// The instances: reach the data tier.
     #[serde(rename = "sg-app")]
     App,
+    /// The data tier and the region's services: reach each other.
     #[serde(rename = "sg-data")]
     Data,
 }

@@ -4,6 +4,9 @@
 //! Instances alternate between the zones (`a1`, `b1`, `a2`, …), each in a
 //! machine of its own, listening on port 3000 of its own address. The
 //! balancer stays on the host and reaches them from its `sg-lb` address.
+//! (Why not the balancer in a namespace of its own too? Then a learner's
+//! browser could not reach it without routes on the host; on the host it
+//! listens on 127.0.0.1:8080 as in every other stage.)
 
 use std::net::IpAddr;
 use std::sync::Arc;

@@ -89,6 +89,9 @@ async fn security_groups_allow_what_they_should() {
         Probe::Connected,
         "balancer → instance"
     );
+    // Each of these also proves the rules stateful: the answer (SYN-ACK)
+    // comes back into the instance, whose own group admits nothing from
+    // the data tier; only `ct state established` lets it in.
     for port in [5432, 6379, 26379] {
         let to = SocketAddr::from((data.address, port));
         assert_eq!(
@@ -113,8 +116,7 @@ async fn security_groups_allow_what_they_should() {
         Probe::Connected,
         "new instance → PostgreSQL"
     );
-    // And the machines answer each other's replies (stateful): the
-    // instance's own firewall lets the data tier's answers back in.
+    // The new instance is let in by the balancer's rule at once too.
     listen_in(&b1, 3000).await;
     assert_eq!(
         probe_from_host(

@@ -181,6 +181,7 @@ async fn zone_loss_keeps_serving() {
         .send()
         .await
         .expect("zone a back");
+    assert_eq!(up.status(), 200, "zone a back from the dashboard");
     let done: serde_json::Value = up.json().await.expect("json");
     let done = done["done"].as_str().unwrap_or_default().to_owned();
     assert!(

@@ -92,6 +92,18 @@ async fn losing_the_primary_zone_promotes_the_standby_behind_the_same_url() {
 async fn zone_returns_as_standby() {
     let (tier, b1) = data_tier().await;
     lose_zone_a(&tier, &b1).await;
+    // The Sentinels promote zone b's Redis too (so zone a's returns as its
+    // replica, not as a second primary).
+    let b_data = tier.region().machine("b-data").expect("b-data");
+    let b_redis = std::net::SocketAddr::from((b_data.address, stage7::redis_ha::PORT));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tier.sessions_target() != Some(b_redis) {
+        assert!(
+            Instant::now() < deadline,
+            "the Sentinels never promoted zone b's Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     let done = tier.bring_zone_back(Zone::A).await.expect("zone a back");
     assert!(
@@ -139,7 +151,6 @@ async fn zone_returns_as_standby() {
     }
 
     // The old Redis primary came back as a replica of the promoted one.
-    let b_data = tier.region().machine("b-data").expect("b-data");
     let role = redis_in::query(
         &a_data,
         &format!("redis://{}:6379/", a_data.address),
@@ -217,4 +228,38 @@ async fn sentinel_failover_keeps_sessions() {
     redis_in::query(&b1, &url, &["SET", "cart:bob", "1 scarf"])
         .await
         .expect("a write after the failover");
+}
+
+#[tokio::test]
+async fn a_standby_out_of_sync_is_not_promoted() {
+    let (tier, _b1) = data_tier().await;
+    // Zone b goes first: the primary commits alone (degraded) ...
+    tier.take_zone_down(Zone::B).await.expect("zone b down");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !tier.status().degraded {
+        assert!(
+            Instant::now() < deadline,
+            "never degraded: {:?}",
+            tier.status()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // ... so when zone a goes too, no standby holds every acknowledged
+    // write, and the manager must not promote one.
+    tier.take_zone_down(Zone::A).await.expect("zone a down");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = tier.status();
+        if status
+            .events
+            .iter()
+            .any(|e| e.what.starts_with("not promoting"))
+        {
+            assert_eq!(status.failovers, 0, "{status:?}");
+            assert_eq!(status.primary, Some(NodeName::A), "{status:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no refusal: {status:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
