@@ -52,7 +52,7 @@ async fn partition_then_lose_zone_a(replication: Replication) -> Outcome {
     let b = region
         .add_machine("b-data", Zone::B, B_DATA_HOST, Group::Data)
         .expect("b-data");
-    let mut pg = PostgresHa::start(a, b.clone(), replication)
+    let mut pg = PostgresHa::start(a.clone(), b.clone(), replication)
         .await
         .expect("PostgreSQL in two zones");
     let (primary, standby) = (pg.url_of(NodeName::A), pg.url_of(NodeName::B));
@@ -83,6 +83,13 @@ async fn partition_then_lose_zone_a(replication: Replication) -> Outcome {
 
     region.set_machine_link(&b, false).expect("cut zone b off");
     let during = sql::commit_each(&client, &primary, 6..=10, COMMIT_DEADLINE).await;
+    // Zone a goes dark: its network first, then its power. (Killing the
+    // server alone is not a dead zone: the kernel would go on resending
+    // what the server had written to its sockets, and deliver it to the
+    // standby once the partition heals.)
+    region
+        .set_machine_link(&a, false)
+        .expect("zone a's network goes");
     pg.kill(NodeName::A);
     region
         .set_machine_link(&b, true)
