@@ -11,6 +11,7 @@
 //! | `GET /_lb/config` | policy, stickiness, whether instance controls exist |
 //! | `POST /_lb/instances`, `POST /_lb/instances/{name}/kill` · `/restart` | with a [`Supervisor`](crate::supervisor::Supervisor) only |
 //! | `POST /_lb/zones/{zone}/down` · `/up` | with a supervisor that placed its instances in zones |
+//! | `GET /_lb/scaling` | with a supervisor that scales on its own: [`ScalingView`](crate::supervisor::ScalingView) |
 //!
 //! Adding a backend decides where the balancer sends traffic (and the
 //! shoppers' cookies), so the API is closed the way routers' and
@@ -291,6 +292,14 @@ pub async fn handle(
         (&Method::GET, []) => html(DASHBOARD),
         (&Method::GET, ["config"]) => json(StatusCode::OK, &config(balancer)),
         (&Method::GET, ["metrics"]) => text(metrics::render(balancer)),
+        (&Method::GET, ["scaling"]) => match balancer.supervisor().and_then(|s| s.scaling()) {
+            Some(view) => json(StatusCode::OK, &view),
+            None => json_response(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no auto scaling group here (start with --autoscale MIN..MAX)",
+            ),
+        },
         (&Method::GET, ["backends"]) => {
             let views: Vec<_> = balancer
                 .backends()
@@ -311,13 +320,8 @@ pub async fn handle(
             }
             None => unknown_backend(name),
         },
-        (&Method::DELETE, ["backends", name]) => match balancer.backends().remove(name) {
-            Ok(backend) => {
-                tracing::info!(backend = backend.name(), "removed");
-                let view = BackendView::of(&backend);
-                crate::health::say_goodbye(backend);
-                json(StatusCode::OK, &view)
-            }
+        (&Method::DELETE, ["backends", name]) => match balancer.remove_backend(name) {
+            Ok(backend) => json(StatusCode::OK, &BackendView::of(&backend)),
             Err(_) => unknown_backend(name),
         },
         (&Method::POST, ["instances"]) => add_instance(balancer).await,
@@ -329,7 +333,7 @@ pub async fn handle(
         }
         (
             _,
-            ["config" | "metrics" | "backends"]
+            ["config" | "metrics" | "backends" | "scaling"]
             | []
             | ["backends", _]
             | ["backends", _, "drain"]
@@ -354,6 +358,7 @@ fn config(balancer: &Balancer) -> serde_json::Value {
         "sticky_ttl_s": balancer.sticky().map(|s| s.ttl().as_secs()),
         "controls": balancer.supervisor().is_some(),
         "zones": balancer.supervisor().map(|s| s.zones()).unwrap_or_default(),
+        "autoscaling": balancer.supervisor().is_some_and(|s| s.scaling().is_some()),
     })
 }
 

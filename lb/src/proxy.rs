@@ -56,7 +56,7 @@ use tokio::net::TcpListener;
 use crate::Config;
 use crate::admin;
 use crate::admin::AdminAccess;
-use crate::backend::{Backend, BackendSet, HealthChange, Limits, Refused};
+use crate::backend::{Backend, BackendSet, BackendSetError, HealthChange, Limits, Refused};
 use crate::body::{FromClient, ProxyBody, Tracked, linger};
 use crate::dial::Dial;
 use crate::errors::LbError;
@@ -228,6 +228,16 @@ impl Balancer {
 
     pub fn supervisor(&self) -> Option<&Arc<dyn Supervisor>> {
         self.supervisor.get()
+    }
+
+    /// Takes backend `name` out of the balancer and tells its instance it
+    /// is leaving (so it closes its long-lived sockets). Requests already
+    /// forwarded to it finish normally.
+    pub fn remove_backend(&self, name: &str) -> Result<Arc<Backend>, BackendSetError> {
+        let backend = self.backends.remove(name)?;
+        tracing::info!(backend = backend.name(), "removed");
+        health::say_goodbye(Arc::clone(&backend));
+        Ok(backend)
     }
 
     /// Accepts connections on `listener` until `shutdown` completes, then

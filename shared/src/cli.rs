@@ -16,6 +16,7 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 
+use crate::autoscale::{AutoscaleConfig, LoadMetric, ScaleRange};
 use crate::front::{Behind, Engine};
 use crate::instance::Instance;
 use crate::stage::{BoxError, Scope, Services, Shop, Stage, StageInfo};
@@ -57,6 +58,18 @@ struct UpArgs<A: Args> {
     /// (its configuration rendered from `deploy/`; see `shop::front`).
     #[arg(long, value_enum)]
     behind: Option<Engine>,
+    /// Let an auto scaling group keep between MIN and MAX instances
+    /// (e.g. 2..6), adding and removing them by load.
+    #[arg(long, value_name = "MIN..MAX")]
+    autoscale: Option<ScaleRange>,
+    /// The load per instance the group keeps near (with --autoscale): in
+    /// requests per second, or in requests in flight plus open sockets
+    /// with --scale-on in-flight.
+    #[arg(long, default_value_t = 50.0, requires = "autoscale")]
+    target_load: f64,
+    /// What the group measures (with --autoscale).
+    #[arg(long, value_enum, default_value_t = LoadMetric::Requests, requires = "autoscale")]
+    scale_on: LoadMetric,
     #[command(flatten)]
     stage: A,
 }
@@ -201,9 +214,20 @@ async fn up<S: Stage>(mut args: UpArgs<S::Args>) -> Result<(), BoxError> {
         lb_port: args.port,
         env: crate::flags::instance_env(&args.stage)?,
         policy: S::policy(&args.stage),
+        autoscale: args.autoscale.map(|range| AutoscaleConfig {
+            metric: args.scale_on,
+            ..AutoscaleConfig::new(range, args.target_load)
+        }),
         ..TopologyConfig::for_stage(std::env::current_exe()?, info)
     };
     if let Some(engine) = args.behind {
+        if config.autoscale.is_some() {
+            return Err(format!(
+                "--autoscale needs the project's balancer (the group adds and drains its backends); run without --behind {}",
+                engine.name()
+            )
+            .into());
+        }
         if config.placement.is_some() {
             // nginx and HAProxy would dial the instances from the host's
             // own address, which the instances' security group drops.
@@ -255,6 +279,12 @@ fn print_banner(info: &StageInfo, topology: &Topology, services: &Services) {
     );
     for instance in topology.instances() {
         println!("  Instance {}: {}", instance.name, instance.url);
+    }
+    if let Some(scaling) = topology.scaling() {
+        println!(
+            "  Autoscaling: {}..{} instances, target {} {} (decisions on the dashboard)",
+            scaling.min, scaling.max, scaling.target_load, scaling.metric
+        );
     }
     for service in services.descriptions() {
         println!("  {service}");

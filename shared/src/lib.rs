@@ -21,6 +21,7 @@
 //!
 //! What is only one stage's lesson lives in that stage's crate.
 
+pub mod autoscale;
 pub mod cart;
 pub mod catalog;
 pub mod cli;

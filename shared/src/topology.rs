@@ -21,7 +21,8 @@ use std::ffi::OsString;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener as StdTcpListener};
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use lb::supervisor::SupervisorFuture;
@@ -32,6 +33,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::autoscale::{AutoscaleConfig, Autoscaler, ScalingState};
 use crate::parent::LAUNCHER_PID_ENV;
 use crate::stage::StageInfo;
 
@@ -70,6 +72,10 @@ pub struct TopologyConfig {
     /// The address the balancer connects to the instances from (see
     /// [`lb::Config::source_address`]); `None` lets the kernel choose.
     pub balancer_source: Option<IpAddr>,
+    /// Let an auto scaling group add and remove instances by load
+    /// (`--autoscale MIN..MAX`); `instances` is then its starting size,
+    /// kept within MIN..MAX.
+    pub autoscale: Option<AutoscaleConfig>,
 }
 
 /// Decides where each instance of a topology runs: stage 7 spreads them
@@ -150,6 +156,7 @@ impl TopologyConfig {
             show_logs: true,
             placement: None,
             balancer_source: None,
+            autoscale: None,
         }
     }
 
@@ -227,6 +234,11 @@ pub(crate) struct Fleet {
     pub(crate) config: TopologyConfig,
     /// Never held across an `.await`: a child is taken out to be killed.
     slots: Mutex<Vec<Slot>>,
+    /// The number the next added instance gets: names are never reused,
+    /// so a terminated `i4` and its successor are told apart.
+    next_index: AtomicUsize,
+    /// What the auto scaling group reports, when there is one.
+    scaling: OnceLock<Arc<ScalingState>>,
 }
 
 impl Fleet {
@@ -249,9 +261,44 @@ impl Fleet {
             slots.push(pending.ready().await?.into_slot());
         }
         Ok(Self {
+            next_index: AtomicUsize::new(slots.len()),
             config,
             slots: Mutex::new(slots),
+            scaling: OnceLock::new(),
         })
+    }
+
+    /// What the auto scaling group last decided, with the processes
+    /// running counted now.
+    fn scaling_view(&self) -> Option<lb::supervisor::ScalingView> {
+        let mut view = self.scaling.get()?.view();
+        view.running = self.running();
+        Some(view)
+    }
+
+    /// Instance processes running now.
+    pub(crate) fn running(&self) -> usize {
+        self.slots().iter().filter(|s| s.child.is_some()).count()
+    }
+
+    /// Stops instance `name` (gracefully: SIGTERM, then SIGKILL after a
+    /// grace; or at once) and forgets it: an auto scaling group's
+    /// terminate. Returns once the process is gone.
+    pub(crate) async fn terminate(&self, name: &str, graceful: bool) {
+        let child = {
+            let mut slots = self.slots();
+            let Some(index) = slots.iter().position(|s| s.name == name) else {
+                return;
+            };
+            slots.remove(index).child
+        };
+        if let Some(mut child) = child {
+            if graceful {
+                stop_child(&mut child).await;
+            } else {
+                let _ = child.kill().await;
+            }
+        }
     }
 
     /// Every instance, as a balancer's backend list.
@@ -370,7 +417,7 @@ impl Fleet {
     }
 
     pub(crate) async fn add(&self) -> Result<BackendSpec, String> {
-        let index = self.slots().len();
+        let index = self.next_index.fetch_add(1, Ordering::Relaxed);
         let place = place(&self.config, index)?;
         let port = match (place.port, self.config.instance_port_base) {
             (Some(port), _) => port,
@@ -419,6 +466,10 @@ impl Supervisor for Fleet {
         let zone = zone.to_owned();
         Box::pin(async move { Fleet::set_zone(self, &zone, up).await })
     }
+
+    fn scaling(&self) -> Option<lb::supervisor::ScalingView> {
+        self.scaling_view()
+    }
 }
 
 /// A running stage: instances plus balancer. Dropping it kills everything
@@ -431,10 +482,16 @@ pub struct Topology {
     fleet: Arc<Fleet>,
     lb_stop: Option<oneshot::Sender<()>>,
     lb_task: Option<JoinHandle<()>>,
+    autoscaler: Option<Autoscaler>,
 }
 
 impl Topology {
-    pub async fn start(config: TopologyConfig) -> Result<Self, LaunchError> {
+    pub async fn start(mut config: TopologyConfig) -> Result<Self, LaunchError> {
+        if let Some(autoscale) = &config.autoscale {
+            autoscale.check().map_err(LaunchError::Config)?;
+            let range = autoscale.range;
+            config.instances = config.instances.clamp(range.min, range.max);
+        }
         if config.instances == 0 {
             return Err(LaunchError::Config(
                 "--instances must be at least 1".to_owned(),
@@ -464,6 +521,12 @@ impl Topology {
         let balancer =
             Balancer::new(lb_config).map_err(|e| LaunchError::Balancer(e.to_string()))?;
         balancer.set_supervisor(Arc::clone(&fleet) as Arc<dyn Supervisor>);
+        let autoscaler = config.autoscale.map(|autoscale| {
+            let (autoscaler, state) =
+                Autoscaler::start(autoscale, Arc::clone(&fleet), Arc::clone(&balancer));
+            let _ = fleet.scaling.set(state);
+            autoscaler
+        });
         let (lb_stop, stopped) = oneshot::channel::<()>();
         let serving = Arc::clone(&balancer);
         let lb_task = tokio::spawn(async move {
@@ -480,7 +543,13 @@ impl Topology {
             fleet,
             lb_stop: Some(lb_stop),
             lb_task: Some(lb_task),
+            autoscaler,
         })
+    }
+
+    /// What the auto scaling group is doing, if there is one.
+    pub fn scaling(&self) -> Option<lb::supervisor::ScalingView> {
+        self.fleet.scaling_view()
     }
 
     /// The balancer's URL, `http://127.0.0.1:PORT`: where shoppers go.
@@ -568,6 +637,8 @@ impl Topology {
     /// Stops everything gracefully: SIGTERM to each instance (SIGKILL after
     /// a grace period), then the balancer.
     pub async fn stop(mut self) {
+        // No scaling while everything stops.
+        drop(self.autoscaler.take());
         self.fleet.stop_all().await;
         if let Some(stop) = self.lb_stop.take() {
             let _ = stop.send(());
