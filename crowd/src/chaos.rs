@@ -93,6 +93,14 @@ pub trait Target: Sync {
     fn scale_out(&self) -> impl Future<Output = Result<String, String>> + Send;
     /// Out of rotation, then stopped.
     fn scale_in(&self, name: &str) -> impl Future<Output = Result<(), String>> + Send;
+    /// Instance processes running now.
+    fn running(&self) -> usize {
+        self.instance_names().len()
+    }
+    /// What the auto scaling group decided, if one runs the instances.
+    fn scaling(&self) -> Option<lb::supervisor::ScalingView> {
+        None
+    }
 }
 
 impl Target for Topology {
@@ -102,6 +110,14 @@ impl Target for Topology {
 
     fn instance_names(&self) -> Vec<String> {
         self.instances().into_iter().map(|i| i.name).collect()
+    }
+
+    fn running(&self) -> usize {
+        self.instances().iter().filter(|i| i.pid.is_some()).count()
+    }
+
+    fn scaling(&self) -> Option<lb::supervisor::ScalingView> {
+        Topology::scaling(self)
     }
 
     async fn crash(&self, name: &str) -> Result<(), String> {

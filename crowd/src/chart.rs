@@ -35,10 +35,12 @@ pub fn svg(reports: &[Report]) -> String {
     let x = |seconds: f64| LEFT + plot_w * (seconds / duration).clamp(0.0, 1.0);
     let y = |carts: f64| TOP + plot_h * (1.0 - carts / most);
 
+    let scaled = reports.iter().any(|r| !r.instances.is_empty());
+    let total_height = HEIGHT + if scaled { INSTANCES_PANEL } else { 0.0 };
     let mut out = String::new();
     let _ = writeln!(
         out,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12" role="img" aria-labelledby="chart-title">"#
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{total_height}" viewBox="0 0 {WIDTH} {total_height}" font-family="sans-serif" font-size="12" role="img" aria-labelledby="chart-title">"#
     );
     let _ = writeln!(
         out,
@@ -46,7 +48,7 @@ pub fn svg(reports: &[Report]) -> String {
     );
     let _ = writeln!(
         out,
-        r##"<rect width="{WIDTH}" height="{HEIGHT}" fill="#ffffff"/>"##
+        r##"<rect width="{WIDTH}" height="{total_height}" fill="#ffffff"/>"##
     );
     let _ = writeln!(
         out,
@@ -134,8 +136,71 @@ pub fn svg(reports: &[Report]) -> String {
             report.shoppers
         );
     }
+    if scaled {
+        instances_panel(&mut out, reports, &x);
+    }
     out.push_str("</svg>\n");
     out
+}
+
+/// The height added below the chart for the instance counts.
+const INSTANCES_PANEL: f64 = 150.0;
+
+/// Under an auto scaling group: instances running over time, one step
+/// line per stage in the stage's colour, below the carts.
+fn instances_panel(out: &mut String, reports: &[Report], x: &impl Fn(f64) -> f64) {
+    let top = HEIGHT + 14.0;
+    let height = INSTANCES_PANEL - 44.0;
+    let most = reports
+        .iter()
+        .flat_map(|r| r.instances.iter().map(|p| p.1))
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    #[allow(clippy::cast_precision_loss)]
+    let y = |count: usize| top + height * (1.0 - count as f64 / most as f64);
+    let plot_w = WIDTH - LEFT - RIGHT;
+    for count in 0..=most {
+        let at = y(count);
+        let _ = writeln!(
+            out,
+            r##"<line x1="{LEFT}" x2="{:.1}" y1="{at:.1}" y2="{at:.1}" stroke="#f0f0f0"/><text x="{:.1}" y="{:.1}" text-anchor="end" font-size="10">{count}</text>"##,
+            LEFT + plot_w,
+            LEFT - 6.0,
+            at + 3.0
+        );
+    }
+    let _ = writeln!(
+        out,
+        r#"<text transform="translate(14 {:.1}) rotate(-90)" text-anchor="middle" font-size="11">instances</text>"#,
+        top + height / 2.0
+    );
+    for (index, report) in reports.iter().enumerate() {
+        let colour = COLOURS[index % COLOURS.len()];
+        let dash = DASHES[index % DASHES.len()];
+        // A step line: the count holds until the next sample.
+        let mut points = Vec::new();
+        let mut previous: Option<usize> = None;
+        for &(seconds, count) in &report.instances {
+            if let Some(before) = previous {
+                points.push(format!("{:.1},{:.1}", x(seconds), y(before)));
+            }
+            points.push(format!("{:.1},{:.1}", x(seconds), y(count)));
+            previous = Some(count);
+        }
+        let _ = writeln!(
+            out,
+            r#"<polyline fill="none" stroke="{colour}" stroke-width="1.8" stroke-dasharray="{dash}" points="{}"><title>{}: instances running</title></polyline>"#,
+            points.join(" "),
+            escape(&report.title)
+        );
+    }
+    let _ = writeln!(
+        out,
+        r##"<text x="{:.1}" y="{:.1}" font-size="10" fill="#555">instances running (auto scaling group)</text>"##,
+        LEFT + plot_w + 16.0,
+        top + 10.0
+    );
 }
 
 /// `"4.0s crashed: i2"` → (4.0, `"crashed i2"`).
@@ -183,6 +248,7 @@ mod tests {
             carts_lost: 4 - timeline.last().map_or(0, |p| p.1),
             chaos: vec!["2.0s crashed: i2".into(), "3.5s restarted: i2".into()],
             timeline,
+            instances: Vec::new(),
             account_writes: None,
             account_writes_lost: None,
         }
@@ -200,6 +266,18 @@ mod tests {
         assert!(chart.contains("0 of 4 intact") && chart.contains("4 of 4 intact"));
         // Stage 4's line stays at the top: 4 carts at y = TOP.
         assert!(chart.contains(&format!("{:.1},{TOP:.1}", LEFT + (WIDTH - LEFT - RIGHT))));
+    }
+
+    #[test]
+    fn an_auto_scaling_run_adds_a_step_line_of_instances() {
+        let plain = svg(&[report("Stage 3", vec![(0.0, 4), (10.0, 4)])]);
+        assert!(!plain.contains("instances running"));
+        let scaled = svg(&[Report {
+            instances: vec![(0.0, 1), (4.0, 3), (10.0, 1)],
+            ..report("Stage 3", vec![(0.0, 4), (10.0, 4)])
+        }]);
+        assert_eq!(scaled.matches("<polyline").count(), 2);
+        assert!(scaled.contains("Stage 3: instances running"));
     }
 
     #[test]

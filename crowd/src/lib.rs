@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
+use shop::autoscale::{AutoscaleConfig, ScaleRange};
 use shop::front::{Behind, Engine};
 use shop::topology::{Topology, TopologyConfig};
 use shop::{BoxError, Scope, Services, Stage};
@@ -97,6 +98,42 @@ pub struct Cli {
     /// `deploy/`) instead of this project's balancer. Stages 1 to 5.
     #[arg(long, value_enum)]
     pub behind: Option<Engine>,
+    /// Grow the crowd from a tenth of --shoppers to all of them and back:
+    /// arrivals over the first 30 % of the run, departures from half-way
+    /// to 80 %, a tenth to the end. Runs under an auto scaling group (--autoscale, 1..4 unless
+    /// given) in place of the chaos schedule.
+    #[arg(long)]
+    pub ramp: bool,
+    /// Let an auto scaling group keep MIN..MAX instances by load; it is
+    /// then the only one that adds and removes instances (no chaos
+    /// schedule). Its cooldowns are compressed to the run's length.
+    #[arg(long, value_name = "MIN..MAX")]
+    pub autoscale: Option<ScaleRange>,
+    /// Requests per second per instance the group keeps near (a shopper
+    /// makes about ten a second).
+    #[arg(long, default_value_t = 100.0)]
+    pub target_load: f64,
+}
+
+impl Cli {
+    /// The auto scaling group this run asks for, its waits scaled to the
+    /// run (a 60 s run: a 3 s window, 4 s and 6 s cooldowns), since the
+    /// teaching defaults of `up` (tens of seconds) would outlast it.
+    pub fn autoscaling(&self) -> Option<AutoscaleConfig> {
+        let range = self
+            .autoscale
+            .or(self.ramp.then_some(ScaleRange { min: 1, max: 4 }))?;
+        let part = |divisor: u32| (self.duration / divisor).max(Duration::from_millis(500));
+        Some(AutoscaleConfig {
+            interval: Duration::from_millis(250),
+            window: part(20).max(Duration::from_secs(1)),
+            scale_out_cooldown: part(15),
+            scale_in_cooldown: part(10),
+            deregistration_delay: part(15),
+            unhealthy_grace: part(10),
+            ..AutoscaleConfig::new(range, self.target_load)
+        })
+    }
 }
 
 /// `crowd serve …` with `CROWD_STAGE=N`: one instance of stage N.
@@ -165,6 +202,49 @@ pub async fn run(cli: &Cli) -> Result<Reports, BoxError> {
     Ok(reports)
 }
 
+/// When shopper `n` of `shoppers` arrives and leaves under `--ramp`: a
+/// tenth shop all along; the others arrive one after another over the
+/// first 30 % of the run, and leave in reverse order between half-way and
+/// 80 %. So the crowd grows, holds, shrinks, and the last fifth of the run
+/// shows what the scale-ins did to the shoppers who stayed.
+pub fn ramp_window(n: usize, shoppers: usize, duration: Duration) -> (Duration, Duration) {
+    let always = (shoppers / 10).max(1);
+    if n < always || shoppers <= always {
+        return (Duration::ZERO, duration);
+    }
+    // From just above 0 (the first to come) to 1 (the last).
+    #[allow(clippy::cast_precision_loss)]
+    let rank = (n - always + 1) as f64 / (shoppers - always) as f64;
+    (
+        duration.mul_f64(0.3 * rank),
+        duration.mul_f64(0.8 - 0.3 * rank),
+    )
+}
+
+/// The group's scale-outs and scale-ins as chaos lines (`"12.3s
+/// scale-out: 1 → 3"`, `"20.1s scale-in: i3"`), for the table and chart.
+fn scaling_log(view: &lb::supervisor::ScalingView) -> Vec<String> {
+    view.decisions
+        .iter()
+        .filter_map(|d| {
+            #[allow(clippy::cast_precision_loss)]
+            let at = d.at_ms as f64 / 1000.0;
+            let what = match d.action.as_str() {
+                "scale-out" | "replace" => d.reason.split(':').next()?.to_owned(),
+                "scale-in" => d
+                    .reason
+                    .rsplit("draining ")
+                    .next()?
+                    .split(' ')
+                    .next()?
+                    .to_owned(),
+                _ => return None,
+            };
+            Some(format!("{at:.1}s {}: {what}", d.action))
+        })
+        .collect()
+}
+
 /// The stage's flags as if none were given (environment fallbacks apply).
 #[derive(Debug, Parser)]
 pub(crate) struct DefaultArgs<A: clap::Args> {
@@ -184,9 +264,15 @@ async fn run_stage<S: Stage>(number: u8, cli: &Cli, exe: &Path) -> Result<Report
         env,
         placement,
         balancer_source,
+        autoscale: cli.autoscaling(),
+        // Under a group, start as small as it may be: the load decides.
+        instances: cli.autoscaling().map_or(3, |group| group.range.min),
         ..TopologyConfig::for_tests(exe, S::INFO)
     };
     let report = match cli.behind {
+        Some(_) if config.autoscale.is_some() => {
+            return Err("--ramp and --autoscale need the project's balancer, not --behind".into());
+        }
         Some(engine) => {
             let behind = Behind::start(config, engine).await?;
             let mut report = shop_through(&behind, None, S::INFO, cli).await;
@@ -229,7 +315,13 @@ async fn shop_through(
     for n in 0..cli.shoppers {
         let mut shopper = VirtualShopper::new(&url, cli.seed, n as u64)?;
         let tally = Arc::clone(&tally);
+        let (arrives, leaves) = match cli.ramp {
+            true => ramp_window(n, cli.shoppers, cli.duration),
+            false => (Duration::ZERO, cli.duration),
+        };
+        let deadline = started + leaves;
         shoppers.push(tokio::spawn(async move {
+            tokio::time::sleep_until((started + arrives).into()).await;
             while Instant::now() < deadline {
                 shopper.step(&tally).await;
                 let pause = shopper.think_time();
@@ -250,10 +342,12 @@ async fn shop_through(
         bar.set_prefix(info.title);
         bar
     };
+    // An auto scaling group is the only one that adds and removes
+    // instances: a chaos schedule beside it would fight it.
     let mut chaos = Playback::new(
         cli.seed,
         cli.duration,
-        cli.no_chaos,
+        cli.no_chaos || target.scaling().is_some(),
         target,
         zones,
         cli.partition_first,
@@ -267,10 +361,13 @@ async fn shop_through(
         )
     };
     let mut timeline = vec![intact_now()];
+    let running_now = || (started.elapsed().as_secs_f64(), target.running());
+    let mut instances = vec![running_now()];
     let mut next_sample = started + TIMELINE_STEP;
     while Instant::now() < deadline {
         if Instant::now() >= next_sample {
             timeline.push(intact_now());
+            instances.push(running_now());
             next_sample += TIMELINE_STEP;
         }
         if let Some(line) = chaos.due(target).await {
@@ -329,7 +426,17 @@ async fn shop_through(
         unconfirmed: Tally::get(&tally.unconfirmed),
         carts_intact: intact,
         carts_lost: lost,
-        chaos: chaos.log,
+        chaos: match target.scaling() {
+            Some(view) => scaling_log(&view),
+            None => chaos.log,
+        },
+        instances: match target.scaling() {
+            Some(_) => {
+                instances.push((elapsed, target.running()));
+                instances
+            }
+            None => Vec::new(),
+        },
         timeline: {
             // The final check may find a loss the run did not see.
             timeline.push((elapsed, intact));
@@ -338,4 +445,34 @@ async fn shop_through(
         account_writes: writes.map(|w| w.acknowledged),
         account_writes_lost: writes.map(|w| w.lost),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ramp_grows_the_crowd_holds_it_and_shrinks_it_back() {
+        let duration = Duration::from_secs(100);
+        let active_at = |seconds: u64| {
+            let t = Duration::from_secs(seconds);
+            (0..40)
+                .map(|n| ramp_window(n, 40, duration))
+                .filter(|&(arrives, leaves)| arrives <= t && t < leaves)
+                .count()
+        };
+        assert_eq!(active_at(0), 4, "a tenth from the start");
+        assert!(
+            active_at(15) > 15 && active_at(15) < 25,
+            "{}",
+            active_at(15)
+        );
+        assert_eq!(active_at(40), 40, "everyone at the peak");
+        assert!(
+            active_at(65) > 15 && active_at(65) < 25,
+            "{}",
+            active_at(65)
+        );
+        assert_eq!(active_at(85), 4, "back to a tenth");
+    }
 }

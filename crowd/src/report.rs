@@ -32,6 +32,10 @@ pub struct Report {
     /// Carts intact as the run went on: `[seconds, carts]`, every half
     /// second (what `--chart` draws).
     pub timeline: Vec<(f64, usize)>,
+    /// Under an auto scaling group: instance processes running as the run
+    /// went on, `[seconds, instances]`, every half second.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<(f64, usize)>,
     /// Stage 7: account renames the shop acknowledged ([`crate::accounts`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub account_writes: Option<u64>,
@@ -138,6 +142,17 @@ fn cells(report: &Report) -> [String; 11] {
     ]
 }
 
+/// `start→peak→end`, e.g. `1→4→1`.
+fn instances_cell(instances: &[(f64, usize)]) -> String {
+    match (instances.first(), instances.last()) {
+        (Some(first), Some(last)) => {
+            let peak = instances.iter().map(|p| p.1).max().unwrap_or(0);
+            format!("{}→{peak}→{}", first.1, last.1)
+        }
+        _ => "—".to_owned(),
+    }
+}
+
 /// Prints what a run found: the carts table, then the live table.
 pub fn render(reports: &Reports, format: Format) -> String {
     if format == Format::Json {
@@ -157,11 +172,25 @@ pub fn render(reports: &Reports, format: Format) -> String {
     }
     let mut out = String::new();
     if !reports.carts.is_empty() {
-        out.push_str(&table(
-            &HEADERS,
-            reports.carts.iter().map(|r| cells(r).to_vec()).collect(),
-            format,
-        ));
+        // Under an auto scaling group, one more column: how many
+        // instances, at the start, at the peak, at the end.
+        let scaled = reports.carts.iter().any(|r| !r.instances.is_empty());
+        let mut headers = HEADERS.to_vec();
+        if scaled {
+            headers.push("instances");
+        }
+        let rows = reports
+            .carts
+            .iter()
+            .map(|r| {
+                let mut row = cells(r).to_vec();
+                if scaled {
+                    row.push(instances_cell(&r.instances));
+                }
+                row
+            })
+            .collect();
+        out.push_str(&table(&headers, rows, format));
         for report in &reports.carts {
             if let (Some(writes), Some(lost)) = (report.account_writes, report.account_writes_lost)
             {
@@ -307,13 +336,26 @@ mod tests {
             carts_lost: 1,
             chaos: vec![],
             timeline: vec![(0.0, 2), (1.0, 1)],
+            instances: Vec::new(),
             account_writes: None,
             account_writes_lost: None,
         };
         let reports = Reports {
-            carts: vec![report],
+            carts: vec![report.clone()],
             live: Vec::new(),
         };
+        let scaled = Reports {
+            carts: vec![Report {
+                instances: vec![(0.0, 1), (5.0, 4), (9.0, 3), (10.0, 1)],
+                ..report
+            }],
+            live: Vec::new(),
+        };
+        let table = render(&scaled, Format::Markdown);
+        assert!(
+            table.contains("| instances |") && table.contains("| 1→4→1 |"),
+            "{table}"
+        );
         let table = render(&reports, Format::Markdown);
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 3);

@@ -35,7 +35,8 @@
 //! What AWS does beyond this: the cooldowns and windows are minutes, not
 //! seconds (target tracking scales in after 15 minutes of low load); it
 //! balances instances across zones first when it picks one to terminate
-//! (this group picks the idlest, newest first); and lifecycle hooks let an
+//! (this group takes an unhealthy one, else the oldest, as the
+//! `OldestInstance` policy does); and lifecycle hooks let an
 //! instance finish its own work before it is terminated.
 
 use std::collections::{HashMap, VecDeque};
@@ -508,12 +509,14 @@ impl Group {
     /// Drains one instance and stops it once it is idle (in a task of
     /// its own: the group keeps watching meanwhile).
     fn scale_in(&mut self, in_service: &[&Arc<Backend>], reason: String, now: Instant) {
-        // An unhealthy instance first, then the idlest, newest first
-        // among equals (the base instances stay).
+        // An unhealthy instance first, then the oldest (AWS's
+        // `OldestInstance` termination policy: the fleet keeps renewing
+        // itself). The oldest has also met the most shoppers, which is
+        // what matters to a tier that keeps them in memory.
         let Some(victim) = in_service
             .iter()
-            .rev()
-            .min_by_key(|b| (b.state() == BackendState::Up, b.in_flight() + b.tunnels()))
+            .find(|b| b.state() != BackendState::Up)
+            .or_else(|| in_service.first())
         else {
             return;
         };
