@@ -2,32 +2,26 @@
 //! follows it. A scale-in is a kill with good manners: stage 2 loses the
 //! carts pinned to the instances it stops; stages 3 and 4 lose none.
 
-use std::process::Command;
+mod support;
 
 use serde_json::Value;
+use support::run_crowd;
 
 /// Runs `crowd --stage N --ramp` briefly and returns its one JSON report.
 fn ramp(stage: &str) -> Value {
-    let output = Command::new(env!("CARGO_BIN_EXE_crowd"))
-        .args(["--stage", stage, "--ramp", "--shoppers", "30"])
-        .args([
-            "--duration",
-            "16s",
-            "--autoscale",
-            "1..3",
-            "--target-load",
-            "60",
-        ])
-        .args(["--seed", "11", "--format", "json", "--quiet"])
-        .output()
-        .expect("crowd runs");
-    assert!(
-        output.status.success(),
-        "crowd failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let reports: Value = serde_json::from_slice(&output.stdout).expect("a JSON report");
-    reports[0].clone()
+    run_crowd(&[
+        "--stage",
+        stage,
+        "--ramp",
+        "--shoppers",
+        "30",
+        "--duration",
+        "16s",
+        "--autoscale",
+        "1..3",
+        "--target-load",
+        "60",
+    ])
 }
 
 /// The instance counts over the run: (first, most, last).

@@ -1,32 +1,14 @@
 //! The workshop's proof, bounded: a few shoppers for a few seconds under the
 //! chaos schedule. Counts, not timings: stage 1 loses carts, stage 4 none.
 
-use std::process::Command;
+mod support;
 
 use serde_json::Value;
-
-const CROWD: &str = env!("CARGO_BIN_EXE_crowd");
+use support::run_crowd;
 
 /// Runs `crowd --stage N` briefly and returns its one JSON report.
 fn crowd(stage: &str) -> Value {
     run_crowd(&["--stage", stage, "--shoppers", "8", "--duration", "5s"])
-}
-
-/// Runs crowd with `args` (and a fixed seed, JSON out) and returns its
-/// first report.
-fn run_crowd(args: &[&str]) -> Value {
-    let output = Command::new(CROWD)
-        .args(args)
-        .args(["--seed", "11", "--format", "json", "--quiet"])
-        .output()
-        .expect("crowd runs");
-    assert!(
-        output.status.success(),
-        "crowd failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let reports: Value = serde_json::from_slice(&output.stdout).expect("a JSON report");
-    reports[0].clone()
 }
 
 fn count(report: &Value, field: &str) -> u64 {
