@@ -368,3 +368,46 @@ async fn never_goes_below_min_or_above_max() {
     assert_eq!((fewest, view.desired, view.running), (2, 2, 2), "{view:?}");
     assert_eq!(actions(&view, "scale-in").len(), 1, "{view:?}");
 }
+
+#[tokio::test]
+async fn dashboard_shows_the_group_and_why_it_scaled() {
+    use shop::testing::browser::{Browser, screenshot_path};
+    // No scale-in while the page is looked at.
+    let config = AutoscaleConfig {
+        scale_in_cooldown: Duration::from_secs(600),
+        ..quick(1, 3, 20.0)
+    };
+    let topology = stage3(1, config).await;
+    let load = Load::start(&topology.url(), 6);
+    eventually(
+        &topology,
+        Duration::from_secs(30),
+        "three instances up",
+        || backends_in(&topology, BackendState::Up).len() == 3,
+    )
+    .await;
+    drop(load);
+
+    let browser = Browser::start(1100).await;
+    browser.goto(&topology.dashboard_url()).await;
+    assert!(
+        browser
+            .wait_for(
+                "return !document.querySelector('#scaling').hidden \
+                 && document.querySelector('#scaling-figures').textContent.includes('running3')"
+            )
+            .await,
+        "the panel shows three instances running: {}",
+        browser.text("#scaling").await
+    );
+    let decisions = browser.text("#scaling-decisions").await;
+    assert!(
+        decisions.contains("scale-out") && decisions.contains("above the target 20"),
+        "each decision with its reason: {decisions}"
+    );
+    assert_eq!(browser.console_errors().await, Vec::<String>::new());
+    browser
+        .screenshot(&screenshot_path("autoscaling-dashboard"))
+        .await;
+    browser.quit().await;
+}
