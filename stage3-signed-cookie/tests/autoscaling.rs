@@ -124,6 +124,19 @@ impl Drop for Load {
     }
 }
 
+/// Six clients at full speed until the group has three instances up.
+async fn load_until_three_are_up(topology: &Topology) {
+    let load = Load::start(&topology.url(), 6);
+    eventually(
+        topology,
+        Duration::from_secs(30),
+        "three instances up",
+        || backends_in(topology, BackendState::Up).len() == 3,
+    )
+    .await;
+    drop(load);
+}
+
 #[tokio::test]
 async fn scales_out_under_load() {
     let topology = stage3(1, quick(1, 3, 20.0)).await;
@@ -131,15 +144,7 @@ async fn scales_out_under_load() {
     let shopper = Shopper::new(&base).expect("client");
     shopper.add("TEE-RED-M", 2).await.expect("added");
 
-    let load = Load::start(&base, 6);
-    eventually(
-        &topology,
-        Duration::from_secs(30),
-        "three instances up",
-        || backends_in(&topology, BackendState::Up).len() == 3,
-    )
-    .await;
-    drop(load);
+    load_until_three_are_up(&topology).await;
 
     let view = scaling(&topology);
     assert_eq!(view.running, 3, "{view:?}");
@@ -378,15 +383,7 @@ async fn dashboard_shows_the_group_and_why_it_scaled() {
         ..quick(1, 3, 20.0)
     };
     let topology = stage3(1, config).await;
-    let load = Load::start(&topology.url(), 6);
-    eventually(
-        &topology,
-        Duration::from_secs(30),
-        "three instances up",
-        || backends_in(&topology, BackendState::Up).len() == 3,
-    )
-    .await;
-    drop(load);
+    load_until_three_are_up(&topology).await;
 
     let browser = Browser::start(1100).await;
     browser.goto(&topology.dashboard_url()).await;
