@@ -54,10 +54,16 @@ fn main() -> ExitCode {
     match lb::serve_threaded(balancer, args.listen, workers, args.redirect_http) {
         Ok(()) => ExitCode::SUCCESS,
         Err(lb::RunError::Io(error)) if error.kind() == std::io::ErrorKind::AddrInUse => {
-            eprintln!(
-                "error: {} is already in use; choose another address with --listen",
-                args.listen
-            );
+            match args.redirect_http {
+                Some(redirect) => eprintln!(
+                    "error: {} or {redirect} is already in use; choose others with --listen and --redirect-http",
+                    args.listen
+                ),
+                None => eprintln!(
+                    "error: {} is already in use; choose another address with --listen",
+                    args.listen
+                ),
+            }
             ExitCode::FAILURE
         }
         Err(error) => {
