@@ -50,9 +50,28 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Adds the `X-Forwarded-*` headers for a request from `client` over plain
-/// HTTP whose `Host` header was `host`.
-pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr) {
+/// How the shopper's request reached the balancer: what `X-Forwarded-Proto`
+/// says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    Http,
+    /// Over TLS, terminated at the balancer ([`crate::tls`]).
+    Https,
+}
+
+impl Proto {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Https => "https",
+        }
+    }
+}
+
+/// Adds the `X-Forwarded-*` headers for a request from `client` that came
+/// over `proto`. A `X-Forwarded-Proto` the client sent is replaced: only
+/// this hop knows whether the shopper's connection was encrypted.
+pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, proto: Proto) {
     let client = client.to_string();
     // Join any earlier values into one comma-separated list and append ours.
     let earlier: Vec<&str> = headers
@@ -70,7 +89,7 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr) {
     if let Ok(value) = HeaderValue::from_str(&value) {
         headers.insert(X_FORWARDED_FOR, value);
     }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto.as_str()));
     match headers.get(header::HOST).cloned() {
         Some(host) => {
             headers.insert(X_FORWARDED_HOST, host);
@@ -139,10 +158,15 @@ mod tests {
             ("x-forwarded-proto", "https"),
             ("host", "shop.example:8080"),
         ]);
-        add_forwarded(&mut headers, "127.0.0.1".parse().expect("ip"));
+        add_forwarded(&mut headers, "127.0.0.1".parse().expect("ip"), Proto::Http);
         assert_eq!(headers[&X_FORWARDED_FOR], "203.0.113.7, 127.0.0.1");
-        assert_eq!(headers[&X_FORWARDED_PROTO], "http");
+        assert_eq!(
+            headers[&X_FORWARDED_PROTO], "http",
+            "a client's claim of https is replaced"
+        );
         assert_eq!(headers[&X_FORWARDED_HOST], "shop.example:8080");
+        add_forwarded(&mut headers, "127.0.0.1".parse().expect("ip"), Proto::Https);
+        assert_eq!(headers[&X_FORWARDED_PROTO], "https");
     }
 
     #[test]

@@ -21,6 +21,8 @@
 //! * `admin`, [`metrics`], [`supervisor`]: `/_lb/` — the dashboard, the
 //!   runtime API (add, drain, remove), Prometheus metrics, and instance
 //!   controls when a launcher supervises the backends.
+//! * [`tls`]: HTTPS, terminated here (`--tls`); [`redirect`]: a plain-HTTP
+//!   listener that sends shoppers to it (`--redirect-http`).
 //!
 //! In production this job is done by nginx, HAProxy, Envoy or a cloud load
 //! balancer (an AWS ALB). This one is small enough to read in one sitting,
@@ -37,9 +39,11 @@ pub mod metrics;
 mod policy;
 mod pool;
 mod proxy;
+pub mod redirect;
 pub mod signals;
 mod sticky;
 pub mod supervisor;
+pub mod tls;
 mod tunnel;
 
 use std::net::SocketAddr;
@@ -55,8 +59,10 @@ pub use headers::origin_matches_host;
 pub use health::HealthConfig;
 pub use policy::Policy;
 pub use proxy::Balancer;
+pub use redirect::redirect_to_https;
 pub use sticky::{Sticky, StickyKeyError};
 pub use supervisor::Supervisor;
+pub use tls::{TlsError, TlsSettings};
 
 /// Everything a balancer needs to start.
 #[derive(Clone, Debug)]
@@ -85,6 +91,13 @@ pub struct Config {
     /// from; `None` lets the kernel choose. Stage 7's security groups let
     /// only this address reach the instances.
     pub source_address: Option<std::net::IpAddr>,
+    /// Speak HTTPS with this certificate; `None` is plain HTTP.
+    pub tls: Option<TlsSettings>,
+    /// Send `Strict-Transport-Security: max-age=…` on responses over TLS
+    /// (ignored without TLS). Off by default: a browser told once would
+    /// refuse plain HTTP to the host for that long, and a learner's
+    /// `localhost` serves plain stages too.
+    pub hsts: Option<Duration>,
 }
 
 impl Config {
@@ -104,6 +117,8 @@ impl Config {
             admin_token: None,
             allow_remote_backends: false,
             source_address: None,
+            tls: None,
+            hsts: None,
         }
     }
 }
@@ -111,6 +126,7 @@ impl Config {
 /// The `lb` command line.
 #[derive(Debug, clap::Parser)]
 #[command(name = "lb", version, about = "A small reverse-proxy load balancer")]
+#[command(group(clap::ArgGroup::new("tls_on").args(["tls", "tls_cert"]).multiple(true)))]
 pub struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080", env = "LB_LISTEN")]
@@ -181,6 +197,42 @@ pub struct Args {
     /// Worker threads, each with its own event loop (default: one per core).
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Speak HTTPS (TLS terminated here; the backends still get plain
+    /// HTTP, with X-Forwarded-Proto: https). Without --tls-cert, a
+    /// self-signed certificate is made at start for localhost, 127.0.0.1
+    /// and ::1, and its SHA-256 fingerprint printed: browsers will warn.
+    #[arg(long)]
+    pub tls: bool,
+    /// The certificate chain to serve, PEM (site certificate first, then
+    /// intermediates). Turns TLS on; needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The certificate's private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// Names a self-signed certificate is made for, instead of localhost,
+    /// 127.0.0.1 and ::1 (repeat; DNS names or IP addresses).
+    #[arg(
+        long = "tls-name",
+        value_name = "NAME",
+        requires = "tls",
+        conflicts_with = "tls_cert"
+    )]
+    pub tls_names: Vec<String>,
+    /// Write the certificate served (PEM) to FILE, for clients to trust:
+    /// `curl --cacert FILE https://localhost:8080/`.
+    #[arg(long, value_name = "FILE", requires = "tls_on")]
+    pub tls_cert_out: Option<std::path::PathBuf>,
+    /// Send Strict-Transport-Security with this max-age on HTTPS responses
+    /// (e.g. 1y, 1day). Off by default: a browser would then refuse plain
+    /// HTTP to this host for that long, localhost included.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, requires = "tls_on")]
+    pub hsts: Option<Duration>,
+    /// Also listen for plain HTTP on ADDR, answering every request with a
+    /// 308 redirect to the same path over HTTPS (e.g. 127.0.0.1:8080 while
+    /// --listen is 127.0.0.1:8443).
+    #[arg(long, value_name = "ADDR", requires = "tls_on")]
+    pub redirect_http: Option<SocketAddr>,
 }
 
 impl Args {
@@ -212,7 +264,24 @@ impl Args {
             admin_token: self.admin_token.clone(),
             allow_remote_backends: self.allow_remote_backends,
             source_address: self.source_address,
+            tls: self.tls_settings(),
+            hsts: self.hsts,
         })
+    }
+
+    /// Where the certificate comes from, if TLS is on.
+    pub fn tls_settings(&self) -> Option<TlsSettings> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(certificate), Some(key)) => Some(TlsSettings::Files {
+                certificate: certificate.clone(),
+                key: key.clone(),
+            }),
+            _ if !self.tls => None,
+            _ if self.tls_names.is_empty() => Some(TlsSettings::self_signed_for_localhost()),
+            _ => Some(TlsSettings::SelfSigned {
+                names: self.tls_names.clone(),
+            }),
+        }
     }
 }
 
@@ -223,6 +292,8 @@ pub enum RunError {
     Backends(#[from] BackendSetError),
     #[error(transparent)]
     AdminToken(#[from] AdminTokenError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
@@ -253,16 +324,40 @@ pub fn raise_fd_limit() -> std::io::Result<u64> {
 /// balancer keep up with them; a single multi-threaded runtime spent much of
 /// its time waking tasks across threads.
 pub fn run_threaded(addr: SocketAddr, config: Config, workers: usize) -> Result<(), RunError> {
+    serve_threaded(Balancer::new(config)?, addr, workers, None)
+}
+
+/// [`run_threaded`] with a balancer already made (so that the caller can
+/// first write out its certificate), and optionally a plain-HTTP listener
+/// on `redirect_http` that sends every request to the balancer's HTTPS
+/// port ([`redirect_to_https`]), served on the main thread.
+pub fn serve_threaded(
+    balancer: std::sync::Arc<Balancer>,
+    addr: SocketAddr,
+    workers: usize,
+    redirect_http: Option<SocketAddr>,
+) -> Result<(), RunError> {
     let workers = workers.max(1);
-    let balancer = Balancer::new(config)?;
-    if let Some(token) = balancer.admin_token() {
-        // Stderr, like the rest of the log; the token never goes elsewhere.
-        eprintln!("admin API and dashboard: http://{addr}/_lb/#token={token}");
-    }
     // Bind every socket up front, so a busy port is reported before anything
     // starts, and port 0 resolves to one port shared by all workers.
     let first = reuseport_listener(addr)?;
     let addr = first.local_addr()?;
+    let redirect = redirect_http
+        .map(|at| listening_socket(at, false))
+        .transpose()?;
+    if let Some(token) = balancer.admin_token() {
+        // Stderr, like the rest of the log; the token never goes elsewhere.
+        eprintln!(
+            "admin API and dashboard: {}://{addr}/_lb/#token={token}",
+            balancer.scheme()
+        );
+    }
+    if let (Some(fingerprint), Some(what)) =
+        (balancer.tls_fingerprint(), balancer.tls_description())
+    {
+        eprintln!("HTTPS with a {what}");
+        eprintln!("  SHA-256 fingerprint: {fingerprint}");
+    }
     let mut listeners = vec![first];
     for _ in 1..workers {
         listeners.push(reuseport_listener(addr)?);
@@ -295,8 +390,26 @@ pub fn run_threaded(addr: SocketAddr, config: Config, workers: usize) -> Result<
         .build()?;
     runtime.block_on(async {
         let _checks = balancer.start_health_checks();
+        let _redirect = match redirect {
+            Some(listener) => {
+                let listener = TcpListener::from_std(listener)?;
+                eprintln!(
+                    "plain HTTP on {} redirects to https (port {})",
+                    listener.local_addr()?,
+                    addr.port()
+                );
+                let serve = redirect_to_https(listener, addr.port(), std::future::pending());
+                Some(proxy::AbortOnDrop::new(tokio::spawn(async move {
+                    if let Err(error) = serve.await {
+                        tracing::error!(%error, "the redirect listener failed");
+                    }
+                })))
+            }
+            None => None,
+        };
         signals::terminate().await;
-    });
+        Ok::<_, std::io::Error>(())
+    })?;
     let _ = stop.send(true);
     for thread in threads {
         thread

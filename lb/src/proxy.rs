@@ -34,6 +34,12 @@
 //! 8. return the response with its body streaming through, counting the
 //!    request in flight until its last byte, and (when sticky) a refreshed
 //!    `lb_sticky` cookie.
+//!
+//! With TLS on ([`crate::tls`]), each connection is first told apart (TLS,
+//! or plain HTTP sent to the TLS port by mistake) and decrypted; what is
+//! above happens unchanged on the decrypted stream, since the connection
+//! code is generic over the stream's type. Only the facts differ:
+//! `X-Forwarded-Proto: https`, a `Secure` sticky cookie, and HSTS if asked.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -46,12 +52,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full, Limited};
 use hyper::body::{Body, Incoming};
-use hyper::header::{CONTENT_LENGTH, HOST, HeaderMap, HeaderValue, SET_COOKIE, UPGRADE};
+use hyper::header::{
+    CONTENT_LENGTH, HOST, HeaderMap, HeaderValue, SET_COOKIE, STRICT_TRANSPORT_SECURITY, UPGRADE,
+};
 use hyper::http::request::Parts;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, Uri, Version};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::Config;
 use crate::admin;
@@ -59,14 +67,15 @@ use crate::admin::AdminAccess;
 use crate::backend::{Backend, BackendSet, BackendSetError, HealthChange, Limits, Refused};
 use crate::body::{FromClient, ProxyBody, Tracked, linger};
 use crate::dial::Dial;
-use crate::errors::LbError;
-use crate::headers;
+use crate::errors::{LbError, json_response};
+use crate::headers::{self, Proto};
 use crate::health::{self, HealthConfig};
 use crate::metrics::Counters;
 use crate::policy::{Picker, Policy};
 use crate::pool::{self, PoolKey, SendError, Unsent};
 use crate::sticky::{self, Sticky};
 use crate::supervisor::Supervisor;
+use crate::tls::{Opened, Tls};
 use crate::tunnel;
 
 /// How long open client connections get to finish after shutdown begins.
@@ -91,6 +100,10 @@ pub struct Balancer {
     admin: Option<AdminAccess>,
     counters: Counters,
     supervisor: OnceLock<Arc<dyn Supervisor>>,
+    /// Set when the balancer speaks HTTPS.
+    tls: Option<Tls>,
+    /// `Strict-Transport-Security` for responses over TLS, if asked.
+    hsts: Option<HeaderValue>,
 }
 
 impl std::fmt::Debug for Balancer {
@@ -100,6 +113,7 @@ impl std::fmt::Debug for Balancer {
             .field("policy", &self.picker.policy())
             .field("sticky", &self.sticky)
             .field("admin", &self.admin.is_some())
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -175,6 +189,10 @@ impl Balancer {
             (false, _) => None,
             (true, token) => Some(AdminAccess::new(token, config.allow_remote_backends)?),
         };
+        let tls = config.tls.as_ref().map(Tls::new).transpose()?;
+        let hsts = config.hsts.filter(|_| tls.is_some()).and_then(|max_age| {
+            HeaderValue::from_str(&format!("max-age={}", max_age.as_secs())).ok()
+        });
         Ok(Arc::new(Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             backends: BackendSet::new(config.backends, config.limits)?,
@@ -191,7 +209,33 @@ impl Balancer {
             admin,
             counters: Counters::default(),
             supervisor: OnceLock::new(),
+            tls,
+            hsts,
         }))
+    }
+
+    /// The SHA-256 fingerprint of the certificate served, `AB:CD:…`, when
+    /// the balancer speaks HTTPS: what a learner compares with the one
+    /// their browser shows for a self-signed certificate.
+    pub fn tls_fingerprint(&self) -> Option<&str> {
+        self.tls.as_ref().map(Tls::fingerprint)
+    }
+
+    /// The certificate chain served, PEM, when the balancer speaks HTTPS:
+    /// what a client must trust to talk to a self-signed balancer.
+    pub fn tls_certificate_pem(&self) -> Option<&str> {
+        self.tls.as_ref().map(Tls::certificate_pem)
+    }
+
+    /// Where the certificate came from ("self-signed certificate for …").
+    pub fn tls_description(&self) -> Option<&str> {
+        self.tls.as_ref().map(Tls::description)
+    }
+
+    /// `https` when the balancer terminates TLS, else `http`: the scheme of
+    /// its own URLs.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
     }
 
     /// The token that admin API changes must carry (`Authorization: Bearer
@@ -295,35 +339,12 @@ impl Balancer {
             };
             let _ = stream.set_nodelay(true);
             let balancer = Arc::clone(&self);
-            let service = service_fn(move |request| {
-                let balancer = Arc::clone(&balancer);
-                async move { Ok::<_, Infallible>(balancer.handle(client_addr, request).await) }
-            });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            let mut stopping = stopping.clone();
-            let done = Arc::clone(&open);
+            let stopping = stopping.clone();
+            let closed = Closed(Arc::clone(&open));
             opened = opened.saturating_add(1);
             tokio::spawn(async move {
-                tokio::pin!(connection);
-                let stop_asked = async move {
-                    // The guard `wait_for` returns is not `Send`: drop it here.
-                    let _ = stopping.wait_for(|stop| *stop).await.map(|_| ());
-                };
-                let ended = tokio::select! {
-                    ended = connection.as_mut() => ended,
-                    () = stop_asked => {
-                        // Finish the request in progress, then close.
-                        connection.as_mut().graceful_shutdown();
-                        connection.await
-                    }
-                };
-                if let Err(error) = ended {
-                    tracing::debug!(%error, "client connection ended with an error");
-                }
-                done.add_permits(1);
+                balancer.connection(stream, client_addr, stopping).await;
+                drop(closed);
             });
         }
         drop(listener);
@@ -338,10 +359,109 @@ impl Balancer {
         Ok(())
     }
 
-    /// Serves one request: the admin API, or forward it, or a JSON error.
+    /// One client connection, from accept to close: told apart and
+    /// decrypted first when TLS is on, then served.
+    async fn connection(
+        self: Arc<Self>,
+        stream: TcpStream,
+        client_addr: SocketAddr,
+        mut stopping: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let Some(tls) = &self.tls else {
+            let io = TokioIo::new(stream);
+            return Arc::clone(&self)
+                .serve_http(io, client_addr, Proto::Http, stopping)
+                .await;
+        };
+        let stop_asked = async {
+            // The guard `wait_for` returns is not `Send`: drop it here.
+            let _ = stopping.wait_for(|stop| *stop).await.map(|_| ());
+        };
+        let opened = tokio::select! {
+            opened = tls.open(stream) => opened,
+            // A handshake is no request in progress: drop it at once.
+            () = stop_asked => return,
+        };
+        match opened {
+            Ok(Opened::Tls(stream)) => {
+                let io = TokioIo::new(*stream);
+                Arc::clone(&self)
+                    .serve_http(io, client_addr, Proto::Https, stopping)
+                    .await;
+            }
+            Ok(Opened::PlainHttp(stream)) => refuse_plain_http(stream).await,
+            Err(error) => {
+                // Scanners, browsers' speculative connections, clients
+                // that distrust the certificate: nothing to act on.
+                tracing::debug!(%error, %client_addr, "TLS connection not opened");
+            }
+        }
+    }
+
+    /// Serves HTTP/1.1 on one connection, plain or decrypted, until it
+    /// closes; on shutdown, finishes the request in progress first.
+    async fn serve_http<I>(
+        self: Arc<Self>,
+        io: I,
+        client_addr: SocketAddr,
+        proto: Proto,
+        mut stopping: tokio::sync::watch::Receiver<bool>,
+    ) where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let balancer = self;
+        let service = service_fn(move |request| {
+            let balancer = Arc::clone(&balancer);
+            async move {
+                let mut response = balancer.handle_over(client_addr, proto, request).await;
+                if let (Proto::Https, Some(hsts)) = (proto, &balancer.hsts) {
+                    // The backend's own, if it sent one, is kept: it may
+                    // know more (`includeSubDomains`).
+                    response
+                        .headers_mut()
+                        .entry(STRICT_TRANSPORT_SECURITY)
+                        .or_insert_with(|| hsts.clone());
+                }
+                Ok::<_, Infallible>(response)
+            }
+        });
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .serve_connection(io, service)
+            .with_upgrades();
+        tokio::pin!(connection);
+        let stop_asked = async move {
+            // The guard `wait_for` returns is not `Send`: drop it here.
+            let _ = stopping.wait_for(|stop| *stop).await.map(|_| ());
+        };
+        let ended = tokio::select! {
+            ended = connection.as_mut() => ended,
+            () = stop_asked => {
+                // Finish the request in progress, then close.
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        };
+        if let Err(error) = ended {
+            tracing::debug!(%error, "client connection ended with an error");
+        }
+    }
+
+    /// Serves one request that came over plain HTTP: the admin API, or
+    /// forward it, or a JSON error.
     pub async fn handle(
         &self,
         client_addr: SocketAddr,
+        request: Request<Incoming>,
+    ) -> Response<ProxyBody> {
+        self.handle_over(client_addr, Proto::Http, request).await
+    }
+
+    /// Serves one request that came over `proto`.
+    async fn handle_over(
+        &self,
+        client_addr: SocketAddr,
+        proto: Proto,
         request: Request<Incoming>,
     ) -> Response<ProxyBody> {
         if self.admin.is_some() && admin::is_admin_path(request.uri().path()) {
@@ -375,11 +495,11 @@ impl Balancer {
         };
         let upgrade_to = parts.headers.get(UPGRADE).cloned();
         headers::remove_hop_by_hop(&mut parts.headers);
-        headers::add_forwarded(&mut parts.headers, client_addr.ip());
+        headers::add_forwarded(&mut parts.headers, client_addr.ip(), proto);
         if let (Some(client), Some(protocol)) = (upgrade, upgrade_to) {
             tunnel::keep_upgrade_headers(&mut parts.headers, protocol);
             let upstream = Request::from_parts(parts, full(Bytes::new()));
-            return self.open_tunnel(&route, client, upstream).await;
+            return self.open_tunnel(&route, client, upstream, proto).await;
         }
         let (upstream, replay, client_broke) = match upstream_request(parts, body).await {
             Ok(prepared) => prepared,
@@ -417,7 +537,7 @@ impl Balancer {
                 }
             }
         };
-        self.finish(response, &backend, pin)
+        self.finish(response, &backend, pin, proto)
     }
 
     /// The value the hash-param policy hashes: the request's query
@@ -439,6 +559,7 @@ impl Balancer {
         route: &Route,
         client: hyper::upgrade::OnUpgrade,
         upstream: Request<ProxyBody>,
+        proto: Proto,
     ) -> Response<ProxyBody> {
         let backend = &route.backend;
         let in_flight = match backend.admit(&self.limits).await {
@@ -461,7 +582,7 @@ impl Balancer {
         )
         .await;
         match opened {
-            Ok(response) => self.finish(response, backend, route.pin),
+            Ok(response) => self.finish(response, backend, route.pin, proto),
             Err(error) => self.failure(backend, error, &AtomicBool::new(false)),
         }
     }
@@ -612,12 +733,13 @@ impl Balancer {
     }
 
     /// Counts the response (a 5xx as the backend's error too) and
-    /// (re)pins the shopper.
+    /// (re)pins the shopper, with a `Secure` cookie if they came over TLS.
     fn finish(
         &self,
         mut response: Response<ProxyBody>,
         backend: &Backend,
         pin: bool,
+        proto: Proto,
     ) -> Response<ProxyBody> {
         backend.count_served(response.status().as_u16());
         if response.status().is_server_error() {
@@ -627,7 +749,7 @@ impl Balancer {
             if let Some(cookie) = self
                 .sticky
                 .as_ref()
-                .and_then(|s| s.set_cookie(backend.name()))
+                .and_then(|s| s.set_cookie(backend.name(), proto == Proto::Https))
             {
                 response.headers_mut().append(SET_COOKIE, cookie);
             }
@@ -705,9 +827,62 @@ async fn upstream_request(
     Ok((Request::from_parts(parts, body.boxed()), None, broken))
 }
 
+/// Counts a client connection as closed when dropped, however its task
+/// ends (see [`Balancer::accept`]).
+struct Closed(Arc<tokio::sync::Semaphore>);
+
+impl Drop for Closed {
+    fn drop(&mut self) {
+        self.0.add_permits(1);
+    }
+}
+
+/// Answers a plain-HTTP request sent to the TLS port, in plain HTTP, then
+/// closes. The request head is read first (by hyper), so the client is
+/// not reset mid-send and reads the answer.
+async fn refuse_plain_http(stream: TcpStream) {
+    let local = stream.local_addr().ok();
+    let service = service_fn(move |request: Request<Incoming>| async move {
+        let host = request
+            .headers()
+            .get(HOST)
+            .and_then(|host| host.to_str().ok())
+            .map(str::to_owned)
+            .or_else(|| local.map(|local| local.to_string()))
+            .unwrap_or_default();
+        let path = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        let message = format!("This port speaks HTTPS; use https://{host}{path}");
+        let mut response = json_response(
+            hyper::StatusCode::BAD_REQUEST,
+            "plain_http_to_https_port",
+            &message,
+        );
+        response
+            .headers_mut()
+            .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+        Ok::<_, Infallible>(response)
+    });
+    let served = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(stream), service);
+    if tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, served)
+        .await
+        .is_err()
+    {
+        tracing::debug!("a plain-HTTP client on the TLS port sent no full request in time");
+    }
+}
+
 /// Aborts a background task when dropped.
 #[derive(Debug)]
 pub struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl AbortOnDrop {
+    pub(crate) fn new(task: tokio::task::JoinHandle<()>) -> Self {
+        Self(task)
+    }
+}
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

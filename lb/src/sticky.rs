@@ -17,7 +17,10 @@
 //! the same key (`--sticky-key`) agree on every value.
 //!
 //! The cookie is removed from the request before it is forwarded: it is the
-//! balancer's business, not the shop's (HAProxy's `indirect`).
+//! balancer's business, not the shop's (HAProxy's `indirect`). It is
+//! `Secure` (sent back only over HTTPS) when the shopper's request came
+//! over TLS, and only then: on a plain-HTTP balancer a `Secure` cookie
+//! would never come back, and every request would be routed anew.
 
 use std::time::Duration;
 
@@ -108,12 +111,14 @@ impl Sticky {
         })
     }
 
-    /// The `Set-Cookie` value that (re)pins a shopper, with a fresh expiry.
-    pub fn set_cookie(&self, backend: &str) -> Option<HeaderValue> {
+    /// The `Set-Cookie` value that (re)pins a shopper, with a fresh expiry;
+    /// `secure` when the shopper's request came over TLS.
+    pub fn set_cookie(&self, backend: &str, secure: bool) -> Option<HeaderValue> {
         let value = format!(
-            "{COOKIE_NAME}={}; Max-Age={}; Path=/; HttpOnly; SameSite=Lax",
+            "{COOKIE_NAME}={}; Max-Age={}; Path=/; HttpOnly; SameSite=Lax{}",
             self.token_for(backend),
-            self.ttl.as_secs()
+            self.ttl.as_secs(),
+            if secure { "; Secure" } else { "" }
         );
         HeaderValue::from_str(&value).ok()
     }
@@ -201,9 +206,12 @@ mod tests {
 
     #[test]
     fn set_cookie_slides_the_expiry_and_is_http_only() {
-        let value = sticky().set_cookie("i1").expect("header");
+        let value = sticky().set_cookie("i1", false).expect("header");
         let text = value.to_str().expect("ascii");
         assert!(text.starts_with("lb_sticky=") && text.contains("Max-Age=60"));
         assert!(text.contains("HttpOnly") && text.contains("SameSite=Lax"));
+        assert!(!text.contains("Secure"));
+        let over_tls = sticky().set_cookie("i1", true).expect("header");
+        assert!(over_tls.to_str().expect("ascii").ends_with("; Secure"));
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! stage1 [up] [--port 8080] [--instances 3] [--instance-port-base 3001] [--behind nginx|haproxy]
-//! stage1 serve --port 3001 --id i1 [--host 127.0.0.1]
+//! stage1 serve --port 3001 --id i1 [--host 127.0.0.1] [--trusted-proxy 127.0.0.1]
 //! stage1 demo
 //! ```
 //!
@@ -92,6 +92,12 @@ struct ServeArgs<A: Args> {
     /// two cores all got faster with one thread each).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     threads: u16,
+    /// A balancer whose X-Forwarded-Proto is believed (repeat for each).
+    /// When it says the shopper came over HTTPS, every cookie this instance
+    /// sets is marked Secure. The header from any other peer is ignored:
+    /// anyone can send it. Default: none.
+    #[arg(long = "trusted-proxy", value_name = "IP")]
+    trusted_proxies: Vec<IpAddr>,
     #[command(flatten)]
     stage: A,
 }
@@ -160,7 +166,7 @@ pub fn main<S: Stage>() -> ExitCode {
 /// `stageN serve`: one instance until SIGINT/SIGTERM.
 async fn serve<S: Stage>(mut args: ServeArgs<S::Args>) -> Result<(), BoxError> {
     crate::parent::die_with_launcher()?;
-    let instance = Instance::new(&args.id)?;
+    let instance = Instance::new(&args.id)?.with_trusted_proxies(args.trusted_proxies.clone());
     let services = S::services(&mut args.stage, Scope::Instance).await?;
     for service in services.descriptions() {
         tracing::warn!(

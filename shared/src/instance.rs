@@ -1,8 +1,11 @@
 //! Who one running instance is, how busy, and whether it is leaving: the
 //! name every response carries in `X-Served-By`, the load `/healthz`
-//! reports (requests in flight, long-lived sockets held), and the word the
-//! balancer sends a draining instance through its health check.
+//! reports (requests in flight, long-lived sockets held), the word the
+//! balancer sends a draining instance through its health check, and which
+//! balancers it believes about the shopper's connection (`X-Forwarded-Proto`,
+//! see [`crate::http`]).
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
@@ -18,6 +21,8 @@ pub struct Instance {
     in_flight: AtomicUsize,
     sockets: AtomicUsize,
     leaving: watch::Sender<bool>,
+    /// Peers whose `X-Forwarded-Proto` is believed; none by default.
+    trusted_proxies: Vec<IpAddr>,
 }
 
 impl Instance {
@@ -35,7 +40,24 @@ impl Instance {
             in_flight: AtomicUsize::new(0),
             sockets: AtomicUsize::new(0),
             leaving: watch::Sender::new(false),
+            trusted_proxies: Vec::new(),
         })
+    }
+
+    /// Believes what these peers (the balancers in front) say about the
+    /// shopper's connection. Anyone can send `X-Forwarded-Proto: https`;
+    /// only a balancer that terminated TLS itself knows it is true, and
+    /// only its address says the header is its own.
+    pub fn with_trusted_proxies(mut self, proxies: impl IntoIterator<Item = IpAddr>) -> Self {
+        // Compared in canonical form: an IPv4 peer on a dual-stack socket
+        // shows up as `::ffff:a.b.c.d`.
+        self.trusted_proxies = proxies.into_iter().map(|ip| ip.to_canonical()).collect();
+        self
+    }
+
+    /// Whether `peer` is one of the balancers this instance believes.
+    pub fn trusts_proxy(&self, peer: IpAddr) -> bool {
+        self.trusted_proxies.contains(&peer.to_canonical())
     }
 
     pub fn id(&self) -> &str {

@@ -13,6 +13,25 @@
 //! method). Bodies are limited to [`BODY_LIMIT`]. Every response, errors
 //! included, carries `X-Served-By: <instance id>`: the thread the whole
 //! workshop pulls on.
+//!
+//! ## Behind a balancer that speaks HTTPS
+//!
+//! When the balancer terminates TLS (`lb --tls`), the instance gets plain
+//! HTTP and `X-Forwarded-Proto: https`. Then every cookie it sets must be
+//! `Secure`, so the browser never sends the cart or session over plain
+//! HTTP where anyone on the network could read it. The header is believed
+//! only from a peer the instance trusts (`serve --trusted-proxy IP`;
+//! [`Instance::with_trusted_proxies`]), and only its *last* value counts:
+//! each proxy appends, so the last one is the nearest proxy's, and anything
+//! before it may have come from the client.
+//!
+//! `Secure` is added by [`secure_cookies_behind_tls`], in the one middleware
+//! every response goes through, to each `Set-Cookie` that lacks it. The
+//! rejected alternative, a "secure" flag handed to every cookie writer
+//! (the cart store of each stage, the session store, the client id), has
+//! to be threaded through every stage, and one forgotten writer leaks a
+//! cookie over plain HTTP; here no stage can forget. (`--secure-cookies`
+//! on stages 3 and 4 still forces it without a trusted balancer.)
 
 pub mod api;
 mod health;
@@ -21,23 +40,28 @@ pub mod page;
 pub mod path;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderName, Method, Uri};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::http::header::SET_COOKIE;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post, put};
 use tokio::net::TcpListener;
 
 use crate::error::ApiError;
+use crate::instance::Instance;
 use crate::stage::{Shop, Stage};
 
 pub use json::BODY_LIMIT;
 
 /// Names the instance that produced a response.
 pub(crate) const SERVED_BY: HeaderName = HeaderName::from_static("x-served-by");
+/// What the balancer says the shopper's connection was: `http` or `https`.
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Serves `shop` on `listener` until `shutdown` completes, then finishes
 /// the requests in progress.
@@ -106,7 +130,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
 }
 
 /// Counts the request in flight while it runs and stamps `X-Served-By` on
-/// whatever comes back.
+/// whatever comes back (and `Secure` on its cookies behind TLS).
 async fn mark_served_by<S: Stage>(
     State(shop): State<Arc<Shop<S>>>,
     request: Request,
@@ -116,10 +140,131 @@ async fn mark_served_by<S: Stage>(
     let _busy = instance.busy();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let mut response = next.run(request).await;
+    let mut response = secure_cookies_behind_tls(instance, request, next).await;
     tracing::debug!(%method, path, status = response.status().as_u16(), "served");
     response
         .headers_mut()
         .insert(SERVED_BY, instance.header().clone());
     response
+}
+
+/// Runs the request and, if it came over TLS to a balancer this instance
+/// trusts, marks every cookie the response sets `Secure`.
+pub async fn secure_cookies_behind_tls(
+    instance: &Instance,
+    request: Request,
+    next: Next,
+) -> Response {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(peer)| *peer);
+    let over_tls = peer.is_some_and(|peer| instance.trusts_proxy(peer.ip()))
+        && last_forwarded_proto(request.headers()).is_some_and(|p| p.eq_ignore_ascii_case("https"));
+    let mut response = next.run(request).await;
+    if over_tls {
+        mark_cookies_secure(response.headers_mut());
+    }
+    response
+}
+
+/// The last `X-Forwarded-Proto` value: the one the nearest proxy added,
+/// whether the header came once, several times, or as a list.
+fn last_forwarded_proto(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(X_FORWARDED_PROTO)
+        .iter()
+        .next_back()?
+        .to_str()
+        .ok()?
+        .rsplit(',')
+        .next()
+        .map(str::trim)
+}
+
+/// Adds `; Secure` to each `Set-Cookie` that does not have it already.
+fn mark_cookies_secure(headers: &mut HeaderMap) {
+    let cookies: Vec<HeaderValue> = headers.get_all(SET_COOKIE).iter().cloned().collect();
+    if cookies.is_empty() {
+        return;
+    }
+    headers.remove(SET_COOKIE);
+    for cookie in cookies {
+        let secured = match cookie.to_str() {
+            Ok(text) if !has_secure_attribute(text) => {
+                HeaderValue::from_str(&format!("{text}; Secure")).unwrap_or(cookie)
+            }
+            // Already `Secure`, or not text: left as it was.
+            _ => cookie,
+        };
+        headers.append(SET_COOKIE, secured);
+    }
+}
+
+/// Whether a `Set-Cookie` value has the `Secure` attribute (names are
+/// case-insensitive; the first `;`-separated part is the cookie itself).
+fn has_secure_attribute(set_cookie: &str) -> bool {
+    set_cookie
+        .split(';')
+        .skip(1)
+        .any(|attribute| attribute.trim().eq_ignore_ascii_case("secure"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(*name, HeaderValue::from_static(value));
+        }
+        headers
+    }
+
+    #[test]
+    fn the_last_forwarded_proto_is_the_nearest_proxys() {
+        let last = |pairs| last_forwarded_proto(&headers(pairs)).map(str::to_owned);
+        assert_eq!(
+            last(&[("x-forwarded-proto", "https")]),
+            Some("https".into())
+        );
+        assert_eq!(
+            last(&[("x-forwarded-proto", "https, http")]),
+            Some("http".into())
+        );
+        assert_eq!(
+            last(&[
+                ("x-forwarded-proto", "http"),
+                ("x-forwarded-proto", "https")
+            ]),
+            Some("https".into())
+        );
+        assert_eq!(last(&[]), None);
+    }
+
+    #[test]
+    fn every_cookie_becomes_secure_once() {
+        let mut map = headers(&[
+            ("set-cookie", "cart=abc; Path=/; HttpOnly"),
+            ("set-cookie", "sid=x; Path=/; secure; HttpOnly"),
+            ("set-cookie", "Secure=1; Path=/"),
+            ("content-type", "text/plain"),
+        ]);
+        mark_cookies_secure(&mut map);
+        let cookies: Vec<_> = map
+            .get_all(SET_COOKIE)
+            .iter()
+            .map(|v| v.to_str().expect("ascii").to_owned())
+            .collect();
+        assert_eq!(
+            cookies,
+            [
+                "cart=abc; Path=/; HttpOnly; Secure",
+                "sid=x; Path=/; secure; HttpOnly",
+                "Secure=1; Path=/; Secure",
+            ]
+        );
+        assert_eq!(map["content-type"], "text/plain");
+    }
 }
