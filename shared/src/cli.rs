@@ -58,6 +58,26 @@ struct UpArgs<A: Args> {
     /// (its configuration rendered from `deploy/`; see `shop::front`).
     #[arg(long, value_enum)]
     behind: Option<Engine>,
+    /// Serve the shop over HTTPS: the balancer terminates TLS (a
+    /// self-signed certificate for localhost unless --tls-cert is given)
+    /// and tells the instances with X-Forwarded-Proto, so their cookies
+    /// become Secure.
+    #[arg(long)]
+    tls: bool,
+    /// A PEM certificate chain for --tls (needs --tls-key).
+    #[arg(long, value_name = "FILE", requires_all = ["tls", "tls_key"])]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// With --tls, also listen for plain HTTP on this port and redirect
+    /// every request to HTTPS (0 picks a free port).
+    #[arg(long, value_name = "PORT", requires = "tls")]
+    redirect_http: Option<u16>,
+    /// With --tls, send Strict-Transport-Security for this long (e.g. 1y).
+    /// Off by default: it would pin a learner's localhost to HTTPS.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, requires = "tls")]
+    hsts: Option<std::time::Duration>,
     /// Let an auto scaling group keep between MIN and MAX instances
     /// (e.g. 2..6), adding and removing them by load.
     #[arg(long, value_name = "MIN..MAX")]
@@ -220,6 +240,16 @@ async fn up<S: Stage>(mut args: UpArgs<S::Args>) -> Result<(), BoxError> {
         lb_port: args.port,
         env: crate::flags::instance_env(&args.stage)?,
         policy: S::policy(&args.stage),
+        tls: match (args.tls, &args.tls_cert, &args.tls_key) {
+            (false, _, _) => None,
+            (true, Some(certificate), Some(key)) => Some(lb::TlsSettings::Files {
+                certificate: certificate.clone(),
+                key: key.clone(),
+            }),
+            (true, _, _) => Some(lb::TlsSettings::self_signed_for_localhost()),
+        },
+        hsts: args.hsts,
+        redirect_http_port: args.redirect_http,
         autoscale: args.autoscale.map(|range| AutoscaleConfig {
             metric: args.scale_on,
             ..AutoscaleConfig::new(range, args.target_load)
@@ -227,6 +257,13 @@ async fn up<S: Stage>(mut args: UpArgs<S::Args>) -> Result<(), BoxError> {
         ..TopologyConfig::for_stage(std::env::current_exe()?, info)
     };
     if let Some(engine) = args.behind {
+        if config.tls.is_some() {
+            return Err(format!(
+                "--tls is the project's balancer's; {} terminates TLS with its own configuration (see deploy/)",
+                engine.name()
+            )
+            .into());
+        }
         if config.autoscale.is_some() {
             return Err(format!(
                 "--autoscale needs the project's balancer (the group adds and drains its backends); run without --behind {}",
@@ -283,6 +320,7 @@ fn print_banner(info: &StageInfo, topology: &Topology, services: &Services) {
         "  Dashboard:  {}   (health, load; kill, restart and add instances)",
         topology.dashboard_url()
     );
+    print_tls(topology);
     for instance in topology.instances() {
         println!("  Instance {}: {}", instance.name, instance.url);
     }
@@ -302,6 +340,35 @@ fn print_banner(info: &StageInfo, topology: &Topology, services: &Services) {
         }
     }
     println!("\n  Ctrl-C stops everything.\n");
+}
+
+/// Behind TLS: where the certificate came from, its fingerprint (what a
+/// browser's warning page shows, to compare), and a file holding it for
+/// `curl --cacert`.
+fn print_tls(topology: &Topology) {
+    let balancer = topology.balancer();
+    let (Some(description), Some(fingerprint)) =
+        (balancer.tls_description(), balancer.tls_fingerprint())
+    else {
+        return;
+    };
+    println!("  TLS:        {description}");
+    println!("              SHA-256 {fingerprint}");
+    if let Some(pem) = balancer.tls_certificate_pem() {
+        let url = topology.url();
+        let port = url.rsplit(':').next().unwrap_or("8080");
+        let path = std::env::temp_dir().join(format!("myclothes-{port}.pem"));
+        match std::fs::write(&path, pem) {
+            Ok(()) => println!(
+                "              curl --cacert {} {url}/api/cart",
+                path.display()
+            ),
+            Err(error) => tracing::warn!(%error, "cannot write the certificate for curl"),
+        }
+    }
+    if let Some(redirect) = topology.redirect_url() {
+        println!("  Plain HTTP: {redirect}   (redirects to HTTPS)");
+    }
 }
 
 fn print_engine_banner(info: &StageInfo, behind: &Behind, services: &Services) {

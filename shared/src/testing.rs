@@ -18,6 +18,7 @@
 //! clashing, and stops when dropped.
 
 pub mod browser;
+pub mod https;
 
 use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;

@@ -72,6 +72,14 @@ pub struct TopologyConfig {
     /// The address the balancer connects to the instances from (see
     /// [`lb::Config::source_address`]); `None` lets the kernel choose.
     pub balancer_source: Option<IpAddr>,
+    /// Terminate TLS at the balancer (`--tls`): shoppers speak HTTPS to
+    /// it, it speaks plain HTTP to the instances.
+    pub tls: Option<lb::TlsSettings>,
+    /// With TLS, tell browsers to use only HTTPS here for this long.
+    pub hsts: Option<Duration>,
+    /// With TLS, a plain-HTTP port on 127.0.0.1 that redirects to it
+    /// (0: any free port).
+    pub redirect_http_port: Option<u16>,
     /// Let an auto scaling group add and remove instances by load
     /// (`--autoscale MIN..MAX`); `instances` is then its starting size,
     /// kept within MIN..MAX.
@@ -156,6 +164,9 @@ impl TopologyConfig {
             show_logs: true,
             placement: None,
             balancer_source: None,
+            tls: None,
+            hsts: None,
+            redirect_http_port: None,
             autoscale: None,
         }
     }
@@ -483,6 +494,8 @@ pub struct Topology {
     lb_stop: Option<oneshot::Sender<()>>,
     lb_task: Option<JoinHandle<()>>,
     autoscaler: Option<Autoscaler>,
+    /// The plain-HTTP listener that redirects to HTTPS, if any.
+    redirect_addr: Option<SocketAddr>,
 }
 
 impl Topology {
@@ -510,6 +523,8 @@ impl Topology {
             .map_err(|e| LaunchError::Balancer(e.to_string()))?;
         let mut lb_config = lb::Config::new(backends, config.policy);
         lb_config.source_address = config.balancer_source;
+        lb_config.tls = config.tls.clone();
+        lb_config.hsts = config.hsts;
         lb_config.health = config.health;
         lb_config.admin = config.admin;
         if config.sticky {
@@ -527,14 +542,34 @@ impl Topology {
             let _ = fleet.scaling.set(state);
             autoscaler
         });
+        let redirect_listener = match (&config.tls, config.redirect_http_port) {
+            (Some(_), Some(port)) => Some(bind_local(port, "--redirect-http").await?),
+            _ => None,
+        };
+        let redirect_addr = redirect_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok());
         let (lb_stop, stopped) = oneshot::channel::<()>();
         let serving = Arc::clone(&balancer);
+        let https_port = lb_addr.port();
         let lb_task = tokio::spawn(async move {
+            // One stop for both listeners: the shop and its redirect.
+            let (stop_redirect, redirect_stopped) = tokio::sync::watch::channel(false);
+            let redirect = redirect_listener.map(|listener| {
+                let mut stopped = redirect_stopped;
+                tokio::spawn(lb::redirect_to_https(listener, https_port, async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                }))
+            });
             let shutdown = async {
                 let _ = stopped.await;
             };
             if let Err(error) = serving.serve(lb_listener, shutdown).await {
                 tracing::error!(%error, "the balancer stopped");
+            }
+            let _ = stop_redirect.send(true);
+            if let Some(redirect) = redirect {
+                let _ = redirect.await;
             }
         });
         Ok(Self {
@@ -544,6 +579,7 @@ impl Topology {
             lb_stop: Some(lb_stop),
             lb_task: Some(lb_task),
             autoscaler,
+            redirect_addr,
         })
     }
 
@@ -552,9 +588,15 @@ impl Topology {
         self.fleet.scaling_view()
     }
 
-    /// The balancer's URL, `http://127.0.0.1:PORT`: where shoppers go.
+    /// The balancer's URL, `http://127.0.0.1:PORT` (`https://` behind
+    /// TLS): where shoppers go.
     pub fn url(&self) -> String {
-        format!("http://{}", self.lb_addr)
+        format!("{}://{}", self.balancer.scheme(), self.lb_addr)
+    }
+
+    /// The plain-HTTP URL that redirects to [`Topology::url`], if any.
+    pub fn redirect_url(&self) -> Option<String> {
+        self.redirect_addr.map(|addr| format!("http://{addr}"))
     }
 
     /// The balancing policy in use.
@@ -750,6 +792,15 @@ fn spawn_instance(
         .arg(port.to_string())
         .arg("--id")
         .arg(&place.name)
+        // The balancer's `X-Forwarded-Proto` is believed from its address
+        // only (see `Instance::with_trusted_proxies`).
+        .arg("--trusted-proxy")
+        .arg(
+            config
+                .balancer_source
+                .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+                .to_string(),
+        )
         .env(LAUNCHER_PID_ENV, std::process::id().to_string())
         .envs(config.env.iter().map(|(k, v)| (k, v)))
         // Instances log warnings only, unless the user asked for more.
