@@ -10,7 +10,8 @@
 //! `X-Forwarded-For` gets the client's address *appended* (earlier proxies'
 //! entries are kept, as nginx's `$proxy_add_x_forwarded_for` does),
 //! `X-Forwarded-Proto` and `X-Forwarded-Host` are *set*, since only this hop
-//! knows what the client used. (The standardised `Forwarded` header of RFC
+//! knows what the client used (`https` when the balancer terminated TLS,
+//! whatever the client claimed). (The standardised `Forwarded` header of RFC
 //! 7239 carries the same facts; the `X-` trio is what frameworks read.)
 
 use std::net::IpAddr;

@@ -224,8 +224,8 @@ pub struct Args {
     #[arg(long, value_name = "FILE", requires = "tls_on")]
     pub tls_cert_out: Option<std::path::PathBuf>,
     /// Send Strict-Transport-Security with this max-age on HTTPS responses
-    /// (e.g. 1y, 1day). Off by default: a browser would then refuse plain
-    /// HTTP to this host for that long, localhost included.
+    /// (e.g. 1y, 1day). Off by default: a browser that gets it refuses
+    /// plain HTTP to this host for that long, localhost included.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, requires = "tls_on")]
     pub hsts: Option<Duration>,
     /// Also listen for plain HTTP on ADDR, answering every request with a
@@ -452,4 +452,58 @@ fn listening_socket(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::
     socket.bind(&addr.into())?;
     socket.listen(ACCEPT_BACKLOG)?;
     Ok(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(flags: &[&str]) -> Result<Args, clap::Error> {
+        let mut line = vec!["lb", "--backend", "i1=http://127.0.0.1:3001"];
+        line.extend_from_slice(flags);
+        Args::try_parse_from(line)
+    }
+
+    #[test]
+    fn tls_flags_choose_where_the_certificate_comes_from() {
+        let settings = |flags: &[&str]| parse(flags).expect("valid flags").tls_settings();
+        assert_eq!(settings(&[]), None);
+        assert_eq!(
+            settings(&["--tls"]),
+            Some(TlsSettings::self_signed_for_localhost())
+        );
+        assert_eq!(
+            settings(&["--tls", "--tls-name", "shop.test"]),
+            Some(TlsSettings::SelfSigned {
+                names: vec!["shop.test".to_owned()]
+            })
+        );
+        assert_eq!(
+            settings(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]),
+            Some(TlsSettings::Files {
+                certificate: "c.pem".into(),
+                key: "k.pem".into()
+            })
+        );
+        let config = parse(&["--tls", "--hsts", "1day"])
+            .expect("valid flags")
+            .config()
+            .expect("a config");
+        assert_eq!(config.hsts, Some(Duration::from_secs(86_400)));
+    }
+
+    #[test]
+    fn tls_only_flags_need_tls() {
+        for flags in [
+            &["--hsts", "1y"][..],
+            &["--redirect-http", "127.0.0.1:8080"][..],
+            &["--tls-cert-out", "c.pem"][..],
+            &["--tls-cert", "c.pem"][..],
+            &["--tls-name", "shop.test"][..],
+        ] {
+            assert!(parse(flags).is_err(), "{flags:?} was accepted");
+        }
+        assert!(parse(&["--tls-cert", "c.pem", "--tls-key", "k.pem", "--hsts", "1y"]).is_ok());
+    }
 }
