@@ -273,6 +273,31 @@ pub fn generate_self_signed_pem(names: &[String]) -> Result<(String, String), Tl
     Ok((generated.cert.pem(), generated.signing_key.serialize_pem()))
 }
 
+/// A client's TLS configuration that trusts the certificates in `pem` and
+/// nothing else: how a test (or a script) talks to a balancer with a
+/// self-signed certificate, as `curl --cacert` does. ALPN offers HTTP/1.1.
+pub fn client_config_trusting(pem: &str) -> Result<rustls::ClientConfig, TlsError> {
+    let invalid = |reason: String| TlsError::Certificate {
+        path: PathBuf::from("(PEM text)"),
+        reason,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        let certificate = certificate.map_err(|e| invalid(e.to_string()))?;
+        roots.add(certificate)?;
+    }
+    if roots.is_empty() {
+        return Err(invalid("no certificate in it".to_owned()));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
 /// The SHA-256 of a certificate's DER bytes, colon-separated uppercase hex.
 pub fn fingerprint(certificate: &[u8]) -> String {
     Sha256::digest(certificate)

@@ -53,19 +53,7 @@ fn config(backends: &[&support::TestBackend]) -> Config {
 
 /// A client that trusts the certificates in `pem`, and nothing else.
 fn connector(pem: &str) -> TlsConnector {
-    let mut roots = rustls::RootCertStore::empty();
-    for certificate in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-        roots
-            .add(certificate.expect("a PEM certificate"))
-            .expect("a usable root");
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("TLS versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let config = lb::tls::client_config_trusting(pem).expect("a PEM certificate");
     TlsConnector::from(Arc::new(config))
 }
 

@@ -13,8 +13,7 @@ use axum::http::{HeaderMap, Method, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
@@ -84,18 +83,7 @@ pub async fn request(
 
 /// A TLS connector that trusts the certificates in `pem` and nothing else.
 fn connector(pem: &str) -> TlsConnector {
-    let mut roots = rustls::RootCertStore::empty();
-    for certificate in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-        roots
-            .add(certificate.expect("a PEM certificate"))
-            .expect("a usable root");
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("TLS versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let config = lb::tls::client_config_trusting(pem).expect("a PEM certificate");
     TlsConnector::from(Arc::new(config))
 }
 
