@@ -288,7 +288,7 @@ async fn session_expires_after_idle_ttl() {
 }
 
 #[tokio::test]
-async fn every_request_slides_the_idle_expiry() {
+async fn a_read_slides_the_idle_expiry_once_it_has_run_down() {
     let shop = spawn_shop().await;
     let alice = shop.shopper();
     let sid = start_session(&alice).await;
@@ -312,6 +312,38 @@ async fn every_request_slides_the_idle_expiry() {
     assert!(
         ttl_ms > 29 * 60 * 1000,
         "a read renews the 30-minute idle TTL: {ttl_ms} ms left"
+    );
+    shop.stop().await;
+}
+
+#[tokio::test]
+async fn a_read_renews_the_expiry_only_once_it_has_run_down() {
+    let shop = spawn_shop().await;
+    let alice = shop.shopper();
+    let sid = start_session(&alice).await;
+    let key = RedisSessions::keys_for(&sid).session;
+    let mut redis = shop.redis_connection().await;
+    // Ten seconds into a 30-minute idle lifetime: less than a minute run
+    // down, so reads leave it (a read stays a read: no write to Redis).
+    let set_to = 30 * 60 * 1000 - 10_000;
+    let _: i64 = redis::cmd("PEXPIRE")
+        .arg(&key)
+        .arg(set_to)
+        .query_async(&mut redis)
+        .await
+        .expect("PEXPIRE");
+    for _ in 0..3 {
+        let seen = alice.cart().await.expect("a plain read");
+        assert_eq!(session_state_of(&seen), "resumed");
+    }
+    let ttl_ms: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut redis)
+        .await
+        .expect("PTTL");
+    assert!(
+        0 < ttl_ms && ttl_ms <= set_to,
+        "reads within a minute of a renewal do not renew: {ttl_ms} ms left"
     );
     shop.stop().await;
 }

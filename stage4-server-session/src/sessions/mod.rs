@@ -18,8 +18,9 @@
 //!   cart, so a request costs one round trip. (The alternative, read the
 //!   cart, change it in Rust, write it back, loses updates under
 //!   concurrency unless wrapped in WATCH/MULTI retries.) A plain read is
-//!   `PEXPIRE` + `HGETALL` + `PEXPIRE`, pipelined: one round trip, no
-//!   script. What Redis answers is read into a type once
+//!   `PTTL` + `HGETALL`, pipelined: one round trip, no script, nothing
+//!   written; the idle expiry is renewed only once it has run down by a
+//!   minute ([`RENEW_AFTER`]). What Redis answers is read into a type once
 //!   ([`answer::Answer`]).
 //! * **Retries**: a change sent with an `Idempotency-Key` is recorded with
 //!   its result for [`APPLIED_FOR`]; the same key again is answered with
@@ -77,6 +78,11 @@ pub const REPLAYED_HEADER: HeaderName = HeaderName::from_static("idempotent-repl
 /// The field every session has: when it started (Redis's clock, unix
 /// seconds). It keeps a session with an empty cart in existence.
 const BORN: &str = "born";
+/// A read renews the session's idle expiry only once it has run down by
+/// this much (or by half, for a lifetime under two minutes): reads stay
+/// reads, and the expiry still slides.
+pub const RENEW_AFTER: Duration = Duration::from_secs(60);
+
 /// How long a change's idempotency key is remembered. A retry comes within
 /// seconds of the first try; a day (Stripe's choice) would cost memory for
 /// nothing here.
@@ -91,7 +97,8 @@ static ROTATE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_st
 /// How sessions behave.
 #[derive(Clone, Debug)]
 pub struct SessionSettings {
-    /// Idle lifetime, renewed by every request.
+    /// Idle lifetime, renewed by every change, and by a read once it has
+    /// run down by [`RENEW_AFTER`].
     pub ttl: Duration,
     /// How long a request waits for Redis before answering 503.
     pub timeout: Duration,
@@ -333,34 +340,61 @@ impl RedisSessions {
         u64::try_from(self.settings.ttl.as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// A read of a known session: `PEXPIRE` of both keys and `HGETALL` of
-    /// the cart, pipelined (one round trip). Reads are most requests, and
-    /// plain commands cost Redis about half what the script does, which is
-    /// needed only where a rule must be checked and applied atomically.
+    /// A read of a known session: `PTTL` of the session and `HGETALL` of
+    /// the cart, pipelined (one round trip, and nothing written). Reads are
+    /// most requests, and plain commands cost Redis about half what the
+    /// script does, which is needed only where a rule must be checked and
+    /// applied atomically.
+    ///
+    /// The idle expiry is renewed only when it has run down by more than
+    /// [`RENEW_AFTER`] (a second round trip, at most once a minute per
+    /// session): renewing on every read made every read a write, which
+    /// Redis appends to its AOF and sends to its replicas. Django, by
+    /// default, renews only when the session changes; this keeps the
+    /// sliding expiry, to within a minute.
     async fn read_and_renew(&self, session_id: &str) -> Result<Answer, ApiError> {
         let keys = Self::keys_for(session_id);
         let mut redis = self.redis.clone();
-        let (renewed, lines, _): (bool, Vec<(String, String)>, bool) = self
+        let (left_ms, lines): (i64, Vec<(String, String)>) = self
             .within_timeout(
                 redis::pipe()
-                    .cmd("PEXPIRE")
+                    .cmd("PTTL")
                     .arg(&keys.session)
-                    .arg(self.ttl_ms())
                     .cmd("HGETALL")
                     .arg(&keys.cart)
-                    .cmd("PEXPIRE")
-                    .arg(&keys.cart)
-                    .arg(self.ttl_ms())
                     .query_async(&mut redis),
                 Purpose::Read,
             )
             .await?;
-        // No session key (PEXPIRE answers 0): unknown, ended or expired.
-        Ok(if renewed {
-            Answer::Cart(lines)
-        } else {
-            Answer::Unknown
-        })
+        // -2: no session key: unknown, ended or expired.
+        if left_ms == -2 {
+            return Ok(Answer::Unknown);
+        }
+        let ttl = self.ttl_ms();
+        // A lifetime shorter than two minutes (a test's, a demo's) renews
+        // once half of it has run down.
+        let renew_after = u64::try_from(RENEW_AFTER.as_millis())
+            .unwrap_or(u64::MAX)
+            .min(ttl / 2);
+        // -1 (no expiry at all) counts as run down too.
+        let run_down =
+            u64::try_from(left_ms).map_or(true, |left| left.saturating_add(renew_after) < ttl);
+        if run_down {
+            let _: (bool, bool) = self
+                .within_timeout(
+                    redis::pipe()
+                        .cmd("PEXPIRE")
+                        .arg(&keys.session)
+                        .arg(ttl)
+                        .cmd("PEXPIRE")
+                        .arg(&keys.cart)
+                        .arg(ttl)
+                        .query_async(&mut redis),
+                    Purpose::Read,
+                )
+                .await?;
+        }
+        Ok(Answer::Cart(lines))
     }
 
     /// Runs the cart script for one change to one session.
