@@ -244,11 +244,7 @@ async fn session_expires_after_idle_ttl() {
     alice.add("TEE-RED-M", 1).await.expect("add");
     let key = RedisSessions::keys_for(&sid).session;
     let mut redis = shop.redis_connection().await;
-    let ttl_ms: i64 = redis::cmd("PTTL")
-        .arg(&key)
-        .query_async(&mut redis)
-        .await
-        .expect("PTTL");
+    let ttl_ms = pttl(&mut redis, &key).await;
     assert!(
         0 < ttl_ms && ttl_ms <= 2000,
         "the key expires after the idle TTL: {ttl_ms}"
@@ -296,19 +292,10 @@ async fn a_read_slides_the_idle_expiry_once_it_has_run_down() {
     let mut redis = shop.redis_connection().await;
 
     // Pretend the session has sat idle for most of its 30 minutes.
-    let _: i64 = redis::cmd("PEXPIRE")
-        .arg(&key)
-        .arg(5_000)
-        .query_async(&mut redis)
-        .await
-        .expect("PEXPIRE");
+    pexpire(&mut redis, &key, 5_000).await;
     let seen = alice.cart().await.expect("a plain read");
     assert_eq!(session_state_of(&seen), "resumed");
-    let ttl_ms: i64 = redis::cmd("PTTL")
-        .arg(&key)
-        .query_async(&mut redis)
-        .await
-        .expect("PTTL");
+    let ttl_ms = pttl(&mut redis, &key).await;
     assert!(
         ttl_ms > 29 * 60 * 1000,
         "a read renews the 30-minute idle TTL: {ttl_ms} ms left"
@@ -326,26 +313,36 @@ async fn a_read_renews_the_expiry_only_once_it_has_run_down() {
     // Ten seconds into a 30-minute idle lifetime: less than a minute run
     // down, so reads leave it (a read stays a read: no write to Redis).
     let set_to = 30 * 60 * 1000 - 10_000;
-    let _: i64 = redis::cmd("PEXPIRE")
-        .arg(&key)
-        .arg(set_to)
-        .query_async(&mut redis)
-        .await
-        .expect("PEXPIRE");
+    pexpire(&mut redis, &key, set_to).await;
     for _ in 0..3 {
         let seen = alice.cart().await.expect("a plain read");
         assert_eq!(session_state_of(&seen), "resumed");
     }
-    let ttl_ms: i64 = redis::cmd("PTTL")
-        .arg(&key)
-        .query_async(&mut redis)
-        .await
-        .expect("PTTL");
+    let ttl_ms = pttl(&mut redis, &key).await;
     assert!(
         0 < ttl_ms && ttl_ms <= set_to,
         "reads within a minute of a renewal do not renew: {ttl_ms} ms left"
     );
     shop.stop().await;
+}
+
+/// How long `key` has left to live, in ms (`PTTL`).
+async fn pttl(redis: &mut redis::aio::MultiplexedConnection, key: &str) -> i64 {
+    redis::cmd("PTTL")
+        .arg(key)
+        .query_async(redis)
+        .await
+        .expect("PTTL")
+}
+
+/// Sets `key` to expire in `ms` (`PEXPIRE`), as if it had sat idle.
+async fn pexpire(redis: &mut redis::aio::MultiplexedConnection, key: &str, ms: i64) {
+    let _: i64 = redis::cmd("PEXPIRE")
+        .arg(key)
+        .arg(ms)
+        .query_async(redis)
+        .await
+        .expect("PEXPIRE");
 }
 
 fn session_state_of(seen: &shop::shopper::CartSeen) -> &str {
