@@ -14,7 +14,7 @@ use lb::BackendState;
 use lb::supervisor::ScalingView;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use shop::autoscale::{AutoscaleConfig, ScaleRange};
+use shop::autoscale::{AutoscaleConfig, LoadMetric, ScaleRange};
 use shop::shopper::Shopper;
 use shop::testing::is_alive;
 use shop::topology::{Topology, TopologyConfig};
@@ -407,4 +407,39 @@ async fn dashboard_shows_the_group_and_why_it_scaled() {
         .screenshot(&screenshot_path("autoscaling-dashboard"))
         .await;
     browser.quit().await;
+}
+
+#[tokio::test]
+async fn scales_out_on_the_load_the_instances_report() {
+    // `--scale-on in-flight`: what the instances say on /healthz
+    // (requests in flight + sockets), not what the balancer counted.
+    let config = AutoscaleConfig {
+        metric: LoadMetric::InFlight,
+        ..quick(1, 3, 1.0)
+    };
+    let topology = stage3(1, config).await;
+    // Four requests held in flight on the one instance: 4 per instance,
+    // against a target of 1, and hardly a request per second.
+    let mut slow = Vec::new();
+    for _ in 0..4 {
+        slow.push(SlowPost::start(&topology.url()).await);
+    }
+    eventually(
+        &topology,
+        Duration::from_secs(30),
+        "three instances up",
+        || backends_in(&topology, BackendState::Up).len() == 3,
+    )
+    .await;
+    let view = scaling(&topology);
+    assert_eq!(view.metric, "in flight + sockets per instance");
+    assert!(
+        actions(&view, "scale-out")
+            .iter()
+            .any(|r| r.contains("in flight + sockets per instance")),
+        "{view:?}"
+    );
+    for request in slow {
+        assert!(request.finish().await.contains("200"));
+    }
 }
