@@ -109,3 +109,26 @@ async fn plain_http_is_redirected_and_its_cookies_are_not_secure() {
     let cookie = added.headers()["set-cookie"].to_str().expect("text");
     assert!(!cookie.contains("Secure"), "{cookie}");
 }
+
+#[tokio::test]
+async fn up_with_tls_serves_https_and_hands_out_its_certificate() {
+    let exe = env!("CARGO_BIN_EXE_stage3");
+    let (mut launcher, url) = shop::testing::start_up_with(exe, &["--tls"]);
+    let children = shop::testing::children_of(launcher.id());
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    // The banner's `curl --cacert` file: the certificate, and only it.
+    let port = url.rsplit(':').next().expect("a port");
+    let pem_path = std::env::temp_dir().join(format!("myclothes-{port}.pem"));
+    // Written as the banner goes on, just after the line with the URL.
+    shop::testing::wait_until(std::time::Duration::from_secs(10), || pem_path.exists());
+    let pem = std::fs::read_to_string(&pem_path)
+        .unwrap_or_else(|e| panic!("{}: {e}", pem_path.display()));
+    assert!(pem.contains("BEGIN CERTIFICATE") && !pem.contains("PRIVATE KEY"));
+    let answer = request(&format!("{url}/api/cart"), &pem, Method::GET, &[], "").await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    shop::testing::ctrl_c_stops_everything(
+        &mut launcher,
+        &children,
+        std::time::Duration::from_secs(10),
+    );
+}
