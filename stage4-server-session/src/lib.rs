@@ -9,17 +9,22 @@
 //! must not go down (and when it does, the shop answers 503, never an
 //! empty cart).
 //!
-//! **What changed since stage 3:** the cart store
-//! ([`sessions::RedisSessions`] instead of signed cookies: only a change
-//! starts a session, and a change with an `Idempotency-Key` is applied once
-//! however often it is sent), and a `DELETE /api/session` route to end a
-//! session ([`routes`]). The balancer
-//! stays plain round-robin. The instances share one thing: `REDIS_URL`;
-//! `stage4 up` starts a private `redis-server` when it is unset.
+//! **What changed since stage 3:** the cart store (a session store instead
+//! of signed cookies: only a change starts a session, and a change with an
+//! `Idempotency-Key` is applied once however often it is sent), and a
+//! `DELETE /api/session` route to end a session ([`routes`]). The balancer
+//! stays plain round-robin. The instances share one thing: the store.
+//!
+//! **Which store:** `--store redis` (the default), `memcached` or
+//! `postgres` ([`stores`] compares them). `stage4 up` starts a private
+//! server of the chosen kind when its URL (`REDIS_URL`, `MEMCACHED_URL`,
+//! `DATABASE_URL`) is unset. Each answer names its store in
+//! `X-Session-Store`, and the page shows it with its trade-off.
 //!
 //! **Run it:** `cargo run -p stage4`, open <http://127.0.0.1:8080>, kill
 //! the instance that served you from the dashboard, and reload; or
-//! `cargo run -p stage4 -- demo`.
+//! `cargo run -p stage4 -- up --store memcached`, add items, and restart
+//! memcached; or `cargo run -p stage4 -- demo`.
 //!
 //! ```text
 //! curl -s -c jar -b jar -H 'content-type: application/json' \
@@ -28,27 +33,34 @@
 //! redis-cli -u "$REDIS_URL" --scan --pattern 'myclothes:session:*'   # the cart's home
 //! ```
 //!
-//! The modules: [`sessions`] (the store: sessions in Redis, each with a
-//! cart, changed by Lua scripts), [`error`] (its failures: Redis not
-//! answering, or full), [`routes`] (ending a session). Stage 5 keeps its
-//! sessions here too.
+//! The modules: [`sessions`] (what every store shares: the cookie, renewal,
+//! the once-only rule for retried changes, the [`sessions::SessionStore`]
+//! trait), [`stores`] (Redis with Lua scripts, Memcached with `cas`,
+//! PostgreSQL with transactions), [`error`] (their failures: the store not
+//! answering, busy, or full), [`routes`] (ending a session, `/metrics`),
+//! `page` (the store's badge). Stage 5 keeps its sessions here too.
 
 mod demo;
 pub mod error;
+mod page;
 pub mod routes;
 pub mod sessions;
+pub mod stores;
 #[cfg(feature = "testing")]
 pub mod testing;
 
 use std::time::Duration;
 
 use serde::Serialize;
+use shop::services::memcached::{MEMCACHED_URL_ENV, MemcachedServer};
+use shop::services::postgres::{DATABASE_URL_ENV, PostgresCluster};
 use shop::services::redis::{REDIS_URL_ENV, RedisServer};
 use shop::{BoxError, Scope, Services, Stage, StageInfo};
 
-use crate::sessions::{RedisSessions, SessionSettings};
+use crate::sessions::SessionSettings;
+use crate::stores::{MemcachedSessions, PostgresSessions, RedisSessions, Store, StoreKind};
 
-/// Stage 4: carts in Redis under a server-side session, behind round-robin.
+/// Stage 4: carts in a shared session store (Redis by default), behind round-robin.
 #[derive(Debug)]
 pub struct Stage4;
 
@@ -56,11 +68,12 @@ pub struct Stage4;
 pub static INFO: StageInfo = StageInfo {
     package: "stage4",
     title: "Stage 4 · Server session",
-    lesson: "Only a session id travels; your cart lives in Redis, so any instance serves you and none of them matters.",
+    lesson: "Only a session id travels; your cart lives in a shared store (Redis unless --store says otherwise), so any instance serves you and none of them matters.",
     try_this: &[
         "open {url}, add items, then kill the instance that served you on the dashboard (its link is above): the cart is still there",
         "curl -s -c jar -b jar -H 'content-type: application/json' -d '{\"sku\":\"TEE-RED-M\"}' {url}/api/cart/items ; grep sid jar   (22 characters: the whole cookie)",
         "curl -s -X DELETE -b jar -c jar {url}/api/session   (ends the session for good)",
+        "cargo run -p stage4 -- up --store memcached   (then restart memcached from another shell: every cart is gone, and the shop says so)",
         "cargo run -p stage4 -- demo   (instance loss, the cookie's size, concurrent adds, narrated)",
     ],
     policy: lb::Policy::RoundRobin,
@@ -80,7 +93,7 @@ pub struct SessionArgs {
     #[arg(long, env = "SHOP_SESSION_TTL", default_value = "30m", value_parser = humantime::parse_duration)]
     #[serde(serialize_with = "shop::flags::duration")]
     pub session_ttl: Duration,
-    /// How long a request waits for Redis before answering 503.
+    /// How long a request waits for the session store before answering 503.
     #[arg(long, env = "SHOP_STORE_TIMEOUT", default_value = "500ms", value_parser = humantime::parse_duration)]
     #[serde(serialize_with = "shop::flags::duration")]
     pub store_timeout: Duration,
@@ -89,7 +102,105 @@ pub struct SessionArgs {
     pub secure_cookies: bool,
 }
 
+/// Stage 4's flags: which store keeps the sessions, where it is, and the
+/// session flags every session stage has.
+#[derive(Clone, Debug, clap::Args, Serialize)]
+pub struct Stage4Args {
+    /// Where the sessions live: `redis` (durable, atomic by Lua script),
+    /// `memcached` (memory only: a restart forgets every cart; atomic by
+    /// gets/cas) or `postgres` (durable, atomic by transaction).
+    #[arg(long, env = "SHOP_SESSION_STORE", value_enum, default_value_t)]
+    pub store: StoreKind,
+    /// The Memcached that holds the sessions (`--store memcached`). Unset:
+    /// a private `memcached` is started (and stopped on exit).
+    #[arg(long, env = MEMCACHED_URL_ENV, hide_env_values = true)]
+    pub memcached_url: Option<String>,
+    /// The PostgreSQL that holds the sessions (`--store postgres`). Unset:
+    /// a private server is started (and stopped on exit).
+    #[arg(long, env = DATABASE_URL_ENV, hide_env_values = true)]
+    pub database_url: Option<String>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub session: SessionArgs,
+}
+
+impl Stage4Args {
+    /// Starts a private server for the chosen store when no URL was given.
+    pub async fn start_store_if_unset(&mut self, services: &mut Services) -> Result<(), BoxError> {
+        match self.store {
+            StoreKind::Redis => self.session.start_redis_if_unset(services).await,
+            StoreKind::Memcached => {
+                if self.memcached_url.is_none() {
+                    let server = MemcachedServer::start().await?;
+                    let url = server.url();
+                    services.keep(
+                        server,
+                        format!(
+                            "Memcached:  {url}   (private memcached, memory only; set {MEMCACHED_URL_ENV} to use your own)"
+                        ),
+                    );
+                    self.memcached_url = Some(url);
+                }
+                Ok(())
+            }
+            StoreKind::Postgres => {
+                if self.database_url.is_none() {
+                    // Stage 5's primary and replica; sessions use only the
+                    // primary (a read must see the change just made).
+                    let cluster = PostgresCluster::start().await?;
+                    let url = cluster.primary_url();
+                    services.keep(
+                        cluster,
+                        format!(
+                            "PostgreSQL: {url}   (private primary; set {DATABASE_URL_ENV} to use your own)"
+                        ),
+                    );
+                    self.database_url = Some(url);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The session store these flags describe, ready (PostgreSQL's
+    /// tables made).
+    pub async fn connect(&self) -> Result<Store, BoxError> {
+        Ok(match self.store {
+            StoreKind::Redis => Store::Redis(self.session.connect()?),
+            StoreKind::Memcached => {
+                let url = self.memcached_url.as_deref().ok_or_else(|| {
+                    format!(
+                        "no Memcached to keep sessions in: set {MEMCACHED_URL_ENV}=memcache://host:port"
+                    )
+                })?;
+                Store::Memcached(MemcachedSessions::connect(url, self.session.settings())?)
+            }
+            StoreKind::Postgres => {
+                let url = self.database_url.as_deref().ok_or_else(|| {
+                    format!(
+                        "no PostgreSQL to keep sessions in: set {DATABASE_URL_ENV}=postgres://user@host:port/db"
+                    )
+                })?;
+                let store = PostgresSessions::connect(url, self.session.settings())?;
+                store.prepare().await.map_err(|error| {
+                    format!("cannot prepare the sessions tables at {DATABASE_URL_ENV}: {error}")
+                })?;
+                Store::Postgres(store)
+            }
+        })
+    }
+}
+
 impl SessionArgs {
+    /// How sessions behave, from these flags.
+    pub fn settings(&self) -> SessionSettings {
+        SessionSettings {
+            ttl: self.session_ttl,
+            timeout: self.store_timeout,
+            secure_cookies: self.secure_cookies,
+        }
+    }
+
     /// Starts a private `redis-server` when no Redis URL was given, and
     /// records its URL.
     pub async fn start_redis_if_unset(&mut self, services: &mut Services) -> Result<(), BoxError> {
@@ -110,42 +221,49 @@ impl SessionArgs {
         let url = self.redis_url.as_deref().ok_or_else(|| {
             format!("no Redis to keep sessions in: set {REDIS_URL_ENV}=redis://host:port")
         })?;
-        let settings = SessionSettings {
-            ttl: self.session_ttl,
-            timeout: self.store_timeout,
-            secure_cookies: self.secure_cookies,
-        };
-        Ok(RedisSessions::connect(url, settings)?)
+        Ok(RedisSessions::connect(url, self.settings())?)
     }
 }
 
 impl Stage for Stage4 {
     const INFO: &'static StageInfo = &INFO;
-    type Args = SessionArgs;
-    type Carts = RedisSessions;
+    type Args = Stage4Args;
+    type Carts = Store;
     type State = ();
 
-    async fn services(args: &mut SessionArgs, _scope: Scope) -> Result<Services, BoxError> {
+    async fn services(args: &mut Stage4Args, _scope: Scope) -> Result<Services, BoxError> {
         let mut services = Services::default();
-        args.start_redis_if_unset(&mut services).await?;
+        args.start_store_if_unset(&mut services).await?;
         Ok(services)
     }
 
-    async fn start(args: &SessionArgs) -> Result<(RedisSessions, ()), BoxError> {
-        Ok((args.connect()?, ()))
+    async fn start(args: &Stage4Args) -> Result<(Store, ()), BoxError> {
+        Ok((args.connect().await?, ()))
     }
 
     fn routes() -> axum::Router<std::sync::Arc<shop::Shop<Self>>> {
-        routes::session_routes()
+        routes::session_routes().route("/metrics", axum::routing::get(routes::metrics))
     }
 
-    const LOG_HEADERS: &'static [&'static str] = &["x-session"];
+    const WIDGETS: &'static [shop::Widget] = &[page::STORE_BADGE];
+
+    const LOG_HEADERS: &'static [&'static str] = &["x-session", "x-session-store"];
 
     async fn demo(
-        args: SessionArgs,
+        args: Stage4Args,
         exe: std::path::PathBuf,
         _services: Services,
     ) -> Result<(), BoxError> {
-        demo::run(args, exe).await
+        // The demo narrates Redis (its keys, its AOF); the other stores
+        // have their tests and `crowd --stage 4 --store NAME`.
+        if args.store != StoreKind::Redis {
+            return Err(format!(
+                "the demo tells the Redis story; run it without --store (was {}), or try `cargo run -p crowd -- --stage 4 --store {}`",
+                args.store.name(),
+                args.store.name()
+            )
+            .into());
+        }
+        demo::run(args.session, exe).await
     }
 }

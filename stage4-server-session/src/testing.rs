@@ -1,14 +1,18 @@
-//! Helpers for the tests of stages that keep sessions in Redis (this one
-//! and stage 5), behind the `testing` feature.
+//! Helpers for the tests of stages that keep sessions in a store (this one,
+//! with each of its stores, and stage 5), behind the `testing` feature.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use shop::StageInfo;
+use shop::services::memcached::{DEFAULT_MEMORY_MB, MEMCACHED_URL_ENV, MemcachedServer};
+use shop::services::postgres::{DATABASE_URL_ENV, PostgresCluster};
 use shop::services::redis::{REDIS_URL_ENV, RedisServer};
 use shop::shopper::Shopper;
 use shop::topology::{Topology, TopologyConfig};
 
 use crate::sessions::SESSION_COOKIE;
+use crate::stores::StoreKind;
 
 /// A stage whose sessions live in a `redis-server` the test controls.
 #[derive(Debug)]
@@ -70,6 +74,149 @@ impl SessionShop {
     }
 }
 
+/// The server behind a [`StoreShop`], which the test can freeze, kill
+/// and restart.
+#[derive(Debug)]
+pub enum StoreServer {
+    Redis(RedisServer),
+    Memcached(MemcachedServer),
+    Postgres(PostgresCluster),
+}
+
+impl StoreServer {
+    /// Starts a private server for `kind` (Memcached with
+    /// [`shop::services::memcached::DEFAULT_MEMORY_MB`]).
+    pub async fn start(kind: StoreKind) -> Self {
+        match kind {
+            StoreKind::Redis => Self::Redis(
+                RedisServer::start()
+                    .await
+                    .unwrap_or_else(|e| panic!("a private redis-server is needed: {e}")),
+            ),
+            StoreKind::Memcached => Self::memcached(DEFAULT_MEMORY_MB).await,
+            StoreKind::Postgres => Self::Postgres(
+                PostgresCluster::start()
+                    .await
+                    .unwrap_or_else(|e| panic!("a private PostgreSQL is needed: {e}")),
+            ),
+        }
+    }
+
+    /// A private `memcached` holding at most `memory_mb` megabytes.
+    pub async fn memcached(memory_mb: u32) -> Self {
+        Self::Memcached(
+            MemcachedServer::start_with_memory(memory_mb)
+                .await
+                .unwrap_or_else(|e| panic!("a private memcached is needed: {e}")),
+        )
+    }
+
+    pub fn kind(&self) -> StoreKind {
+        match self {
+            Self::Redis(_) => StoreKind::Redis,
+            Self::Memcached(_) => StoreKind::Memcached,
+            Self::Postgres(_) => StoreKind::Postgres,
+        }
+    }
+
+    /// The variables that point stage 4 at this server.
+    fn env(&self) -> [(&'static str, String); 2] {
+        let (variable, url) = match self {
+            Self::Redis(server) => (REDIS_URL_ENV, server.url()),
+            Self::Memcached(server) => (MEMCACHED_URL_ENV, server.url()),
+            Self::Postgres(cluster) => (DATABASE_URL_ENV, cluster.primary_url()),
+        };
+        [
+            ("SHOP_SESSION_STORE", self.kind().name().to_owned()),
+            (variable, url),
+        ]
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open, nothing answers.
+    pub fn freeze(&self) {
+        match self {
+            Self::Redis(server) => server.pause(),
+            Self::Memcached(server) => server.pause(),
+            Self::Postgres(cluster) => cluster.freeze_primary(),
+        }
+        .expect("SIGSTOP");
+    }
+
+    /// Wakes the frozen server (SIGCONT).
+    pub fn thaw(&self) {
+        match self {
+            Self::Redis(server) => server.resume(),
+            Self::Memcached(server) => server.resume(),
+            Self::Postgres(cluster) => cluster.thaw_primary(),
+        }
+        .expect("SIGCONT");
+    }
+
+    /// `kill -9`, as a crash would.
+    pub fn kill(&mut self) {
+        match self {
+            Self::Redis(server) => server.kill(),
+            Self::Memcached(server) => server.kill(),
+            Self::Postgres(cluster) => cluster.kill_primary(),
+        }
+    }
+
+    /// Starts the killed server again, on the same port (and, for Redis
+    /// and PostgreSQL, the same data).
+    pub async fn restart(&mut self) {
+        match self {
+            Self::Redis(server) => server.restart().await,
+            Self::Memcached(server) => server.restart().await,
+            Self::Postgres(cluster) => cluster.start_primary().await,
+        }
+        .expect("the store starts again");
+    }
+}
+
+/// Stage 4 with `--store` set to the kind of `store`, which the test
+/// controls: three instances behind round-robin.
+#[derive(Debug)]
+pub struct StoreShop {
+    pub topology: Topology,
+    pub store: StoreServer,
+}
+
+impl StoreShop {
+    /// Starts a private server of `kind`, then the stage pointed at it.
+    pub async fn start(exe: &str, kind: StoreKind, env: &[(&str, &str)]) -> Self {
+        Self::start_with(exe, StoreServer::start(kind).await, env).await
+    }
+
+    /// Starts the stage pointed at `store`, with `env` added for every
+    /// instance (e.g. `SHOP_STORE_TIMEOUT=10s`).
+    pub async fn start_with(exe: &str, store: StoreServer, env: &[(&str, &str)]) -> Self {
+        let mut config = TopologyConfig::for_tests(exe, &crate::INFO);
+        config
+            .env
+            .extend(store.env().into_iter().map(|(k, v)| (k.into(), v.into())));
+        config
+            .env
+            .extend(env.iter().map(|(k, v)| ((*k).into(), (*v).into())));
+        let topology = Topology::start(config).await.unwrap_or_else(|e| {
+            panic!("stage4 --store {} did not start: {e}", store.kind().name())
+        });
+        Self { topology, store }
+    }
+
+    pub fn url(&self) -> String {
+        self.topology.url()
+    }
+
+    /// A new shopper (an empty cookie jar) at the balancer.
+    pub fn shopper(&self) -> Shopper {
+        Shopper::new(self.url()).expect("an HTTP client")
+    }
+
+    pub async fn stop(self) {
+        self.topology.stop().await;
+    }
+}
+
 /// A request from a client without a cookie jar, carrying exactly
 /// `Cookie: sid=<sid>` when `sid` is given: how a test plays a planted,
 /// replayed or stolen session id.
@@ -87,4 +234,25 @@ pub fn request_with_sid(
         Some(sid) => request.header(reqwest::header::COOKIE, format!("{SESSION_COOKIE}={sid}")),
         None => request,
     }
+}
+
+/// Sends `times` "add one `sku`" for `shopper` all at once (over whichever
+/// instances the balancer picks) and waits for every answer; panics if any
+/// add fails. Returns the instances that served them.
+pub async fn add_one_at_once(
+    shopper: &Shopper,
+    sku: &'static str,
+    times: usize,
+) -> BTreeSet<String> {
+    let mut adds = tokio::task::JoinSet::new();
+    for _ in 0..times {
+        let shopper = shopper.clone();
+        adds.spawn(async move { shopper.add(sku, 1).await });
+    }
+    let mut served_by = BTreeSet::new();
+    while let Some(done) = adds.join_next().await {
+        let reply = done.expect("the add ran").expect("every add succeeds");
+        served_by.insert(reply.served_by().to_owned());
+    }
+    served_by
 }

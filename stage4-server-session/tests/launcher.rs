@@ -87,7 +87,10 @@ fn up_flags_reach_every_instance() {
     shop::testing::assert_up_flags_reach_every_instance::<stage4::Stage4>(
         STAGE4,
         &[
+            ("--store", "redis"),
             ("--redis-url", "redis://127.0.0.1:9/"),
+            ("--memcached-url", "memcache://127.0.0.1:9"),
+            ("--database-url", "postgres://postgres@127.0.0.1:9/postgres"),
             ("--session-ttl", "7m"),
             ("--store-timeout", "750ms"),
             ("--secure-cookies", ""),

@@ -10,12 +10,11 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use futures_util::future::join_all;
 use reqwest::header::RETRY_AFTER;
 use reqwest::{Method, StatusCode};
 use shop::shopper::{Shopper, set_cookie_value};
 use stage4::sessions::{RedisSessions, SESSION_COOKIE, SESSION_HEADER, SESSION_KEY_PREFIX};
-use stage4::testing::{SessionShop, request_with_sid};
+use stage4::testing::{SessionShop, add_one_at_once, request_with_sid};
 
 const STAGE4: &str = env!("CARGO_BIN_EXE_stage4");
 
@@ -121,20 +120,7 @@ async fn concurrent_adds_lose_nothing() {
     // Fifty "add one" requests at once, spread over three instances by the
     // balancer. Each is one atomic script in Redis; none overwrites another
     // (stage 3's cookie would keep only whichever answer came back last).
-    let adds = (0..50).map(|_| {
-        let alice = alice.clone();
-        async move { alice.add("TEE-RED-M", 1).await }
-    });
-    let results = join_all(adds).await;
-    let served_by: BTreeSet<String> = results
-        .iter()
-        .map(|r| {
-            r.as_ref()
-                .expect("every add succeeds")
-                .served_by()
-                .to_owned()
-        })
-        .collect();
+    let served_by = add_one_at_once(&alice, "TEE-RED-M", 50).await;
 
     let cart = alice.cart().await.expect("view");
     assert_eq!(cart.qty_of("TEE-RED-M"), 50, "no add was lost");

@@ -1,7 +1,8 @@
 //! The servers a stage depends on, started from the machine's own binaries.
 //!
-//! When a stage needs Redis or PostgreSQL and no URL is given, it runs its
-//! own private server ([`redis::RedisServer`], [`postgres::PostgresCluster`]):
+//! When a stage needs Redis, PostgreSQL or Memcached and no URL is given, it
+//! runs its own private server ([`redis::RedisServer`],
+//! [`postgres::PostgresCluster`], [`memcached::MemcachedServer`]):
 //! free port, temporary directory, stopped when the launcher stops. Tests
 //! use the same code to get a real server they can pause, kill and restart.
 //!
@@ -14,6 +15,7 @@
 //! the system's own service (`systemctl start redis-server`)? It is shared by
 //! everything on the machine, needs root, and outlives the demo.
 
+pub mod memcached;
 pub mod postgres;
 pub mod redis;
 
@@ -275,6 +277,40 @@ impl ManagedProcess {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
+    /// Waits until `probe` says the server answers, polling every `every`:
+    /// an error (with the log's tail) if the process exits first or
+    /// `within` passes. `what` completes "it did not … within Ns".
+    ///
+    /// Why poll and not read the log for "ready to accept connections"? Log
+    /// lines change between versions; a real request does not lie.
+    pub async fn wait_until_ready<F, Fut>(
+        &mut self,
+        within: Duration,
+        every: Duration,
+        what: &str,
+        mut probe: F,
+    ) -> Result<(), ServiceError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.exited() {
+                return Err(self.not_ready(format!("it exited ({status})")));
+            }
+            if probe().await {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(
+                    self.not_ready(format!("it did not {what} within {}s", within.as_secs()))
+                );
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+
     /// A [`ServiceError::NotReady`] carrying the log's last lines.
     pub fn not_ready(&self, reason: impl Into<String>) -> ServiceError {
         ServiceError::NotReady {
@@ -315,6 +351,68 @@ impl ManagedProcess {
 
     fn pid_i32(&self) -> i32 {
         i32::try_from(self.child.id()).unwrap_or(i32::MAX)
+    }
+}
+
+/// The process of a server that tests freeze, crash and restart (Redis,
+/// Memcached), or the gap where it was: each such server answers `pause`,
+/// `resume`, `kill` and `restart` the same way, through this.
+#[derive(Debug)]
+pub(crate) struct ServerProcess {
+    program: &'static str,
+    running: Option<ManagedProcess>,
+}
+
+impl ServerProcess {
+    /// Not started yet.
+    pub(crate) fn not_started(program: &'static str) -> Self {
+        Self {
+            program,
+            running: None,
+        }
+    }
+
+    /// Now running as `process`.
+    pub(crate) fn started(&mut self, process: ManagedProcess) {
+        self.running = Some(process);
+    }
+
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.running.as_ref().map(ManagedProcess::pid)
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open, nothing answers.
+    pub(crate) fn pause(&self) -> std::io::Result<()> {
+        self.send(Signal::SIGSTOP)
+    }
+
+    /// Wakes a paused server (SIGCONT).
+    pub(crate) fn resume(&self) -> std::io::Result<()> {
+        self.send(Signal::SIGCONT)
+    }
+
+    /// Kills the server at once (SIGKILL), as a crash would.
+    pub(crate) fn kill(&mut self) {
+        if let Some(mut process) = self.running.take() {
+            process.kill();
+        }
+    }
+
+    /// Stops the server cleanly (SIGTERM), if it runs, before a restart.
+    pub(crate) fn stop(&mut self) {
+        if let Some(mut process) = self.running.take() {
+            process.stop(Duration::from_secs(10));
+        }
+    }
+
+    fn send(&self, signal: Signal) -> std::io::Result<()> {
+        match &self.running {
+            Some(process) => process.signal(signal),
+            None => Err(std::io::Error::other(format!(
+                "{} is not running",
+                self.program
+            ))),
+        }
     }
 }
 

@@ -20,7 +20,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use tempfile::TempDir;
@@ -115,6 +115,24 @@ impl PostgresCluster {
     /// Stops the primary (fast shutdown); writes must fail with 503.
     pub fn stop_primary(&mut self) {
         stop(&mut self.primary);
+    }
+
+    /// Kills the primary and every one of its processes at once (SIGKILL),
+    /// as a crash would. What was committed is in its write-ahead log, and
+    /// is replayed when it starts again ([`Self::start_primary`]).
+    pub fn kill_primary(&mut self) {
+        if let Some(mut process) = self.primary.process.take() {
+            if let Err(error) = process.signal_tree(Signal::SIGKILL) {
+                tracing::debug!(%error, "the primary's processes were gone already");
+            }
+            process.kill();
+        }
+    }
+
+    /// Starts the stopped (or killed) primary again, on the same port and
+    /// data: it recovers from its write-ahead log.
+    pub async fn start_primary(&mut self) -> Result<(), ServiceError> {
+        self.start_server(true).await
     }
 
     /// Freezes the replica (SIGSTOP to every one of its processes): its
@@ -226,8 +244,14 @@ impl PostgresCluster {
             return Ok(());
         }
         let port = server.port.to_string();
+        // The program's name in errors says which server failed to start.
+        let program = if primary {
+            "postgres (the primary)"
+        } else {
+            "postgres (the replica)"
+        };
         let mut process = ManagedProcess::spawn(
-            "postgres",
+            program,
             &binary,
             [
                 "-D".as_ref(),
@@ -239,28 +263,22 @@ impl PostgresCluster {
             user.as_deref(),
         )?
         .stop_with(Signal::SIGINT);
-        let deadline = Instant::now() + READY_WITHIN;
-        loop {
-            if let Some(status) = process.exited() {
-                return Err(process.not_ready(format!("the {} exited ({status})", server.role)));
-            }
-            let ready = Command::new(&isready)
-                .args(["-q", "-h", "127.0.0.1", "-p", &port, "-t", "1"])
-                .status()
-                .is_ok_and(|s| s.success());
-            if ready {
-                server.process = Some(process);
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(process.not_ready(format!(
-                    "the {} did not accept connections within {}s",
-                    server.role,
-                    READY_WITHIN.as_secs()
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        process
+            .wait_until_ready(
+                READY_WITHIN,
+                Duration::from_millis(50),
+                "accept connections",
+                || {
+                    let accepts = Command::new(&isready)
+                        .args(["-q", "-h", "127.0.0.1", "-p", &port, "-t", "1"])
+                        .status()
+                        .is_ok_and(|s| s.success());
+                    std::future::ready(accepts)
+                },
+            )
+            .await?;
+        server.process = Some(process);
+        Ok(())
     }
 }
 

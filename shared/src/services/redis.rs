@@ -20,15 +20,14 @@
 //! [`RedisServer::kill`] and [`RedisServer::restart`].
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use nix::sys::signal::Signal;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::{ManagedProcess, ServiceError, find_on_path, free_port, private_dir};
+use super::{ManagedProcess, ServerProcess, ServiceError, find_on_path, free_port, private_dir};
 
 /// The variable that points the shop at a Redis it did not start.
 pub const REDIS_URL_ENV: &str = "REDIS_URL";
@@ -59,7 +58,7 @@ const READY_WITHIN: Duration = Duration::from_secs(20);
 #[derive(Debug)]
 pub struct RedisServer {
     // Field order matters: the process stops before its directory goes.
-    process: Option<ManagedProcess>,
+    process: ServerProcess,
     binary: PathBuf,
     port: u16,
     role: RedisRole,
@@ -96,7 +95,7 @@ impl RedisServer {
             variable: REDIS_URL_ENV,
         })?;
         let mut server = Self {
-            process: None,
+            process: ServerProcess::not_started("redis-server"),
             binary,
             port: free_port()?,
             role,
@@ -129,7 +128,7 @@ impl RedisServer {
 
     /// The server's process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
-        self.process.as_ref().map(ManagedProcess::pid)
+        self.process.pid()
     }
 
     /// A plain client connection (for tests and demos to look inside).
@@ -141,35 +140,24 @@ impl RedisServer {
 
     /// Freezes the server (SIGSTOP): connections stay open, nothing answers.
     pub fn pause(&self) -> std::io::Result<()> {
-        self.send(Signal::SIGSTOP)
+        self.process.pause()
     }
 
     /// Wakes a paused server (SIGCONT).
     pub fn resume(&self) -> std::io::Result<()> {
-        self.send(Signal::SIGCONT)
+        self.process.resume()
     }
 
     /// Kills the server at once (SIGKILL), as a crash would.
     pub fn kill(&mut self) {
-        if let Some(mut process) = self.process.take() {
-            process.kill();
-        }
+        self.process.kill();
     }
 
     /// Stops the server cleanly (SIGTERM), if it runs, and starts it again
     /// on the same port with the same directory, so it reloads its data.
     pub async fn restart(&mut self) -> Result<(), ServiceError> {
-        if let Some(mut process) = self.process.take() {
-            process.stop(Duration::from_secs(10));
-        }
+        self.process.stop();
         self.launch().await
-    }
-
-    fn send(&self, signal: Signal) -> std::io::Result<()> {
-        match &self.process {
-            Some(process) => process.signal(signal),
-            None => Err(std::io::Error::other("redis-server is not running")),
-        }
     }
 
     fn log_path(&self) -> PathBuf {
@@ -220,23 +208,17 @@ impl RedisServer {
         }
         let mut process =
             ManagedProcess::spawn("redis-server", &self.binary, args, &self.log_path(), None)?;
-        let deadline = Instant::now() + READY_WITHIN;
-        loop {
-            if let Some(status) = process.exited() {
-                return Err(process.not_ready(format!("it exited ({status})")));
-            }
-            if ping(self.port).await {
-                self.process = Some(process);
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(process.not_ready(format!(
-                    "it did not answer PING within {}s",
-                    READY_WITHIN.as_secs()
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        let port = self.port;
+        process
+            .wait_until_ready(
+                READY_WITHIN,
+                Duration::from_millis(25),
+                "answer PING",
+                || ping(port),
+            )
+            .await?;
+        self.process.started(process);
+        Ok(())
     }
 }
 

@@ -1,16 +1,17 @@
-//! What Redis answers for a cart operation, as a type.
+//! What a store answers for a cart operation, as a type.
 //!
-//! `cart.lua` replies with a flat list whose first element says what
+//! Every store's answer is read into [`Answer`] once, where it arrives,
+//! so that nothing else matches on strings. Redis's `cart.lua` replies with a flat list whose first element says what
 //! happened (`ok`, `unknown`, `taken`, `cart_full`, `line_full`); the rest
 //! is the cart's hash (`ok`) or the refused total (`line_full`). A replay
 //! of a change already made (same idempotency key) is the first answer
-//! with `replay` in front. This is read into [`Answer`] once, where the
-//! reply arrives, so that nothing else matches on strings.
+//! with `replay` in front. The Memcached store keeps answers it
+//! recorded (for idempotency keys) as JSON, through serde.
 
 use redis::{FromRedisValue, ParsingError, Value};
 
-/// One cart operation's outcome in Redis.
-#[derive(Debug, PartialEq, Eq)]
+/// One cart operation's outcome in a store.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) enum Answer {
     /// Applied (or only looked at): the cart's hash afterwards, as
     /// `(SKU, quantity)` pairs.

@@ -1,0 +1,133 @@
+//! Where the sessions are kept: one flag, `--store`, and a module per
+//! choice.
+//!
+//! | `--store` | what AWS runs | a change is atomic by | after `kill -9` and a restart |
+//! | --- | --- | --- | --- |
+//! | `redis` (default) | ElastiCache for Redis | one Lua script | every cart (append-only file) |
+//! | `memcached` | ElastiCache for Memcached | `gets` + `cas`, retried | no cart at all |
+//! | `postgres` | RDS for PostgreSQL | a transaction, the session's row locked | every cart (write-ahead log) |
+//!
+//! Each store implements [`crate::sessions::SessionStore`] (read, change,
+//! delete); what a session *is* (cookies, ids, idempotency, the notices) is
+//! written once, in [`crate::sessions`]. [`Store`] is the one a stage-4
+//! instance was started with.
+
+pub mod memcached;
+pub mod postgres;
+pub mod redis;
+
+use std::collections::HashMap;
+
+use cookie::{Cookie, CookieJar};
+use serde::Serialize;
+use shop::cart::CartOp;
+use shop::{ApiError, CartReply, CartRequest, CartStore, IdempotencyKey};
+
+use crate::sessions::{self, Answer, Mode, SessionSettings, SessionStore};
+pub use memcached::MemcachedSessions;
+pub use postgres::PostgresSessions;
+pub use redis::RedisSessions;
+
+/// The choices of `--store`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StoreKind {
+    /// Redis: durable with its append-only file, atomic by Lua script.
+    #[default]
+    Redis,
+    /// Memcached: memory only, evicts when full, atomic by `gets`/`cas`.
+    Memcached,
+    /// PostgreSQL: durable, atomic by transaction, a row per cart line.
+    Postgres,
+}
+
+impl StoreKind {
+    /// The name `--store` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Redis => "redis",
+            Self::Memcached => "memcached",
+            Self::Postgres => "postgres",
+        }
+    }
+}
+
+/// The session store a stage-4 instance was started with.
+#[derive(Debug)]
+pub enum Store {
+    Redis(RedisSessions),
+    Memcached(MemcachedSessions),
+    Postgres(PostgresSessions),
+}
+
+impl Store {
+    /// Ends the session the request names (see [`sessions::end`]).
+    pub async fn end(&self, cookies: &CookieJar) -> Result<Cookie<'static>, ApiError> {
+        sessions::end(self, cookies).await
+    }
+
+    /// What the store itself reports, for `/metrics`: its name, and for
+    /// Memcached its counters (`evictions` above all: carts it dropped to
+    /// make room, without telling anyone).
+    pub async fn stats(&self) -> Result<(StoreKind, HashMap<String, String>), ApiError> {
+        match self {
+            Self::Redis(_) => Ok((StoreKind::Redis, HashMap::new())),
+            Self::Memcached(store) => Ok((StoreKind::Memcached, store.stats().await?)),
+            Self::Postgres(_) => Ok((StoreKind::Postgres, HashMap::new())),
+        }
+    }
+}
+
+impl SessionStore for Store {
+    fn settings(&self) -> &SessionSettings {
+        match self {
+            Self::Redis(store) => store.settings(),
+            Self::Memcached(store) => store.settings(),
+            Self::Postgres(store) => store.settings(),
+        }
+    }
+
+    fn label(&self) -> &'static str {
+        match self {
+            Self::Redis(store) => store.label(),
+            Self::Memcached(store) => store.label(),
+            Self::Postgres(store) => store.label(),
+        }
+    }
+
+    async fn read(&self, id: &str) -> Result<Answer, ApiError> {
+        match self {
+            Self::Redis(store) => store.read(id).await,
+            Self::Memcached(store) => store.read(id).await,
+            Self::Postgres(store) => store.read(id).await,
+        }
+    }
+
+    async fn change(
+        &self,
+        id: &str,
+        mode: Mode,
+        op: &CartOp,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Answer, ApiError> {
+        match self {
+            Self::Redis(store) => store.change(id, mode, op, key).await,
+            Self::Memcached(store) => store.change(id, mode, op, key).await,
+            Self::Postgres(store) => store.change(id, mode, op, key).await,
+        }
+    }
+
+    async fn delete(&self, id: &str) -> Result<(), ApiError> {
+        match self {
+            Self::Redis(store) => store.delete(id).await,
+            Self::Memcached(store) => store.delete(id).await,
+            Self::Postgres(store) => store.delete(id).await,
+        }
+    }
+}
+
+impl CartStore for Store {
+    async fn apply(&self, request: CartRequest<'_>) -> Result<CartReply, ApiError> {
+        sessions::apply(self, request).await
+    }
+}

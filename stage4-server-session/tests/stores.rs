@@ -1,0 +1,202 @@
+//! Every `--store` of stage 4 on a bad day, as tests: a real server of
+//! each kind, three real instances, real HTTP through the real `lb`.
+//!
+//! Whatever keeps the sessions, the shop keeps the same promises: a frozen
+//! store gives a quick 503 (never a hang, never an empty cart), a retried
+//! change is applied once, a refused change is the same 4xx, and the cart
+//! is whole when the store comes back. What a crash keeps differs, and is
+//! the reason to pick one store over another.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use shop::shopper::{CartSeen, Shopper};
+use stage4::sessions::{SESSION_HEADER, STORE_HEADER};
+use stage4::stores::StoreKind;
+use stage4::testing::{StoreShop, add_one_at_once};
+
+const STAGE4: &str = env!("CARGO_BIN_EXE_stage4");
+const EVERY_STORE: [StoreKind; 3] = [StoreKind::Redis, StoreKind::Memcached, StoreKind::Postgres];
+/// A generous store timeout, for the tests that are not about outages.
+const PATIENT: &[(&str, &str)] = &[("SHOP_STORE_TIMEOUT", "10s")];
+
+fn header<'a>(seen: &'a CartSeen, name: &reqwest::header::HeaderName) -> &'a str {
+    seen.headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+}
+
+/// Polls `GET /api/cart` until it answers 200 (the store back).
+async fn cart_once_the_store_answers(shopper: &Shopper, kind: StoreKind) -> CartSeen {
+    for _ in 0..300 {
+        match shopper.cart().await {
+            Ok(cart) => return cart,
+            Err(error) => assert_eq!(
+                error.status(),
+                Some(StatusCode::SERVICE_UNAVAILABLE),
+                "{}: while the store recovers, only 503: {error}",
+                kind.name()
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{}: the shop did not recover with its store", kind.name());
+}
+
+#[tokio::test]
+async fn every_store_answers_quickly_when_frozen() {
+    for kind in EVERY_STORE {
+        // The real default store timeout (500 ms). The client gives up
+        // after five seconds: a shop that waited on the frozen store
+        // instead of answering fails here.
+        let shop = StoreShop::start(STAGE4, kind, &[]).await;
+        let alice = shop.shopper();
+        alice.add("TEE-RED-M", 2).await.expect("add");
+
+        shop.store.freeze();
+        for (method, path, body) in [
+            (reqwest::Method::GET, "/api/cart", None),
+            (
+                reqwest::Method::POST,
+                "/api/cart/items",
+                Some(serde_json::json!({ "sku": "SOCK-GREY-L", "qty": 1 })),
+            ),
+        ] {
+            let mut request = alice.http().request(method.clone(), alice.url(path));
+            if let Some(body) = &body {
+                request = request.json(body);
+            }
+            // The shopper's own client (its cookie), with a deadline.
+            let response = request
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "{}: {method} {path}: an answer, not a hang: {e}",
+                        kind.name()
+                    )
+                });
+            assert_eq!(
+                response.status(),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "{}: {method} {path}",
+                kind.name()
+            );
+            let body: serde_json::Value = response.json().await.expect("json");
+            assert_eq!(body["error"], "session_store_unavailable", "{body}");
+        }
+
+        shop.store.thaw();
+        let back = cart_once_the_store_answers(&alice, kind).await;
+        assert_eq!(
+            back.qty_of("TEE-RED-M"),
+            2,
+            "{}: the cart is whole",
+            kind.name()
+        );
+        assert_eq!(header(&back, &SESSION_HEADER), "resumed");
+        shop.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_retried_change_is_applied_once_in_every_store() {
+    for kind in EVERY_STORE {
+        let shop = StoreShop::start(STAGE4, kind, PATIENT).await;
+        let alice = shop.shopper();
+        alice.add("SOCK-GREY-L", 1).await.expect("a first change");
+        let add = shop::cart::CartOp::Add(
+            shop::cart::KnownSku::new("TEE-RED-M").expect("a SKU"),
+            shop::cart::Quantity::new(3).expect("a quantity"),
+        );
+        // The same change sent three times (its answers lost, say), with
+        // one key: applied once, and the retries say they are replays.
+        let first = alice
+            .apply(add, Some("retry-me-1"))
+            .await
+            .expect("first try");
+        for _ in 0..2 {
+            let again = alice.apply(add, Some("retry-me-1")).await.expect("a retry");
+            assert_eq!(
+                again
+                    .headers
+                    .get("idempotent-replayed")
+                    .map(|v| v.as_bytes()),
+                Some(&b"true"[..]),
+                "{}",
+                kind.name()
+            );
+            assert_eq!(again.qty_of("TEE-RED-M"), first.qty_of("TEE-RED-M"));
+        }
+        let cart = alice.cart().await.expect("view");
+        assert_eq!(cart.qty_of("TEE-RED-M"), 3, "{}: applied once", kind.name());
+        shop.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_full_line_is_the_same_4xx_in_every_store() {
+    for kind in EVERY_STORE {
+        let shop = StoreShop::start(STAGE4, kind, PATIENT).await;
+        let alice = shop.shopper();
+        let added = alice.add("TEE-RED-M", 90).await.expect("add");
+        assert!(
+            header(&added, &STORE_HEADER).starts_with(kind.name()),
+            "the answer names its store: {:?}",
+            added.headers
+        );
+        let refused = alice
+            .add("TEE-RED-M", 10)
+            .await
+            .expect_err("a 100th item is refused");
+        assert_eq!(
+            refused.status(),
+            Some(StatusCode::UNPROCESSABLE_ENTITY),
+            "{}: {refused}",
+            kind.name()
+        );
+        let cart = alice.cart().await.expect("view");
+        assert_eq!(
+            cart.qty_of("TEE-RED-M"),
+            90,
+            "{}: nothing changed",
+            kind.name()
+        );
+        shop.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn durable_stores_keep_every_cart_through_kill_and_restart() {
+    for kind in [StoreKind::Redis, StoreKind::Postgres] {
+        let mut shop = StoreShop::start(STAGE4, kind, PATIENT).await;
+        let alice = shop.shopper();
+        alice.add("HOOD-NAVY-S", 4).await.expect("add");
+
+        // kill -9: Redis has the change in its append-only file,
+        // PostgreSQL in its write-ahead log, before either answered.
+        shop.store.kill();
+        shop.store.restart().await;
+        let back = cart_once_the_store_answers(&alice, kind).await;
+        assert_eq!(back.qty_of("HOOD-NAVY-S"), 4, "{}: kept", kind.name());
+        assert_eq!(header(&back, &SESSION_HEADER), "resumed");
+        shop.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn postgres_concurrent_adds_are_atomic() {
+    let shop = StoreShop::start(STAGE4, StoreKind::Postgres, PATIENT).await;
+    let alice = shop.shopper();
+    alice.add("SOCK-GREY-L", 1).await.expect("a first change");
+
+    // Fifty "add one" at once over three instances: each is a transaction
+    // that locks the session's row first, so they take turns; each upsert
+    // adds to what the previous one committed.
+    add_one_at_once(&alice, "TEE-RED-M", 50).await;
+    let cart = alice.cart().await.expect("view");
+    assert_eq!(cart.qty_of("TEE-RED-M"), 50, "no add was lost");
+    shop.stop().await;
+}
