@@ -15,10 +15,10 @@
 //! `DELETE /api/session` route to end a session ([`routes`]). The balancer
 //! stays plain round-robin. The instances share one thing: the store.
 //!
-//! **Which store:** `--store redis` (the default), `memcached` or
-//! `postgres` ([`stores`] compares them). `stage4 up` starts a private
+//! **Which store:** `--store redis` (the default), `memcached`, `postgres`
+//! or `dynamodb` ([`stores`] compares them). `stage4 up` starts a private
 //! server of the chosen kind when its URL (`REDIS_URL`, `MEMCACHED_URL`,
-//! `DATABASE_URL`) is unset. Each answer names its store in
+//! `DATABASE_URL`, `DYNAMODB_URL`) is unset. Each answer names its store in
 //! `X-Session-Store`, and the page shows it with its trade-off.
 //!
 //! **Run it:** `cargo run -p stage4`, open <http://127.0.0.1:8080>, kill
@@ -36,7 +36,7 @@
 //! The modules: [`sessions`] (what every store shares: the cookie, renewal,
 //! the once-only rule for retried changes, the [`sessions::SessionStore`]
 //! trait), [`stores`] (Redis with Lua scripts, Memcached with `cas`,
-//! PostgreSQL with transactions), [`error`] (their failures: the store not
+//! PostgreSQL with transactions, DynamoDB with conditional updates), [`error`] (their failures: the store not
 //! answering, busy, or full), [`routes`] (ending a session, `/metrics`),
 //! `page` (the store's badge). Stage 5 keeps its sessions here too.
 
@@ -52,13 +52,17 @@ pub mod testing;
 use std::time::Duration;
 
 use serde::Serialize;
+use shop::services::dynamodb::{DYNAMODB_URL_ENV, DynamoServer};
 use shop::services::memcached::{MEMCACHED_URL_ENV, MemcachedServer};
 use shop::services::postgres::{DATABASE_URL_ENV, PostgresCluster};
 use shop::services::redis::{REDIS_URL_ENV, RedisServer};
 use shop::{BoxError, Scope, Services, Stage, StageInfo};
 
 use crate::sessions::SessionSettings;
-use crate::stores::{MemcachedSessions, PostgresSessions, RedisSessions, Store, StoreKind};
+use crate::stores::dynamodb::Credentialed;
+use crate::stores::{
+    DynamoSessions, MemcachedSessions, PostgresSessions, RedisSessions, Store, StoreKind,
+};
 
 /// Stage 4: carts in a shared session store (Redis by default), behind round-robin.
 #[derive(Debug)]
@@ -108,7 +112,8 @@ pub struct SessionArgs {
 pub struct Stage4Args {
     /// Where the sessions live: `redis` (durable, atomic by Lua script),
     /// `memcached` (memory only: a restart forgets every cart; atomic by
-    /// gets/cas) or `postgres` (durable, atomic by transaction).
+    /// gets/cas), `postgres` (durable, atomic by transaction) or `dynamodb`
+    /// (durable, atomic by conditional update).
     #[arg(long, env = "SHOP_SESSION_STORE", value_enum, default_value_t)]
     pub store: StoreKind,
     /// The Memcached that holds the sessions (`--store memcached`). Unset:
@@ -119,6 +124,16 @@ pub struct Stage4Args {
     /// a private server is started (and stopped on exit).
     #[arg(long, env = DATABASE_URL_ENV, hide_env_values = true)]
     pub database_url: Option<String>,
+    /// The DynamoDB endpoint that holds the sessions (`--store dynamodb`),
+    /// signed for with the SDK's default credentials (environment,
+    /// profile, instance role). Unset: a private `dynalite` is started.
+    #[arg(long, env = DYNAMODB_URL_ENV, hide_env_values = true)]
+    pub dynamodb_url: Option<String>,
+    /// Sign DynamoDB requests with made-up local credentials, as dynalite
+    /// and DynamoDB Local accept (`up` sets this when it starts dynalite).
+    /// Off: the SDK's default chain (environment, profile, instance role).
+    #[arg(long, env = "SHOP_DYNAMODB_LOCAL_CREDENTIALS")]
+    pub dynamodb_local_credentials: bool,
     #[command(flatten)]
     #[serde(flatten)]
     pub session: SessionArgs,
@@ -159,6 +174,21 @@ impl Stage4Args {
                 }
                 Ok(())
             }
+            StoreKind::Dynamodb => {
+                if self.dynamodb_url.is_none() {
+                    let server = DynamoServer::start().await?;
+                    let url = server.url();
+                    services.keep(
+                        server,
+                        format!(
+                            "DynamoDB:   {url}   (private dynalite: DynamoDB's API over LevelDB; set {DYNAMODB_URL_ENV} to use your own)"
+                        ),
+                    );
+                    self.dynamodb_url = Some(url);
+                    self.dynamodb_local_credentials = true;
+                }
+                Ok(())
+            }
         }
     }
 
@@ -186,6 +216,24 @@ impl Stage4Args {
                     format!("cannot prepare the sessions tables at {DATABASE_URL_ENV}: {error}")
                 })?;
                 Store::Postgres(store)
+            }
+            StoreKind::Dynamodb => {
+                let url = self.dynamodb_url.as_deref().ok_or_else(|| {
+                    format!(
+                        "no DynamoDB to keep sessions in: set {DYNAMODB_URL_ENV}=http://host:port (or AWS's endpoint)"
+                    )
+                })?;
+                let credentials = if self.dynamodb_local_credentials {
+                    Credentialed::Local
+                } else {
+                    Credentialed::DefaultChain
+                };
+                let store =
+                    DynamoSessions::connect(url, credentials, self.session.settings()).await?;
+                store.prepare().await.map_err(|error| {
+                    format!("cannot prepare the sessions table at {DYNAMODB_URL_ENV}: {error}")
+                })?;
+                Store::Dynamodb(store)
             }
         })
     }

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use shop::StageInfo;
+use shop::services::dynamodb::{DYNAMODB_URL_ENV, DynamoServer};
 use shop::services::memcached::{DEFAULT_MEMORY_MB, MEMCACHED_URL_ENV, MemcachedServer};
 use shop::services::postgres::{DATABASE_URL_ENV, PostgresCluster};
 use shop::services::redis::{REDIS_URL_ENV, RedisServer};
@@ -12,7 +13,8 @@ use shop::shopper::Shopper;
 use shop::topology::{Topology, TopologyConfig};
 
 use crate::sessions::SESSION_COOKIE;
-use crate::stores::StoreKind;
+use crate::stores::dynamodb::Credentialed;
+use crate::stores::{DynamoSessions, StoreKind};
 
 /// A stage whose sessions live in a `redis-server` the test controls.
 #[derive(Debug)]
@@ -81,6 +83,7 @@ pub enum StoreServer {
     Redis(RedisServer),
     Memcached(MemcachedServer),
     Postgres(PostgresCluster),
+    Dynamodb(DynamoServer),
 }
 
 impl StoreServer {
@@ -99,6 +102,11 @@ impl StoreServer {
                     .await
                     .unwrap_or_else(|e| panic!("a private PostgreSQL is needed: {e}")),
             ),
+            StoreKind::Dynamodb => Self::Dynamodb(
+                DynamoServer::start()
+                    .await
+                    .unwrap_or_else(|e| panic!("a private dynalite is needed: {e}")),
+            ),
         }
     }
 
@@ -116,20 +124,59 @@ impl StoreServer {
             Self::Redis(_) => StoreKind::Redis,
             Self::Memcached(_) => StoreKind::Memcached,
             Self::Postgres(_) => StoreKind::Postgres,
+            Self::Dynamodb(_) => StoreKind::Dynamodb,
         }
     }
 
     /// The variables that point stage 4 at this server.
-    fn env(&self) -> [(&'static str, String); 2] {
+    fn env(&self) -> Vec<(&'static str, String)> {
         let (variable, url) = match self {
             Self::Redis(server) => (REDIS_URL_ENV, server.url()),
             Self::Memcached(server) => (MEMCACHED_URL_ENV, server.url()),
             Self::Postgres(cluster) => (DATABASE_URL_ENV, cluster.primary_url()),
+            Self::Dynamodb(server) => (DYNAMODB_URL_ENV, server.url()),
         };
-        [
+        let mut env = vec![
             ("SHOP_SESSION_STORE", self.kind().name().to_owned()),
             (variable, url),
-        ]
+        ];
+        if let Self::Dynamodb(_) = self {
+            // A server the shop did not start is signed for with the SDK's
+            // default credentials: here, the environment's.
+            env.extend([
+                ("AWS_ACCESS_KEY_ID", "local".to_owned()),
+                ("AWS_SECRET_ACCESS_KEY", "local".to_owned()),
+                ("AWS_REGION", "us-east-1".to_owned()),
+            ]);
+        }
+        env
+    }
+
+    /// Every item in the DynamoDB sessions table, as the server holds it
+    /// (expired ones too: nothing deletes them here). Panics for another
+    /// kind of store.
+    pub async fn dynamodb_items(
+        &self,
+    ) -> Vec<std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>> {
+        let Self::Dynamodb(server) = self else {
+            panic!("not a DynamoDB store: {:?}", self.kind());
+        };
+        let settings = crate::sessions::SessionSettings {
+            ttl: Duration::from_secs(60),
+            timeout: Duration::from_secs(10),
+            secure_cookies: false,
+        };
+        let store = DynamoSessions::connect(&server.url(), Credentialed::Local, settings)
+            .await
+            .expect("an SDK client");
+        let scanned = store
+            .client()
+            .scan()
+            .table_name(crate::stores::dynamodb::TABLE)
+            .send()
+            .await
+            .expect("Scan");
+        scanned.items.unwrap_or_default()
     }
 
     /// Freezes the server (SIGSTOP): connections stay open, nothing answers.
@@ -138,6 +185,7 @@ impl StoreServer {
             Self::Redis(server) => server.pause(),
             Self::Memcached(server) => server.pause(),
             Self::Postgres(cluster) => cluster.freeze_primary(),
+            Self::Dynamodb(server) => server.pause(),
         }
         .expect("SIGSTOP");
     }
@@ -148,6 +196,7 @@ impl StoreServer {
             Self::Redis(server) => server.resume(),
             Self::Memcached(server) => server.resume(),
             Self::Postgres(cluster) => cluster.thaw_primary(),
+            Self::Dynamodb(server) => server.resume(),
         }
         .expect("SIGCONT");
     }
@@ -158,16 +207,18 @@ impl StoreServer {
             Self::Redis(server) => server.kill(),
             Self::Memcached(server) => server.kill(),
             Self::Postgres(cluster) => cluster.kill_primary(),
+            Self::Dynamodb(server) => server.kill(),
         }
     }
 
-    /// Starts the killed server again, on the same port (and, for Redis
-    /// and PostgreSQL, the same data).
+    /// Starts the killed server again, on the same port (and, for Redis,
+    /// PostgreSQL and DynamoDB, the same data).
     pub async fn restart(&mut self) {
         match self {
             Self::Redis(server) => server.restart().await,
             Self::Memcached(server) => server.restart().await,
             Self::Postgres(cluster) => cluster.start_primary().await,
+            Self::Dynamodb(server) => server.restart().await,
         }
         .expect("the store starts again");
     }
@@ -210,6 +261,24 @@ impl StoreShop {
     /// A new shopper (an empty cookie jar) at the balancer.
     pub fn shopper(&self) -> Shopper {
         Shopper::new(self.url()).expect("an HTTP client")
+    }
+
+    /// A shopper with one line sends fifty "add one" of another at once
+    /// (spread over the instances); asserts that the cart holds all fifty
+    /// and its first line still, then stops the shop.
+    pub async fn assert_concurrent_adds_all_land(self) {
+        let alice = self.shopper();
+        alice.add("SOCK-GREY-L", 1).await.expect("a first change");
+        add_one_at_once(&alice, "TEE-RED-M", 50).await;
+        let cart = alice.cart().await.expect("view");
+        assert_eq!(
+            cart.qty_of("TEE-RED-M"),
+            50,
+            "{}: no add was lost",
+            self.store.kind().name()
+        );
+        assert_eq!(cart.qty_of("SOCK-GREY-L"), 1, "nor the first line");
+        self.stop().await;
     }
 
     pub async fn stop(self) {

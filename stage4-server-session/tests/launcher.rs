@@ -91,6 +91,8 @@ fn up_flags_reach_every_instance() {
             ("--redis-url", "redis://127.0.0.1:9/"),
             ("--memcached-url", "memcache://127.0.0.1:9"),
             ("--database-url", "postgres://postgres@127.0.0.1:9/postgres"),
+            ("--dynamodb-url", "http://127.0.0.1:9"),
+            ("--dynamodb-local-credentials", ""),
             ("--session-ttl", "7m"),
             ("--store-timeout", "750ms"),
             ("--secure-cookies", ""),

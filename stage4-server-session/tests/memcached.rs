@@ -11,7 +11,7 @@ use reqwest::StatusCode;
 use shop::shopper::Shopper;
 use stage4::sessions::{SESSION_HEADER, STORE_HEADER};
 use stage4::stores::StoreKind;
-use stage4::testing::{StoreServer, StoreShop, add_one_at_once};
+use stage4::testing::{StoreServer, StoreShop};
 
 const STAGE4: &str = env!("CARGO_BIN_EXE_stage4");
 
@@ -129,16 +129,11 @@ async fn memcached_evicts_carts_silently_when_full() {
 
 #[tokio::test]
 async fn memcached_cas_keeps_every_concurrent_add() {
-    let shop = StoreShop::start(STAGE4, StoreKind::Memcached, PATIENT).await;
-    let alice = shop.shopper();
-    alice.add("SOCK-GREY-L", 1).await.expect("a first change");
-
     // Fifty "add one" at once over three instances: each reads the record,
     // changes it, and writes it back only if nobody wrote it meanwhile
     // (`cas`); the losers read again and retry. None is lost.
-    add_one_at_once(&alice, "TEE-RED-M", 50).await;
-    let cart = alice.cart().await.expect("view");
-    assert_eq!(cart.qty_of("TEE-RED-M"), 50, "no add was lost");
-    assert_eq!(cart.qty_of("SOCK-GREY-L"), 1, "nor the first line");
-    shop.stop().await;
+    StoreShop::start(STAGE4, StoreKind::Memcached, PATIENT)
+        .await
+        .assert_concurrent_adds_all_land()
+        .await;
 }

@@ -10,13 +10,20 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
+use shop::Catalog;
+use shop::cart::MAX_LINES;
 use shop::shopper::{CartSeen, Shopper};
 use stage4::sessions::{SESSION_HEADER, STORE_HEADER};
 use stage4::stores::StoreKind;
-use stage4::testing::{StoreShop, add_one_at_once};
+use stage4::testing::StoreShop;
 
 const STAGE4: &str = env!("CARGO_BIN_EXE_stage4");
-const EVERY_STORE: [StoreKind; 3] = [StoreKind::Redis, StoreKind::Memcached, StoreKind::Postgres];
+const EVERY_STORE: [StoreKind; 4] = [
+    StoreKind::Redis,
+    StoreKind::Memcached,
+    StoreKind::Postgres,
+    StoreKind::Dynamodb,
+];
 /// A generous store timeout, for the tests that are not about outages.
 const PATIENT: &[(&str, &str)] = &[("SHOP_STORE_TIMEOUT", "10s")];
 
@@ -168,35 +175,131 @@ async fn a_full_line_is_the_same_4xx_in_every_store() {
     }
 }
 
+/// Adds a line, kills the store with `kill -9`, starts it again, and
+/// checks that the cart came back whole.
+async fn cart_survives_kill_and_restart(kind: StoreKind) {
+    let mut shop = StoreShop::start(STAGE4, kind, PATIENT).await;
+    let alice = shop.shopper();
+    alice.add("HOOD-NAVY-S", 4).await.expect("add");
+
+    // kill -9: each durable store wrote the change down before it
+    // answered (Redis its append-only file, PostgreSQL its write-ahead
+    // log, dynalite its LevelDB log).
+    shop.store.kill();
+    shop.store.restart().await;
+    let back = cart_once_the_store_answers(&alice, kind).await;
+    assert_eq!(back.qty_of("HOOD-NAVY-S"), 4, "{}: kept", kind.name());
+    assert_eq!(header(&back, &SESSION_HEADER), "resumed");
+    shop.stop().await;
+}
+
 #[tokio::test]
 async fn durable_stores_keep_every_cart_through_kill_and_restart() {
     for kind in [StoreKind::Redis, StoreKind::Postgres] {
-        let mut shop = StoreShop::start(STAGE4, kind, PATIENT).await;
-        let alice = shop.shopper();
-        alice.add("HOOD-NAVY-S", 4).await.expect("add");
-
-        // kill -9: Redis has the change in its append-only file,
-        // PostgreSQL in its write-ahead log, before either answered.
-        shop.store.kill();
-        shop.store.restart().await;
-        let back = cart_once_the_store_answers(&alice, kind).await;
-        assert_eq!(back.qty_of("HOOD-NAVY-S"), 4, "{}: kept", kind.name());
-        assert_eq!(header(&back, &SESSION_HEADER), "resumed");
-        shop.stop().await;
+        cart_survives_kill_and_restart(kind).await;
     }
 }
 
 #[tokio::test]
-async fn postgres_concurrent_adds_are_atomic() {
-    let shop = StoreShop::start(STAGE4, StoreKind::Postgres, PATIENT).await;
-    let alice = shop.shopper();
-    alice.add("SOCK-GREY-L", 1).await.expect("a first change");
+async fn dynamodb_cart_survives_store_kill_and_restart() {
+    cart_survives_kill_and_restart(StoreKind::Dynamodb).await;
+}
 
+#[tokio::test]
+async fn postgres_concurrent_adds_are_atomic() {
     // Fifty "add one" at once over three instances: each is a transaction
     // that locks the session's row first, so they take turns; each upsert
     // adds to what the previous one committed.
-    add_one_at_once(&alice, "TEE-RED-M", 50).await;
+    StoreShop::start(STAGE4, StoreKind::Postgres, PATIENT)
+        .await
+        .assert_concurrent_adds_all_land()
+        .await;
+}
+
+#[tokio::test]
+async fn dynamodb_concurrent_adds_are_atomic() {
+    // Fifty "add one" at once over three instances: each is one
+    // `UpdateItem` (`ADD cart.#sku :q`), which DynamoDB applies to the
+    // item atomically; none reads the cart into an instance first.
+    StoreShop::start(STAGE4, StoreKind::Dynamodb, PATIENT)
+        .await
+        .assert_concurrent_adds_all_land()
+        .await;
+}
+
+#[tokio::test]
+async fn dynamodb_cart_line_limit_is_a_condition() {
+    let shop = StoreShop::start(STAGE4, StoreKind::Dynamodb, PATIENT).await;
+    let alice = shop.shopper();
+    let skus: Vec<&'static str> = Catalog::get()
+        .products()
+        .iter()
+        .map(|p| p.sku.as_str())
+        .take(MAX_LINES + 10)
+        .collect();
+    assert_eq!(skus.len(), MAX_LINES + 10, "the catalog has enough SKUs");
+    for sku in &skus[..MAX_LINES - 1] {
+        alice.add(sku, 1).await.expect("fits");
+    }
+
+    // One line left, and eleven new lines asked for at once. The limit is
+    // the update's condition (`size(cart) < 200`), checked by DynamoDB as
+    // it writes: exactly one gets the last line. (Had each instance read
+    // the cart and then written, several would have seen room.)
+    let mut adds = tokio::task::JoinSet::new();
+    for &sku in &skus[MAX_LINES - 1..] {
+        let alice = alice.clone();
+        adds.spawn(async move { alice.add(sku, 1).await });
+    }
+    let (mut added, mut refused) = (0, 0);
+    while let Some(done) = adds.join_next().await {
+        match done.expect("the add ran") {
+            Ok(_) => added += 1,
+            Err(error) => {
+                assert_eq!(
+                    error.status(),
+                    Some(StatusCode::UNPROCESSABLE_ENTITY),
+                    "a full cart is a 422, not a 5xx: {error}"
+                );
+                assert!(error.to_string().contains("cart_full"), "{error}");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!((added, refused), (1, 10));
     let cart = alice.cart().await.expect("view");
-    assert_eq!(cart.qty_of("TEE-RED-M"), 50, "no add was lost");
+    assert_eq!(cart.body.lines.len(), MAX_LINES);
+    shop.stop().await;
+}
+
+#[tokio::test]
+async fn dynamodb_expired_session_is_refused_before_deletion() {
+    let shop = StoreShop::start(
+        STAGE4,
+        StoreKind::Dynamodb,
+        &[("SHOP_SESSION_TTL", "1s"), ("SHOP_STORE_TIMEOUT", "10s")],
+    )
+    .await;
+    let alice = shop.shopper();
+    alice.add("TEE-RED-M", 2).await.expect("add");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // The session's item is still in the table: dynalite has no TTL, and
+    // AWS deletes expired items only lazily (typically within two days).
+    let items = shop.store.dynamodb_items().await;
+    assert_eq!(items.len(), 1, "the expired item is not deleted yet");
+
+    // Yet the shop does not serve it: every read checks the expiry itself.
+    let cart = alice.cart().await.expect("a fresh empty cart");
+    assert_eq!(
+        cart.qty_of("TEE-RED-M"),
+        0,
+        "the expired cart is not served"
+    );
+    assert_eq!(header(&cart, &SESSION_HEADER), "none; reason=unknown");
+    // Nor can a change bring it back to life.
+    let again = alice.add("SOCK-GREY-L", 1).await.expect("a new session");
+    assert_eq!(again.qty_of("TEE-RED-M"), 0, "not resurrected");
+    assert_eq!(shop.store.dynamodb_items().await.len(), 2, "a new item");
     shop.stop().await;
 }

@@ -1,8 +1,9 @@
 //! The servers a stage depends on, started from the machine's own binaries.
 //!
-//! When a stage needs Redis, PostgreSQL or Memcached and no URL is given, it
-//! runs its own private server ([`redis::RedisServer`],
-//! [`postgres::PostgresCluster`], [`memcached::MemcachedServer`]):
+//! When a stage needs Redis, PostgreSQL, Memcached or DynamoDB and no URL is
+//! given, it runs its own private server ([`redis::RedisServer`],
+//! [`postgres::PostgresCluster`], [`memcached::MemcachedServer`],
+//! [`dynamodb::DynamoServer`]):
 //! free port, temporary directory, stopped when the launcher stops. Tests
 //! use the same code to get a real server they can pause, kill and restart.
 //!
@@ -15,6 +16,7 @@
 //! the system's own service (`systemctl start redis-server`)? It is shared by
 //! everything on the machine, needs root, and outlives the demo.
 
+pub mod dynamodb;
 pub mod memcached;
 pub mod postgres;
 pub mod redis;
@@ -40,6 +42,16 @@ pub enum ServiceError {
     Missing {
         program: &'static str,
         package: &'static str,
+        variable: &'static str,
+    },
+    /// A server installed from npm (at a version pinned in the repository)
+    /// is not installed yet.
+    #[error(
+        "`{program}` is not installed. Install it from the repository's root: `{install}` (Node and npm from Debian/Ubuntu: `apt-get install nodejs npm`), or set {variable} to a server you run yourself"
+    )]
+    MissingNpm {
+        program: &'static str,
+        install: &'static str,
         variable: &'static str,
     },
     /// A balancing engine (nginx, HAProxy) is not on this machine.

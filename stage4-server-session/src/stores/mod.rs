@@ -6,12 +6,14 @@
 //! | `redis` (default) | ElastiCache for Redis | one Lua script | every cart (append-only file) |
 //! | `memcached` | ElastiCache for Memcached | `gets` + `cas`, retried | no cart at all |
 //! | `postgres` | RDS for PostgreSQL | a transaction, the session's row locked | every cart (write-ahead log) |
+//! | `dynamodb` | DynamoDB (three zones) | one conditional `UpdateItem` | every cart |
 //!
 //! Each store implements [`crate::sessions::SessionStore`] (read, change,
 //! delete); what a session *is* (cookies, ids, idempotency, the notices) is
 //! written once, in [`crate::sessions`]. [`Store`] is the one a stage-4
 //! instance was started with.
 
+pub mod dynamodb;
 pub mod memcached;
 pub mod postgres;
 pub mod redis;
@@ -24,6 +26,7 @@ use shop::cart::CartOp;
 use shop::{ApiError, CartReply, CartRequest, CartStore, IdempotencyKey};
 
 use crate::sessions::{self, Answer, Mode, SessionSettings, SessionStore};
+pub use dynamodb::DynamoSessions;
 pub use memcached::MemcachedSessions;
 pub use postgres::PostgresSessions;
 pub use redis::RedisSessions;
@@ -39,6 +42,8 @@ pub enum StoreKind {
     Memcached,
     /// PostgreSQL: durable, atomic by transaction, a row per cart line.
     Postgres,
+    /// DynamoDB: durable, atomic by conditional update, an item per session.
+    Dynamodb,
 }
 
 impl StoreKind {
@@ -48,6 +53,7 @@ impl StoreKind {
             Self::Redis => "redis",
             Self::Memcached => "memcached",
             Self::Postgres => "postgres",
+            Self::Dynamodb => "dynamodb",
         }
     }
 }
@@ -58,6 +64,7 @@ pub enum Store {
     Redis(RedisSessions),
     Memcached(MemcachedSessions),
     Postgres(PostgresSessions),
+    Dynamodb(DynamoSessions),
 }
 
 impl Store {
@@ -74,6 +81,7 @@ impl Store {
             Self::Redis(_) => Ok((StoreKind::Redis, HashMap::new())),
             Self::Memcached(store) => Ok((StoreKind::Memcached, store.stats().await?)),
             Self::Postgres(_) => Ok((StoreKind::Postgres, HashMap::new())),
+            Self::Dynamodb(_) => Ok((StoreKind::Dynamodb, HashMap::new())),
         }
     }
 }
@@ -84,6 +92,7 @@ impl SessionStore for Store {
             Self::Redis(store) => store.settings(),
             Self::Memcached(store) => store.settings(),
             Self::Postgres(store) => store.settings(),
+            Self::Dynamodb(store) => store.settings(),
         }
     }
 
@@ -92,6 +101,7 @@ impl SessionStore for Store {
             Self::Redis(store) => store.label(),
             Self::Memcached(store) => store.label(),
             Self::Postgres(store) => store.label(),
+            Self::Dynamodb(store) => store.label(),
         }
     }
 
@@ -100,6 +110,7 @@ impl SessionStore for Store {
             Self::Redis(store) => store.read(id).await,
             Self::Memcached(store) => store.read(id).await,
             Self::Postgres(store) => store.read(id).await,
+            Self::Dynamodb(store) => store.read(id).await,
         }
     }
 
@@ -114,6 +125,7 @@ impl SessionStore for Store {
             Self::Redis(store) => store.change(id, mode, op, key).await,
             Self::Memcached(store) => store.change(id, mode, op, key).await,
             Self::Postgres(store) => store.change(id, mode, op, key).await,
+            Self::Dynamodb(store) => store.change(id, mode, op, key).await,
         }
     }
 
@@ -122,6 +134,7 @@ impl SessionStore for Store {
             Self::Redis(store) => store.delete(id).await,
             Self::Memcached(store) => store.delete(id).await,
             Self::Postgres(store) => store.delete(id).await,
+            Self::Dynamodb(store) => store.delete(id).await,
         }
     }
 }
