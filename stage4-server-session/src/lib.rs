@@ -15,8 +15,8 @@
 //! `DELETE /api/session` route to end a session ([`routes`]). The balancer
 //! stays plain round-robin. The instances share one thing: the store.
 //!
-//! **Which store:** `--store redis` (the default), `memcached`, `postgres`
-//! or `dynamodb` ([`stores`] compares them). `stage4 up` starts a private
+//! **Which store:** `--store redis` (the default), `memcached`, `postgres`,
+//! `dynamodb` or `dynamodb-cached` ([`stores`] compares them). `stage4 up` starts a private
 //! server of the chosen kind when its URL (`REDIS_URL`, `MEMCACHED_URL`,
 //! `DATABASE_URL`, `DYNAMODB_URL`) is unset. Each answer names its store in
 //! `X-Session-Store`, and the page shows it with its trade-off.
@@ -36,7 +36,8 @@
 //! The modules: [`sessions`] (what every store shares: the cookie, renewal,
 //! the once-only rule for retried changes, the [`sessions::SessionStore`]
 //! trait), [`stores`] (Redis with Lua scripts, Memcached with `cas`,
-//! PostgreSQL with transactions, DynamoDB with conditional updates), [`error`] (their failures: the store not
+//! PostgreSQL with transactions, DynamoDB with conditional updates, and
+//! DynamoDB behind a Redis cache), [`error`] (their failures: the store not
 //! answering, busy, or full), [`routes`] (ending a session, `/metrics`),
 //! `page` (the store's badge). Stage 5 keeps its sessions here too.
 
@@ -61,7 +62,8 @@ use shop::{BoxError, Scope, Services, Stage, StageInfo};
 use crate::sessions::SessionSettings;
 use crate::stores::dynamodb::Credentialed;
 use crate::stores::{
-    DynamoSessions, MemcachedSessions, PostgresSessions, RedisSessions, Store, StoreKind,
+    CachedDynamoSessions, DynamoSessions, MemcachedSessions, PostgresSessions, RedisSessions,
+    Store, StoreKind,
 };
 
 /// Stage 4: carts in a shared session store (Redis by default), behind round-robin.
@@ -112,8 +114,9 @@ pub struct SessionArgs {
 pub struct Stage4Args {
     /// Where the sessions live: `redis` (durable, atomic by Lua script),
     /// `memcached` (memory only: a restart forgets every cart; atomic by
-    /// gets/cas), `postgres` (durable, atomic by transaction) or `dynamodb`
-    /// (durable, atomic by conditional update).
+    /// gets/cas), `postgres` (durable, atomic by transaction), `dynamodb`
+    /// (durable, atomic by conditional update) or `dynamodb-cached`
+    /// (DynamoDB, with reads from a Redis cache in front).
     #[arg(long, env = "SHOP_SESSION_STORE", value_enum, default_value_t)]
     pub store: StoreKind,
     /// The Memcached that holds the sessions (`--store memcached`). Unset:
@@ -174,22 +177,29 @@ impl Stage4Args {
                 }
                 Ok(())
             }
-            StoreKind::Dynamodb => {
-                if self.dynamodb_url.is_none() {
-                    let server = DynamoServer::start().await?;
-                    let url = server.url();
-                    services.keep(
-                        server,
-                        format!(
-                            "DynamoDB:   {url}   (private dynalite: DynamoDB's API over LevelDB; set {DYNAMODB_URL_ENV} to use your own)"
-                        ),
-                    );
-                    self.dynamodb_url = Some(url);
-                    self.dynamodb_local_credentials = true;
-                }
-                Ok(())
+            StoreKind::Dynamodb => self.start_dynalite_if_unset(services).await,
+            StoreKind::DynamodbCached => {
+                self.start_dynalite_if_unset(services).await?;
+                self.session.start_redis_if_unset(services).await
             }
         }
+    }
+
+    /// Starts a private dynalite when no DynamoDB endpoint was given.
+    async fn start_dynalite_if_unset(&mut self, services: &mut Services) -> Result<(), BoxError> {
+        if self.dynamodb_url.is_none() {
+            let server = DynamoServer::start().await?;
+            let url = server.url();
+            services.keep(
+                server,
+                format!(
+                    "DynamoDB:   {url}   (private dynalite: DynamoDB's API over LevelDB; set {DYNAMODB_URL_ENV} to use your own)"
+                ),
+            );
+            self.dynamodb_url = Some(url);
+            self.dynamodb_local_credentials = true;
+        }
+        Ok(())
     }
 
     /// The session store these flags describe, ready (PostgreSQL's
@@ -217,25 +227,36 @@ impl Stage4Args {
                 })?;
                 Store::Postgres(store)
             }
-            StoreKind::Dynamodb => {
-                let url = self.dynamodb_url.as_deref().ok_or_else(|| {
-                    format!(
-                        "no DynamoDB to keep sessions in: set {DYNAMODB_URL_ENV}=http://host:port (or AWS's endpoint)"
-                    )
+            StoreKind::Dynamodb => Store::Dynamodb(self.connect_dynamodb().await?),
+            StoreKind::DynamodbCached => {
+                let url = self.session.redis_url.as_deref().ok_or_else(|| {
+                    format!("no Redis to cache sessions in: set {REDIS_URL_ENV}=redis://host:port")
                 })?;
-                let credentials = if self.dynamodb_local_credentials {
-                    Credentialed::Local
-                } else {
-                    Credentialed::DefaultChain
-                };
-                let store =
-                    DynamoSessions::connect(url, credentials, self.session.settings()).await?;
-                store.prepare().await.map_err(|error| {
-                    format!("cannot prepare the sessions table at {DYNAMODB_URL_ENV}: {error}")
-                })?;
-                Store::Dynamodb(store)
+                Store::DynamodbCached(CachedDynamoSessions::new(
+                    self.connect_dynamodb().await?,
+                    url,
+                )?)
             }
         })
+    }
+
+    /// The DynamoDB these flags name, its table ready.
+    async fn connect_dynamodb(&self) -> Result<DynamoSessions, BoxError> {
+        let url = self.dynamodb_url.as_deref().ok_or_else(|| {
+            format!(
+                "no DynamoDB to keep sessions in: set {DYNAMODB_URL_ENV}=http://host:port (or AWS's endpoint)"
+            )
+        })?;
+        let credentials = if self.dynamodb_local_credentials {
+            Credentialed::Local
+        } else {
+            Credentialed::DefaultChain
+        };
+        let store = DynamoSessions::connect(url, credentials, self.session.settings()).await?;
+        store.prepare().await.map_err(|error| {
+            format!("cannot prepare the sessions table at {DYNAMODB_URL_ENV}: {error}")
+        })?;
+        Ok(store)
     }
 }
 

@@ -98,6 +98,24 @@ pub(crate) async fn metrics(State(shop): State<Arc<Shop<Stage4>>>) -> Result<Res
             "gauge",
             "The most bytes Memcached may hold.",
         ),
+        (
+            "cache_hits",
+            "session_cache_hits_total",
+            "counter",
+            "Session reads the cache answered (dynamodb-cached).",
+        ),
+        (
+            "cache_misses",
+            "session_cache_misses_total",
+            "counter",
+            "Session reads that went to the record (dynamodb-cached).",
+        ),
+        (
+            "cache_skipped",
+            "session_cache_skipped_total",
+            "counter",
+            "Session reads that skipped a cache that had failed (dynamodb-cached).",
+        ),
     ];
     for (stat, name, kind, help) in counters {
         if let Some(value) = stats.get(stat) {

@@ -84,6 +84,9 @@ pub enum StoreServer {
     Memcached(MemcachedServer),
     Postgres(PostgresCluster),
     Dynamodb(DynamoServer),
+    /// The record (which `freeze`, `kill` and `restart` act on) and its
+    /// cache.
+    DynamodbCached(DynamoServer, RedisServer),
 }
 
 impl StoreServer {
@@ -102,10 +105,12 @@ impl StoreServer {
                     .await
                     .unwrap_or_else(|e| panic!("a private PostgreSQL is needed: {e}")),
             ),
-            StoreKind::Dynamodb => Self::Dynamodb(
-                DynamoServer::start()
+            StoreKind::Dynamodb => Self::Dynamodb(dynalite().await),
+            StoreKind::DynamodbCached => Self::DynamodbCached(
+                dynalite().await,
+                RedisServer::start()
                     .await
-                    .unwrap_or_else(|e| panic!("a private dynalite is needed: {e}")),
+                    .unwrap_or_else(|e| panic!("a private redis-server is needed: {e}")),
             ),
         }
     }
@@ -125,6 +130,16 @@ impl StoreServer {
             Self::Memcached(_) => StoreKind::Memcached,
             Self::Postgres(_) => StoreKind::Postgres,
             Self::Dynamodb(_) => StoreKind::Dynamodb,
+            Self::DynamodbCached(..) => StoreKind::DynamodbCached,
+        }
+    }
+
+    /// The Redis in front of a `dynamodb-cached` store. Panics for
+    /// another kind.
+    pub fn cache(&mut self) -> &mut RedisServer {
+        match self {
+            Self::DynamodbCached(_, cache) => cache,
+            other => panic!("no cache in front of {:?}", other.kind()),
         }
     }
 
@@ -134,13 +149,18 @@ impl StoreServer {
             Self::Redis(server) => (REDIS_URL_ENV, server.url()),
             Self::Memcached(server) => (MEMCACHED_URL_ENV, server.url()),
             Self::Postgres(cluster) => (DATABASE_URL_ENV, cluster.primary_url()),
-            Self::Dynamodb(server) => (DYNAMODB_URL_ENV, server.url()),
+            Self::Dynamodb(server) | Self::DynamodbCached(server, _) => {
+                (DYNAMODB_URL_ENV, server.url())
+            }
         };
         let mut env = vec![
             ("SHOP_SESSION_STORE", self.kind().name().to_owned()),
             (variable, url),
         ];
-        if let Self::Dynamodb(_) = self {
+        if let Self::DynamodbCached(_, cache) = self {
+            env.push((REDIS_URL_ENV, cache.url()));
+        }
+        if let Self::Dynamodb(_) | Self::DynamodbCached(..) = self {
             // A server the shop did not start is signed for with the SDK's
             // default credentials: here, the environment's.
             env.extend([
@@ -158,7 +178,7 @@ impl StoreServer {
     pub async fn dynamodb_items(
         &self,
     ) -> Vec<std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>> {
-        let Self::Dynamodb(server) = self else {
+        let (Self::Dynamodb(server) | Self::DynamodbCached(server, _)) = self else {
             panic!("not a DynamoDB store: {:?}", self.kind());
         };
         let settings = crate::sessions::SessionSettings {
@@ -185,7 +205,7 @@ impl StoreServer {
             Self::Redis(server) => server.pause(),
             Self::Memcached(server) => server.pause(),
             Self::Postgres(cluster) => cluster.freeze_primary(),
-            Self::Dynamodb(server) => server.pause(),
+            Self::Dynamodb(server) | Self::DynamodbCached(server, _) => server.pause(),
         }
         .expect("SIGSTOP");
     }
@@ -196,7 +216,7 @@ impl StoreServer {
             Self::Redis(server) => server.resume(),
             Self::Memcached(server) => server.resume(),
             Self::Postgres(cluster) => cluster.thaw_primary(),
-            Self::Dynamodb(server) => server.resume(),
+            Self::Dynamodb(server) | Self::DynamodbCached(server, _) => server.resume(),
         }
         .expect("SIGCONT");
     }
@@ -207,7 +227,7 @@ impl StoreServer {
             Self::Redis(server) => server.kill(),
             Self::Memcached(server) => server.kill(),
             Self::Postgres(cluster) => cluster.kill_primary(),
-            Self::Dynamodb(server) => server.kill(),
+            Self::Dynamodb(server) | Self::DynamodbCached(server, _) => server.kill(),
         }
     }
 
@@ -218,7 +238,7 @@ impl StoreServer {
             Self::Redis(server) => server.restart().await,
             Self::Memcached(server) => server.restart().await,
             Self::Postgres(cluster) => cluster.start_primary().await,
-            Self::Dynamodb(server) => server.restart().await,
+            Self::Dynamodb(server) | Self::DynamodbCached(server, _) => server.restart().await,
         }
         .expect("the store starts again");
     }
@@ -324,4 +344,10 @@ pub async fn add_one_at_once(
         served_by.insert(reply.served_by().to_owned());
     }
     served_by
+}
+
+async fn dynalite() -> DynamoServer {
+    DynamoServer::start()
+        .await
+        .unwrap_or_else(|e| panic!("a private dynalite is needed: {e}"))
 }

@@ -18,11 +18,13 @@ use stage4::stores::StoreKind;
 use stage4::testing::StoreShop;
 
 const STAGE4: &str = env!("CARGO_BIN_EXE_stage4");
-const EVERY_STORE: [StoreKind; 4] = [
+const EVERY_STORE: [StoreKind; 5] = [
     StoreKind::Redis,
     StoreKind::Memcached,
     StoreKind::Postgres,
     StoreKind::Dynamodb,
+    // Frozen here is the record: the cache cannot answer a change.
+    StoreKind::DynamodbCached,
 ];
 /// A generous store timeout, for the tests that are not about outages.
 const PATIENT: &[(&str, &str)] = &[("SHOP_STORE_TIMEOUT", "10s")];
@@ -301,5 +303,115 @@ async fn dynamodb_expired_session_is_refused_before_deletion() {
     let again = alice.add("SOCK-GREY-L", 1).await.expect("a new session");
     assert_eq!(again.qty_of("TEE-RED-M"), 0, "not resurrected");
     assert_eq!(shop.store.dynamodb_items().await.len(), 2, "a new item");
+    shop.stop().await;
+}
+
+/// The number in a line of an instance's `/metrics`.
+async fn metric(shopper: &Shopper, name: &str) -> u64 {
+    let text = shopper
+        .http()
+        .get(shopper.url("/metrics"))
+        .send()
+        .await
+        .expect("/metrics")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn cached_dynamodb_survives_cache_flush() {
+    let mut shop = StoreShop::start(STAGE4, StoreKind::DynamodbCached, PATIENT).await;
+    let alice = shop.shopper();
+    alice.add("TEE-RED-M", 3).await.expect("add");
+    // Reads fill the cache (one per instance at most), then hit it.
+    for _ in 0..6 {
+        assert_eq!(alice.cart().await.expect("view").qty_of("TEE-RED-M"), 3);
+    }
+    let mut cache = shop.store.cache().connection().await.expect("redis");
+    let cached: Vec<String> = redis::cmd("KEYS")
+        .arg("myclothes:cached-session:*")
+        .query_async(&mut cache)
+        .await
+        .expect("KEYS");
+    assert_eq!(cached.len(), 1, "the session is cached: {cached:?}");
+
+    // The cache is only a copy: emptying it loses nothing.
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut cache)
+        .await
+        .expect("FLUSHALL");
+    let back = alice.cart().await.expect("view");
+    assert_eq!(back.qty_of("TEE-RED-M"), 3, "served from the record");
+    assert_eq!(header(&back, &SESSION_HEADER), "resumed");
+    let refilled: Vec<String> = redis::cmd("KEYS")
+        .arg("myclothes:cached-session:*")
+        .query_async(&mut cache)
+        .await
+        .expect("KEYS");
+    assert_eq!(refilled.len(), 1, "and the read filled the cache again");
+    shop.stop().await;
+}
+
+#[tokio::test]
+async fn cache_outage_serves_from_the_record() {
+    // The real default store timeout: a frozen cache must cost a read
+    // less than that, and never an error.
+    let mut shop = StoreShop::start(STAGE4, StoreKind::DynamodbCached, &[]).await;
+    let alice = shop.shopper();
+    alice.add("TEE-RED-M", 2).await.expect("add");
+    for _ in 0..3 {
+        alice.cart().await.expect("view");
+    }
+
+    shop.store.cache().pause().expect("SIGSTOP");
+    // Every read and change still answers, from the record.
+    for _ in 0..6 {
+        let cart = alice
+            .cart()
+            .await
+            .expect("a read while the cache is frozen");
+        assert_eq!(cart.qty_of("TEE-RED-M"), 2);
+    }
+    let added = alice
+        .add("TEE-RED-M", 1)
+        .await
+        .expect("a change while the cache is frozen");
+    assert_eq!(added.qty_of("TEE-RED-M"), 3);
+    for _ in 0..3 {
+        let cart = alice
+            .cart()
+            .await
+            .expect("a read while the cache is frozen");
+        assert_eq!(cart.qty_of("TEE-RED-M"), 3, "the change, from the record");
+    }
+
+    // Back: the invalidation the cache missed is made again, and every
+    // instance serves the new cart (within the retry, well inside the
+    // entry's TTL).
+    shop.store.cache().resume().expect("SIGCONT");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let cart = alice.cart().await.expect("view");
+        if cart.qty_of("TEE-RED-M") == 3 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the cache still serves the old cart"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for _ in 0..6 {
+        assert_eq!(alice.cart().await.expect("view").qty_of("TEE-RED-M"), 3);
+    }
+    assert!(
+        metric(&alice, "session_cache_skipped_total").await > 0,
+        "reads went around the frozen cache"
+    );
     shop.stop().await;
 }

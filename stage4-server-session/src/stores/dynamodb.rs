@@ -257,6 +257,7 @@ impl DynamoSessions {
         let mut item = Self::key(session);
         let empty = || AttributeValue::M(HashMap::new());
         item.insert("born".into(), number(now_ms / 1000));
+        item.insert("v".into(), number(0));
         item.insert("cart".into(), empty());
         item.insert("added".into(), empty());
         item.insert("applied".into(), empty());
@@ -285,14 +286,16 @@ impl DynamoSessions {
         }
     }
 
-    /// One conditional update of a live session's item, with the renewal
-    /// and the idempotency key's record added. `None`: a condition failed.
+    /// One conditional update of a live session's item, with the renewal,
+    /// the idempotency key's record and (for a change) the next version
+    /// added. The cart and the item's version afterwards; `None`: a
+    /// condition failed.
     async fn update(
         &self,
         session: &str,
         change: Change,
         key: Option<&IdempotencyKey>,
-    ) -> Result<Option<Answer>, Failure> {
+    ) -> Result<Option<(Answer, u64)>, Failure> {
         let now_ms = now_ms();
         let mut set = vec!["expires_ms = :e", "#t = :t"];
         set.extend(change.set);
@@ -311,9 +314,14 @@ impl DynamoSessions {
             values.push((":kept", number(kept_until)));
         }
         let mut expression = format!("SET {}", set.join(", "));
-        if let Some(add) = change.add {
+        let mut add: Vec<&str> = change.add.into_iter().collect();
+        if change.bumps_version {
+            add.push("v :one");
+            values.push((":one", number(1)));
+        }
+        if !add.is_empty() {
             expression.push_str(" ADD ");
-            expression.push_str(add);
+            expression.push_str(&add.join(", "));
         }
         if let Some(remove) = change.remove {
             expression.push_str(" REMOVE ");
@@ -334,7 +342,11 @@ impl DynamoSessions {
             request = request.expression_attribute_values(placeholder, value);
         }
         match request.send().await {
-            Ok(output) => Ok(Some(cart_of(output.attributes()))),
+            Ok(output) => {
+                let item = output.attributes();
+                let version = number_of(item.and_then(|item| item.get("v")));
+                Ok(Some((cart_of(item), version)))
+            }
             Err(error)
                 if matches!(
                     error.as_service_error(),
@@ -368,35 +380,93 @@ impl DynamoSessions {
     }
 
     /// One change to a live session: the conditional updates its operation
-    /// needs, and when every one is refused, the reason. `None`: the cart
-    /// changed under every attempt.
+    /// needs, and when every one is refused, the reason; with the item's
+    /// new version when the change was made. `None`: the cart changed
+    /// under every attempt.
     async fn change_in(
         &self,
         session: &str,
         op: &CartOp,
         key: Option<&IdempotencyKey>,
-    ) -> Result<Option<Answer>, Failure> {
+    ) -> Result<Option<(Answer, Option<u64>)>, Failure> {
+        let refused = |answer| Ok(Some((answer, None)));
         for _ in 0..MAX_ATTEMPTS {
             for change in Change::tries(op, now_us()) {
-                if let Some(answer) = self.update(session, change, key).await? {
-                    return Ok(Some(answer));
+                if let Some((answer, version)) = self.update(session, change, key).await? {
+                    return Ok(Some((answer, Some(version))));
                 }
             }
             // Every condition failed: read why.
             let Some(item) = self.live_item(session).await? else {
-                return Ok(Some(Answer::Unknown));
+                return refused(Answer::Unknown);
             };
             if let Some(key) = key
                 && map_of(item.get("applied")).is_some_and(|m| m.contains_key(key.as_str()))
             {
-                return Ok(Some(Answer::Replayed(Box::new(cart_of(Some(&item))))));
+                return refused(Answer::Replayed(Box::new(cart_of(Some(&item)))));
             }
             if let Some(refusal) = refusal(op, &item) {
-                return Ok(Some(refusal));
+                return refused(refusal);
             }
             // The cart changed between the update and the read: again.
         }
         Ok(None)
+    }
+
+    /// A live session's cart with the item's version and expiry: one
+    /// consistent `GetItem`, and a second call that renews the expiry once
+    /// it has run down (at most once a minute per session).
+    pub(crate) async fn snapshot(&self, id: &str) -> Result<Option<Snapshot>, ApiError> {
+        let session = digest(id);
+        let Some(item) = self
+            .within_timeout(self.live_item(&session), Purpose::Read)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let mut expires_ms = number_of(item.get("expires_ms"));
+        let left = Duration::from_millis(expires_ms.saturating_sub(now_ms()));
+        if left + self.settings.renew_after() < self.settings.ttl {
+            self.within_timeout(
+                self.update(&session, Change::default(), None),
+                Purpose::Read,
+            )
+            .await?;
+            expires_ms = now_ms() + u64::try_from(self.settings.ttl.as_millis()).unwrap_or(0);
+        }
+        Ok(Some(Snapshot {
+            cart: cart_of(Some(&item)),
+            version: number_of(item.get("v")),
+            expires_ms,
+        }))
+    }
+
+    /// [`SessionStore::change`], with the item's new version when the
+    /// change was made (`None` when it was refused or replayed).
+    pub(crate) async fn change_versioned(
+        &self,
+        id: &str,
+        mode: Mode,
+        op: &CartOp,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<(Answer, Option<u64>), ApiError> {
+        let session = digest(id);
+        if mode == Mode::Create
+            && !self
+                .within_timeout(self.create(&session), Purpose::Change)
+                .await?
+        {
+            return Ok((Answer::Taken, None));
+        }
+        self.within_timeout(self.change_in(&session, op, key), Purpose::Change)
+            .await?
+            .ok_or_else(|| {
+                tracing::warn!(
+                    attempts = MAX_ATTEMPTS,
+                    "a cart kept changing under a change"
+                );
+                SessionError::Contended.into()
+            })
     }
 
     /// Waits at most the store timeout ([`sessions::within_timeout`]).
@@ -409,9 +479,23 @@ impl DynamoSessions {
     }
 }
 
+/// A live session as the record holds it, for a cache to keep.
+#[derive(Clone, Debug)]
+pub(crate) struct Snapshot {
+    /// [`Answer::Cart`].
+    pub(crate) cart: Answer,
+    /// Goes up by one with every change of the cart.
+    pub(crate) version: u64,
+    /// When the session expires, unix milliseconds.
+    pub(crate) expires_ms: u64,
+}
+
 /// The parts of one conditional update that an operation brings.
 #[derive(Debug, Default)]
 struct Change {
+    /// Whether the item's version goes up (every change of the cart;
+    /// not a renewal of the expiry).
+    bumps_version: bool,
     set: Vec<&'static str>,
     add: Option<&'static str>,
     remove: Option<&'static str>,
@@ -426,6 +510,14 @@ impl Change {
     /// there. Each is refused by its condition unless it is the right one
     /// and the rules allow it.
     fn tries(op: &CartOp, now_us: u64) -> Vec<Change> {
+        let mut tries = Self::unversioned_tries(op, now_us);
+        for change in &mut tries {
+            change.bumps_version = op.is_write();
+        }
+        tries
+    }
+
+    fn unversioned_tries(op: &CartOp, now_us: u64) -> Vec<Change> {
         let sku = |sku: &shop::cart::KnownSku| vec![("#sku", sku.as_str().to_owned())];
         let new_line = |known, qty: shop::cart::Quantity| Change {
             set: vec!["cart.#sku = :q", "added.#sku = :at"],
@@ -506,26 +598,11 @@ impl SessionStore for DynamoSessions {
         "dynamodb; durable, atomic by conditional UpdateItem"
     }
 
-    /// One consistent `GetItem`; a second call renews the expiry once it
-    /// has run down (at most once a minute per session).
     async fn read(&self, id: &str) -> Result<Answer, ApiError> {
-        let session = digest(id);
-        let Some(item) = self
-            .within_timeout(self.live_item(&session), Purpose::Read)
-            .await?
-        else {
-            return Ok(Answer::Unknown);
-        };
-        let left_ms = number_of(item.get("expires_ms")).saturating_sub(now_ms());
-        let ttl = self.settings.ttl;
-        if Duration::from_millis(left_ms) + self.settings.renew_after() < ttl {
-            self.within_timeout(
-                self.update(&session, Change::default(), None),
-                Purpose::Read,
-            )
-            .await?;
-        }
-        Ok(cart_of(Some(&item)))
+        Ok(match self.snapshot(id).await? {
+            Some(snapshot) => snapshot.cart,
+            None => Answer::Unknown,
+        })
     }
 
     async fn change(
@@ -535,23 +612,7 @@ impl SessionStore for DynamoSessions {
         op: &CartOp,
         key: Option<&IdempotencyKey>,
     ) -> Result<Answer, ApiError> {
-        let session = digest(id);
-        if mode == Mode::Create
-            && !self
-                .within_timeout(self.create(&session), Purpose::Change)
-                .await?
-        {
-            return Ok(Answer::Taken);
-        }
-        self.within_timeout(self.change_in(&session, op, key), Purpose::Change)
-            .await?
-            .ok_or_else(|| {
-                tracing::warn!(
-                    attempts = MAX_ATTEMPTS,
-                    "a cart kept changing under a change"
-                );
-                SessionError::Contended.into()
-            })
+        Ok(self.change_versioned(id, mode, op, key).await?.0)
     }
 
     async fn delete(&self, id: &str) -> Result<(), ApiError> {

@@ -7,12 +7,14 @@
 //! | `memcached` | ElastiCache for Memcached | `gets` + `cas`, retried | no cart at all |
 //! | `postgres` | RDS for PostgreSQL | a transaction, the session's row locked | every cart (write-ahead log) |
 //! | `dynamodb` | DynamoDB (three zones) | one conditional `UpdateItem` | every cart |
+//! | `dynamodb-cached` | DynamoDB, and ElastiCache in front | the record's `UpdateItem`; the cache is invalidated after | every cart (the record) |
 //!
 //! Each store implements [`crate::sessions::SessionStore`] (read, change,
 //! delete); what a session *is* (cookies, ids, idempotency, the notices) is
 //! written once, in [`crate::sessions`]. [`Store`] is the one a stage-4
 //! instance was started with.
 
+pub mod cached;
 pub mod dynamodb;
 pub mod memcached;
 pub mod postgres;
@@ -26,6 +28,7 @@ use shop::cart::CartOp;
 use shop::{ApiError, CartReply, CartRequest, CartStore, IdempotencyKey};
 
 use crate::sessions::{self, Answer, Mode, SessionSettings, SessionStore};
+pub use cached::CachedDynamoSessions;
 pub use dynamodb::DynamoSessions;
 pub use memcached::MemcachedSessions;
 pub use postgres::PostgresSessions;
@@ -44,6 +47,8 @@ pub enum StoreKind {
     Postgres,
     /// DynamoDB: durable, atomic by conditional update, an item per session.
     Dynamodb,
+    /// DynamoDB as the record, Redis as a read-through cache in front.
+    DynamodbCached,
 }
 
 impl StoreKind {
@@ -54,6 +59,7 @@ impl StoreKind {
             Self::Memcached => "memcached",
             Self::Postgres => "postgres",
             Self::Dynamodb => "dynamodb",
+            Self::DynamodbCached => "dynamodb-cached",
         }
     }
 }
@@ -65,6 +71,7 @@ pub enum Store {
     Memcached(MemcachedSessions),
     Postgres(PostgresSessions),
     Dynamodb(DynamoSessions),
+    DynamodbCached(CachedDynamoSessions),
 }
 
 impl Store {
@@ -82,6 +89,7 @@ impl Store {
             Self::Memcached(store) => Ok((StoreKind::Memcached, store.stats().await?)),
             Self::Postgres(_) => Ok((StoreKind::Postgres, HashMap::new())),
             Self::Dynamodb(_) => Ok((StoreKind::Dynamodb, HashMap::new())),
+            Self::DynamodbCached(store) => Ok((StoreKind::DynamodbCached, store.stats())),
         }
     }
 }
@@ -93,6 +101,7 @@ impl SessionStore for Store {
             Self::Memcached(store) => store.settings(),
             Self::Postgres(store) => store.settings(),
             Self::Dynamodb(store) => store.settings(),
+            Self::DynamodbCached(store) => store.settings(),
         }
     }
 
@@ -102,6 +111,7 @@ impl SessionStore for Store {
             Self::Memcached(store) => store.label(),
             Self::Postgres(store) => store.label(),
             Self::Dynamodb(store) => store.label(),
+            Self::DynamodbCached(store) => store.label(),
         }
     }
 
@@ -111,6 +121,7 @@ impl SessionStore for Store {
             Self::Memcached(store) => store.read(id).await,
             Self::Postgres(store) => store.read(id).await,
             Self::Dynamodb(store) => store.read(id).await,
+            Self::DynamodbCached(store) => store.read(id).await,
         }
     }
 
@@ -126,6 +137,7 @@ impl SessionStore for Store {
             Self::Memcached(store) => store.change(id, mode, op, key).await,
             Self::Postgres(store) => store.change(id, mode, op, key).await,
             Self::Dynamodb(store) => store.change(id, mode, op, key).await,
+            Self::DynamodbCached(store) => store.change(id, mode, op, key).await,
         }
     }
 
@@ -135,6 +147,7 @@ impl SessionStore for Store {
             Self::Memcached(store) => store.delete(id).await,
             Self::Postgres(store) => store.delete(id).await,
             Self::Dynamodb(store) => store.delete(id).await,
+            Self::DynamodbCached(store) => store.delete(id).await,
         }
     }
 }
