@@ -351,3 +351,21 @@ async fn dynalite() -> DynamoServer {
         .await
         .unwrap_or_else(|e| panic!("a private dynalite is needed: {e}"))
 }
+
+/// A number from `GET /metrics` of one instance (through the balancer);
+/// panics when the instance does not report it.
+pub async fn metric(shopper: &Shopper, name: &str) -> u64 {
+    let text = shopper
+        .http()
+        .get(shopper.url("/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("a body");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("/metrics has no {name}:\n{text}"))
+}

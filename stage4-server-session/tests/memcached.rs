@@ -8,10 +8,9 @@
 
 use futures_util::stream::{self, StreamExt};
 use reqwest::StatusCode;
-use shop::shopper::Shopper;
 use stage4::sessions::{SESSION_HEADER, STORE_HEADER};
 use stage4::stores::StoreKind;
-use stage4::testing::{StoreServer, StoreShop};
+use stage4::testing::{StoreServer, StoreShop, metric};
 
 const STAGE4: &str = env!("CARGO_BIN_EXE_stage4");
 
@@ -24,23 +23,6 @@ fn header<'a>(seen: &'a shop::shopper::CartSeen, name: &reqwest::header::HeaderN
         .get(name)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
-}
-
-/// `GET /metrics` from one instance, through the balancer.
-async fn metric(shopper: &Shopper, name: &str) -> u64 {
-    let text = shopper
-        .http()
-        .get(shopper.url("/metrics"))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("a body");
-    text.lines()
-        .find_map(|line| line.strip_prefix(&format!("{name} ")))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or_else(|| panic!("/metrics has no {name}:\n{text}"))
 }
 
 #[tokio::test]

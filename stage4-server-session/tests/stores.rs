@@ -15,7 +15,7 @@ use shop::cart::MAX_LINES;
 use shop::shopper::{CartSeen, Shopper};
 use stage4::sessions::{SESSION_HEADER, STORE_HEADER};
 use stage4::stores::StoreKind;
-use stage4::testing::StoreShop;
+use stage4::testing::{StoreShop, metric};
 
 const STAGE4: &str = env!("CARGO_BIN_EXE_stage4");
 const EVERY_STORE: [StoreKind; 5] = [
@@ -304,23 +304,6 @@ async fn dynamodb_expired_session_is_refused_before_deletion() {
     assert_eq!(again.qty_of("TEE-RED-M"), 0, "not resurrected");
     assert_eq!(shop.store.dynamodb_items().await.len(), 2, "a new item");
     shop.stop().await;
-}
-
-/// The number in a line of an instance's `/metrics`.
-async fn metric(shopper: &Shopper, name: &str) -> u64 {
-    let text = shopper
-        .http()
-        .get(shopper.url("/metrics"))
-        .send()
-        .await
-        .expect("/metrics")
-        .text()
-        .await
-        .expect("text");
-    text.lines()
-        .find_map(|line| line.strip_prefix(&format!("{name} ")))
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(0)
 }
 
 #[tokio::test]
