@@ -6,12 +6,20 @@
 //! drained, removed from the balancer and stopped), and a second crash
 //! follows. Which instance is chosen comes from the seed. The same schedule
 //! runs behind this project's balancer or behind nginx or HAProxy
-//! ([`Target`]).
+//! ([`Target`]). With `--store` (stage 4), the session store itself is
+//! killed (SIGKILL) and started again half-way ([`StoreProcess`]): what it
+//! keeps is the lesson.
 
 use std::time::Duration;
 
+use shop::Services;
 use shop::front::Behind;
+use shop::services::dynamodb::DynamoServer;
+use shop::services::memcached::MemcachedServer;
+use shop::services::postgres::PostgresCluster;
+use shop::services::redis::RedisServer;
 use shop::topology::Topology;
+use stage4::stores::StoreKind;
 
 use stage7::data_tier::DataTier;
 use stage7::region::Zone;
@@ -37,6 +45,9 @@ pub enum Action {
     /// Stage 7, `--partition-first`: zone b's data machine is cut off from
     /// the others shortly before zone a goes dark (healed when it does).
     Partition,
+    /// Stage 4 with `--store`: the session store killed (SIGKILL) and
+    /// started again on its own port (and, where it keeps one, its data).
+    StoreRestart,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -45,17 +56,21 @@ pub struct Event {
     pub action: Action,
 }
 
-/// The schedule for a run of `duration`.
-pub fn schedule(duration: Duration) -> Vec<Event> {
+/// The schedule for a run of `duration` (with `store_restart`, the
+/// session store's crash and restart between the scale-out and the
+/// scale-in).
+pub fn schedule(duration: Duration, store_restart: bool) -> Vec<Event> {
     [
         (0.20, Action::Crash),
         (0.35, Action::Restart),
         (0.50, Action::ScaleOut),
+        (0.575, Action::StoreRestart),
         (0.65, Action::ScaleIn),
         (0.80, Action::Crash),
         (0.90, Action::Restart),
     ]
     .into_iter()
+    .filter(|(_, action)| store_restart || *action != Action::StoreRestart)
     .map(|(fraction, action)| Event {
         at: duration.mul_f64(fraction),
         action,
@@ -178,12 +193,60 @@ impl Target for Behind {
     }
 }
 
+/// The server behind stage 4's `--store`, which the schedule kills and
+/// starts again.
+#[derive(Debug)]
+pub enum StoreProcess<'s> {
+    Redis(&'s mut RedisServer),
+    Memcached(&'s mut MemcachedServer),
+    /// Sessions use only the primary.
+    Postgres(&'s mut PostgresCluster),
+    /// For `dynamodb-cached` too: the record, not the cache.
+    Dynamodb(&'s mut DynamoServer),
+}
+
+impl<'s> StoreProcess<'s> {
+    /// The private server `services` started for `kind`.
+    pub fn find(services: &'s mut Services, kind: StoreKind) -> Option<Self> {
+        Some(match kind {
+            StoreKind::Redis => Self::Redis(services.get_mut()?),
+            StoreKind::Memcached => Self::Memcached(services.get_mut()?),
+            StoreKind::Postgres => Self::Postgres(services.get_mut()?),
+            StoreKind::Dynamodb | StoreKind::DynamodbCached => Self::Dynamodb(services.get_mut()?),
+        })
+    }
+
+    /// `kill -9`, then the same server started again.
+    async fn kill_and_restart(&mut self) -> Result<(), String> {
+        let started = match self {
+            Self::Redis(server) => {
+                server.kill();
+                server.restart().await
+            }
+            Self::Memcached(server) => {
+                server.kill();
+                server.restart().await
+            }
+            Self::Postgres(cluster) => {
+                cluster.kill_primary();
+                cluster.start_primary().await
+            }
+            Self::Dynamodb(server) => {
+                server.kill();
+                server.restart().await
+            }
+        };
+        started.map_err(|error| error.to_string())
+    }
+}
+
 /// The schedule played against a target as a run goes on: each call to
 /// [`Playback::due`] does whatever has come due.
 #[derive(Debug)]
 pub struct Playback<'z> {
     chaos: Chaos,
     zones: Option<&'z DataTier>,
+    store: Option<StoreProcess<'z>>,
     events: std::iter::Peekable<std::vec::IntoIter<Event>>,
     started: std::time::Instant,
     /// What was done, in order (`"4.0s crashed: i2"`).
@@ -192,24 +255,28 @@ pub struct Playback<'z> {
 
 impl<'z> Playback<'z> {
     /// The schedule for a run of `duration` that started at `started`
-    /// (none at all with `quiet_fleet`; the zone schedule with `zones`).
+    /// (none at all with `quiet_fleet`; the zone schedule with `zones`; a
+    /// store restart with `store`).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         seed: u64,
         duration: Duration,
         quiet_fleet: bool,
         target: &impl Target,
         zones: Option<&'z DataTier>,
+        store: Option<StoreProcess<'z>>,
         partition_first: bool,
         started: std::time::Instant,
     ) -> Self {
         let events = match (quiet_fleet, zones) {
             (true, _) => Vec::new(),
             (false, Some(_)) => zone_schedule(duration, partition_first),
-            (false, None) => schedule(duration),
+            (false, None) => schedule(duration, store.is_some()),
         };
         Self {
             chaos: Chaos::new(seed, target),
             zones,
+            store,
             events: events.into_iter().peekable(),
             started,
             log: Vec::new(),
@@ -226,6 +293,13 @@ impl<'z> Playback<'z> {
             (Action::Partition, Some(zones)) => match zones.partition_zone_b_data(true) {
                 Ok(()) => "zone b's data cut off from zone a (a partition)".to_owned(),
                 Err(error) => format!("partition failed: {error}"),
+            },
+            (Action::StoreRestart, _) => match &mut self.store {
+                Some(store) => match store.kill_and_restart().await {
+                    Ok(()) => "session store killed (kill -9) and started again".to_owned(),
+                    Err(error) => format!("session store restart failed: {error}"),
+                },
+                None => "StoreRestart: skipped, no store of ours".to_owned(),
             },
             (action, _) => self.chaos.act(action, target).await,
         };
@@ -255,8 +329,8 @@ impl Chaos {
     /// Does `action`; returns a line saying what happened.
     pub async fn act(&mut self, action: Action, target: &impl Target) -> String {
         match action {
-            Action::ZoneDown | Action::ZoneUp | Action::Partition => {
-                format!("{action:?}: skipped, no zones here")
+            Action::ZoneDown | Action::ZoneUp | Action::Partition | Action::StoreRestart => {
+                format!("{action:?}: skipped, not this stage's")
             }
             Action::Crash | Action::ScaleIn if self.running.len() <= 1 => {
                 format!("{action:?}: skipped, one instance left")

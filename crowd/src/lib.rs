@@ -41,10 +41,11 @@ use shop::{BoxError, Scope, Services, Stage};
 
 use stage6::fanout::Fanout;
 
-use crate::chaos::{Playback, Target};
+use crate::chaos::{Playback, StoreProcess, Target};
 pub use crate::report::Reports;
 use crate::report::{Format, Report, percentile_ms};
 use crate::shopper::{Tally, VirtualShopper};
+use stage4::stores::StoreKind;
 
 /// How often the carts-intact timeline is sampled.
 const TIMELINE_STEP: Duration = Duration::from_millis(500);
@@ -113,6 +114,12 @@ pub struct Cli {
     /// makes about ten a second).
     #[arg(long, default_value_t = 100.0)]
     pub target_load: f64,
+    /// Stage 4: which session stores, comma-separated, or `all` (redis,
+    /// memcached, postgres, dynamodb, dynamodb-cached). Each runs in turn,
+    /// one row each, and the chaos schedule also kills the store (kill -9)
+    /// and starts it again half-way: what each keeps is the lesson.
+    #[arg(long, value_name = "STORE,…|all")]
+    pub store: Option<String>,
 }
 
 impl Cli {
@@ -176,16 +183,42 @@ pub async fn run(cli: &Cli) -> Result<Reports, BoxError> {
                 .map_err(|_| "--fanout takes local, room-sticky, pubsub, streams, or all")?,
         ],
     };
+    let stores: Option<Vec<StoreKind>> = match cli.store.as_deref() {
+        None => None,
+        Some("all") => Some(<StoreKind as clap::ValueEnum>::value_variants().to_vec()),
+        Some(list) => Some(
+            list.split(',')
+                .map(|name| {
+                    <StoreKind as clap::ValueEnum>::from_str(name.trim(), true).map_err(|_| {
+                        format!(
+                            "--store takes redis, memcached, postgres, dynamodb, dynamodb-cached (comma-separated), or all; not {name:?}"
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+    };
+    if stores.is_some() && !stages.contains(&4) {
+        return Err("--store is for stage 4 (--stage 4)".into());
+    }
     let exe = std::env::current_exe()?;
     let mut reports = Reports::default();
     for stage in stages {
         let report = match stage {
-            1 => run_stage::<stage1::Stage1>(1, cli, &exe).await?,
-            2 => run_stage::<stage2::Stage2>(2, cli, &exe).await?,
-            3 => run_stage::<stage3::Stage3>(3, cli, &exe).await?,
-            4 => run_stage::<stage4::Stage4>(4, cli, &exe).await?,
-            5 => run_stage::<stage5::Stage5>(5, cli, &exe).await?,
-            7 if cli.behind.is_none() => run_stage::<stage7::Stage7>(7, cli, &exe).await?,
+            1 => run_stage::<stage1::Stage1>(1, cli, &exe, None).await?,
+            2 => run_stage::<stage2::Stage2>(2, cli, &exe, None).await?,
+            3 => run_stage::<stage3::Stage3>(3, cli, &exe, None).await?,
+            4 if stores.is_some() => {
+                for &kind in stores.iter().flatten() {
+                    reports
+                        .carts
+                        .push(run_stage::<stage4::Stage4>(4, cli, &exe, Some(kind)).await?);
+                }
+                continue;
+            }
+            4 => run_stage::<stage4::Stage4>(4, cli, &exe, None).await?,
+            5 => run_stage::<stage5::Stage5>(5, cli, &exe, None).await?,
+            7 if cli.behind.is_none() => run_stage::<stage7::Stage7>(7, cli, &exe, None).await?,
             _ if cli.behind.is_some() => {
                 return Err(
                     "--behind runs stages 1 to 5 (stage 6's crowd uses the project's balancer)"
@@ -252,8 +285,21 @@ pub(crate) struct DefaultArgs<A: clap::Args> {
     pub(crate) args: A,
 }
 
-async fn run_stage<S: Stage>(number: u8, cli: &Cli, exe: &Path) -> Result<Report, BoxError> {
-    let mut args = DefaultArgs::<S::Args>::try_parse_from(["crowd"])?.args;
+/// Runs stage `number` under the crowd. `store` (stage 4 only): which
+/// session store, killed and restarted half-way.
+async fn run_stage<S: Stage>(
+    number: u8,
+    cli: &Cli,
+    exe: &Path,
+    store: Option<StoreKind>,
+) -> Result<Report, BoxError> {
+    let store_kind = store;
+    let mut args = match store_kind {
+        // Stage 4's own flag, as `stage4 up --store NAME` would parse it.
+        Some(kind) => DefaultArgs::<S::Args>::try_parse_from(["crowd", "--store", kind.name()])?,
+        None => DefaultArgs::<S::Args>::try_parse_from(["crowd"])?,
+    }
+    .args;
     let mut services: Services = S::services(&mut args, Scope::Fleet).await?;
     let mut env = shop::flags::instance_env(&args)?;
     env.push((STAGE_ENV.into(), number.to_string().into()));
@@ -275,19 +321,32 @@ async fn run_stage<S: Stage>(number: u8, cli: &Cli, exe: &Path) -> Result<Report
         }
         Some(engine) => {
             let behind = Behind::start(config, engine).await?;
-            let mut report = shop_through(&behind, None, S::INFO, cli).await;
+            let store = store_kind.and_then(|kind| StoreProcess::find(&mut services, kind));
+            let mut report = shop_through(&behind, None, store, S::INFO, cli).await;
             if let Ok(report) = &mut report {
                 report.title = format!("{} · {}", report.title, engine.name());
+                if let Some(kind) = store_kind {
+                    report.title = format!("{} · --store {}", report.title, kind.name());
+                }
             }
             behind.stop().await;
             report
         }
         None => {
             let topology = Topology::start(config).await?;
-            let zones = services
-                .get_mut::<std::sync::Arc<stage7::data_tier::DataTier>>()
-                .map(|tier| &**tier);
-            let report = shop_through(&topology, zones, S::INFO, cli).await;
+            let (zones, store) = match store_kind {
+                Some(kind) => (None, StoreProcess::find(&mut services, kind)),
+                None => (
+                    services
+                        .get_mut::<std::sync::Arc<stage7::data_tier::DataTier>>()
+                        .map(|tier| &**tier),
+                    None,
+                ),
+            };
+            let mut report = shop_through(&topology, zones, store, S::INFO, cli).await;
+            if let (Ok(report), Some(kind)) = (&mut report, store_kind) {
+                report.title = format!("{} · --store {}", report.title, kind.name());
+            }
             topology.stop().await;
             report
         }
@@ -301,6 +360,7 @@ async fn run_stage<S: Stage>(number: u8, cli: &Cli, exe: &Path) -> Result<Report
 async fn shop_through(
     target: &impl Target,
     zones: Option<&stage7::data_tier::DataTier>,
+    store: Option<StoreProcess<'_>>,
     info: &shop::StageInfo,
     cli: &Cli,
 ) -> Result<Report, BoxError> {
@@ -350,6 +410,7 @@ async fn shop_through(
         cli.no_chaos || target.scaling().is_some(),
         target,
         zones,
+        store,
         cli.partition_first,
         started,
     );

@@ -133,6 +133,7 @@ async fn watch_through(
         cli.no_chaos,
         topology,
         None,
+        None,
         false,
         started,
     );

@@ -4,7 +4,7 @@
 mod support;
 
 use serde_json::Value;
-use support::run_crowd;
+use support::{run_crowd, run_crowd_reports};
 
 /// Runs `crowd --stage N` briefly and returns its one JSON report.
 fn crowd(stage: &str) -> Value {
@@ -50,6 +50,40 @@ fn server_sessions_lose_no_cart_under_churn() {
                 .any(|e| e.as_str().is_some_and(|e| e.contains("scaled in"))),
         "instances were crashed and scaled in meanwhile: {chaos:?}"
     );
+}
+
+#[test]
+fn a_store_restart_loses_memcached_carts_and_no_durable_stores() {
+    let reports = run_crowd_reports(&[
+        "--stage",
+        "4",
+        "--store",
+        "memcached,redis,dynamodb",
+        "--shoppers",
+        "8",
+        "--duration",
+        "6s",
+    ]);
+    assert_eq!(reports.len(), 3, "one row per store: {reports:?}");
+    for (report, store) in reports.iter().zip(["memcached", "redis", "dynamodb"]) {
+        let title = report["title"].as_str().unwrap_or_default();
+        assert!(title.ends_with(&format!("--store {store}")), "{title}");
+        let chaos = report["chaos"].as_array().expect("chaos log");
+        assert!(
+            chaos.iter().any(|e| e
+                .as_str()
+                .is_some_and(|e| e.contains("session store killed (kill -9) and started again"))),
+            "{store}: the store was killed and restarted: {chaos:?}"
+        );
+        let lost = count(report, "carts_lost");
+        assert_eq!(lost + count(report, "carts_intact"), 8, "{report}");
+        if store == "memcached" {
+            // Memory only: whoever had a cart when it died lost it.
+            assert!(lost > 0, "memcached forgets carts: {report}");
+        } else {
+            assert_eq!(lost, 0, "{store} keeps every cart: {report}");
+        }
+    }
 }
 
 #[test]

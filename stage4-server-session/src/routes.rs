@@ -73,6 +73,13 @@ pub(crate) async fn metrics(State(shop): State<Arc<Shop<Stage4>>>) -> Result<Res
          session_store_info{{store=\"{}\"}} 1",
         kind.name()
     );
+    let _ = writeln!(
+        text,
+        "# HELP session_store_round_trips_total Round trips to the session store and its cache.\n\
+         # TYPE session_store_round_trips_total counter\n\
+         session_store_round_trips_total {}",
+        crate::sessions::round_trips()
+    );
     let counters = [
         (
             "evictions",

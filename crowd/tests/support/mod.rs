@@ -9,6 +9,13 @@ const CROWD: &str = env!("CARGO_BIN_EXE_crowd");
 /// Runs crowd with `args` (and a fixed seed, JSON out) and returns its
 /// first report.
 pub fn run_crowd(args: &[&str]) -> Value {
+    run_crowd_reports(args)[0].clone()
+}
+
+/// Runs crowd with `args` (and a fixed seed, JSON out) and returns every
+/// report: one per stage, per store, per fan-out mode.
+#[allow(dead_code)] // Not every test binary that includes this uses it.
+pub fn run_crowd_reports(args: &[&str]) -> Vec<Value> {
     let output = Command::new(CROWD)
         .args(args)
         .args(["--seed", "11", "--format", "json", "--quiet"])
@@ -19,6 +26,5 @@ pub fn run_crowd(args: &[&str]) -> Value {
         "crowd failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let reports: Value = serde_json::from_slice(&output.stdout).expect("a JSON report");
-    reports[0].clone()
+    serde_json::from_slice(&output.stdout).expect("JSON reports")
 }

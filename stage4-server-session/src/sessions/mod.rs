@@ -37,6 +37,7 @@
 mod answer;
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::error::SessionError;
@@ -336,6 +337,22 @@ fn cart_from_lines(fields: Vec<(String, String)>) -> Result<Cart, ApiError> {
         tracing::error!(%error, "a stored cart breaks the cart rules");
         ApiError::Internal
     })
+}
+
+/// Round trips to the session store (and its cache) since this instance
+/// started, counted by each store where it talks to its server. `/metrics`
+/// shows it; `scripts/bench-stage4` divides it by the requests served.
+static ROUND_TRIPS: AtomicU64 = AtomicU64::new(0);
+
+/// Counts one round trip to the store (a command, a pipeline, a statement,
+/// an HTTP call: whatever waits for one answer).
+pub(crate) fn round_trip() {
+    ROUND_TRIPS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Round trips to the session store so far ([`round_trip`]).
+pub fn round_trips() -> u64 {
+    ROUND_TRIPS.load(Ordering::Relaxed)
 }
 
 /// What a call to the store was for, which decides what its failure means.

@@ -173,6 +173,7 @@ impl CachedDynamoSessions {
             return None;
         }
         let mut cache = self.cache.clone();
+        sessions::round_trip();
         let got = tokio::time::timeout(
             CACHE_TIMEOUT,
             redis::cmd("GET")
@@ -212,6 +213,7 @@ impl CachedDynamoSessions {
             .arg(entry.v)
             .arg(text)
             .arg(u64::try_from(CACHE_TTL.as_millis()).unwrap_or(u64::MAX));
+        sessions::round_trip();
         match tokio::time::timeout(CACHE_TIMEOUT, invocation.invoke_async::<i64>(&mut cache)).await
         {
             Ok(Ok(put)) => Ok(put == 1),

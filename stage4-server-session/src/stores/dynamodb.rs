@@ -265,6 +265,7 @@ impl DynamoSessions {
             let attribute = if name == ":e" { "expires_ms" } else { "ttl" };
             item.insert(attribute.into(), value);
         }
+        sessions::round_trip();
         let put = self
             .client
             .put_item()
@@ -341,6 +342,7 @@ impl DynamoSessions {
         for (placeholder, value) in values {
             request = request.expression_attribute_values(placeholder, value);
         }
+        sessions::round_trip();
         match request.send().await {
             Ok(output) => {
                 let item = output.attributes();
@@ -365,6 +367,7 @@ impl DynamoSessions {
         &self,
         session: &str,
     ) -> Result<Option<HashMap<String, AttributeValue>>, Failure> {
+        sessions::round_trip();
         let output = self
             .client
             .get_item()
@@ -617,6 +620,7 @@ impl SessionStore for DynamoSessions {
 
     async fn delete(&self, id: &str) -> Result<(), ApiError> {
         let deleted = async {
+            sessions::round_trip();
             self.client
                 .delete_item()
                 .table_name(TABLE)

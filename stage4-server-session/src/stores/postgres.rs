@@ -106,6 +106,8 @@ impl PostgresSessions {
         op: &CartOp,
         key: Option<&IdempotencyKey>,
     ) -> Result<Answer, sqlx::Error> {
+        // Round trips: BEGIN, each statement, COMMIT.
+        sessions::round_trip();
         let mut tx = self.pool.begin().await?;
         let found = match mode {
             // Renews the expiry, and locks the row until the commit.
@@ -123,6 +125,7 @@ impl PostgresSessions {
         .bind(self.ttl_s())
         .fetch_optional(&mut *tx)
         .await?;
+        sessions::round_trip();
         if found.is_none() {
             return Ok(match mode {
                 Mode::Resume => Answer::Unknown,
@@ -138,7 +141,9 @@ impl PostgresSessions {
             .bind(key.as_str())
             .fetch_optional(&mut *tx)
             .await?;
+            sessions::round_trip();
             if let Some((first,)) = first {
+                sessions::round_trip();
                 tx.commit().await?;
                 let first = serde_json::from_str(&first)
                     .map_err(|error| sqlx::Error::Decode(Box::new(error)))?;
@@ -164,7 +169,9 @@ impl PostgresSessions {
             .bind(APPLIED_FOR.as_secs_f64())
             .execute(&mut *tx)
             .await?;
+            sessions::round_trip();
         }
+        sessions::round_trip();
         tx.commit().await?;
         Ok(answer)
     }
@@ -195,6 +202,7 @@ impl SessionStore for PostgresSessions {
     async fn read(&self, id: &str) -> Result<Answer, ApiError> {
         let session = digest(id);
         let renew_after = self.settings.renew_after().as_secs_f64();
+        sessions::round_trip();
         let rows: Vec<(bool, Option<String>, Option<i16>)> = self
             .within_timeout(
                 sqlx::query_as(
@@ -214,6 +222,7 @@ impl SessionStore for PostgresSessions {
             return Ok(Answer::Unknown);
         };
         if *run_down {
+            sessions::round_trip();
             self.within_timeout(
                 sqlx::query(
                     "UPDATE sessions SET expires_at = now() + make_interval(secs => $2)
@@ -245,6 +254,7 @@ impl SessionStore for PostgresSessions {
     }
 
     async fn delete(&self, id: &str) -> Result<(), ApiError> {
+        sessions::round_trip();
         self.within_timeout(
             sqlx::query("DELETE FROM sessions WHERE digest = $1")
                 .bind(digest(id))
@@ -270,6 +280,7 @@ async fn apply_op(
         CartOp::Add(sku, qty) => (sku, qty, true),
         CartOp::Set(sku, qty) => (sku, qty, false),
         CartOp::Remove(sku) => {
+            sessions::round_trip();
             sqlx::query("DELETE FROM cart_lines WHERE session = $1 AND sku = $2")
                 .bind(session)
                 .bind(sku.as_str())
@@ -278,6 +289,7 @@ async fn apply_op(
             return Ok(None);
         }
         CartOp::Clear => {
+            sessions::round_trip();
             sqlx::query("DELETE FROM cart_lines WHERE session = $1")
                 .bind(session)
                 .execute(&mut **tx)
@@ -290,6 +302,7 @@ async fn apply_op(
     // select says which happened, so the refusal can name its reason.
     // Rejected: reading the line into Rust and writing it back in a second
     // statement (correct only because of the row lock, and two round trips).
+    sessions::round_trip();
     let (total, present, lines, written): (i32, bool, i64, bool) = sqlx::query_as(
         "WITH line AS (
              SELECT qty FROM cart_lines WHERE session = $1 AND sku = $2
@@ -327,6 +340,7 @@ async fn apply_op(
 
 /// The session's cart, in the order its lines were first added.
 async fn cart_of(tx: &mut Transaction<'_, Postgres>, session: &str) -> Result<Answer, sqlx::Error> {
+    sessions::round_trip();
     let lines: Vec<(String, i16)> =
         sqlx::query_as("SELECT sku, qty FROM cart_lines WHERE session = $1 ORDER BY position")
             .bind(session)

@@ -232,6 +232,8 @@ impl MemcachedSessions {
         call: impl Future<Output = Result<T, protocol::Error>>,
         purpose: Purpose,
     ) -> Result<T, ApiError> {
+        // Every call here is one command or one pipeline: one round trip.
+        sessions::round_trip();
         sessions::within_timeout(self.settings.timeout, purpose, call, |error| {
             matches!(error, protocol::Error::Refused(answer) if answer.contains("out of memory"))
         })

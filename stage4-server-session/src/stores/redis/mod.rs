@@ -340,6 +340,8 @@ impl RedisSessions {
         call: impl Future<Output = redis::RedisResult<T>>,
         purpose: Purpose,
     ) -> Result<T, ApiError> {
+        // Every call here is one command or one pipeline: one round trip.
+        sessions::round_trip();
         sessions::within_timeout(self.settings.timeout, purpose, call, |error| {
             error.code() == Some("OOM")
         })
