@@ -249,8 +249,22 @@ impl SessionStore for PostgresSessions {
         op: &CartOp,
         key: Option<&IdempotencyKey>,
     ) -> Result<Answer, ApiError> {
-        self.within_timeout(self.change_in(&digest(id), mode, op, key), Purpose::Change)
-            .await
+        // The transaction runs in a task of its own, to its commit or its
+        // rollback, even when this request stops waiting for it (and
+        // answers 503: the change may still land, so a retry must carry
+        // the same key). Rejected: letting the timeout drop the
+        // transaction in the middle of a statement: sqlx may then hand the
+        // connection back still inside it, and the next request's BEGIN
+        // would join a stranger's transaction.
+        let (store, session, op, key) = (self.clone(), digest(id), *op, key.cloned());
+        let task =
+            tokio::spawn(async move { store.change_in(&session, mode, &op, key.as_ref()).await });
+        let finished = async {
+            task.await.map_err(|error| {
+                sqlx::Error::Protocol(format!("the change's task failed: {error}"))
+            })?
+        };
+        self.within_timeout(finished, Purpose::Change).await
     }
 
     async fn delete(&self, id: &str) -> Result<(), ApiError> {
