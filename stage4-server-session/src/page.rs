@@ -2,7 +2,10 @@
 //! the sessions and its trade-off in a few words (`redis; durable (AOF),
 //! atomic by Lua script`). It is drawn on the server from the page's own
 //! cart reply (its `X-Session-Store` header), and redrawn by `store.js`
-//! after every answer that carries one.
+//! after every answer that carries one. `store.js` also shows what the
+//! store says of itself on an instance's `/metrics` (at most every two
+//! seconds): Memcached's evictions (carts dropped without a word), the
+//! cache's hits and misses in front of DynamoDB.
 
 use axum::http::HeaderMap;
 use shop::Widget;
@@ -25,7 +28,7 @@ fn store_html(headers: &HeaderMap) -> String {
     let (name, trade_off) = label.split_once("; ").unwrap_or((label, ""));
     let hidden = if name.is_empty() { " hidden" } else { "" };
     format!(
-        r#"<div id="session-store" class="widget"{hidden}>Sessions in <b class="name">{}</b> <span class="trade-off">{}</span></div>"#,
+        r#"<div id="session-store" class="widget"{hidden}>Sessions in <b class="name">{}</b> <span class="trade-off">{}</span> <span class="counters"></span></div>"#,
         escape(name),
         escape(trade_off)
     )
