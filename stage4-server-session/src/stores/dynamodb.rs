@@ -509,8 +509,8 @@ struct Change {
 
 impl Change {
     /// The updates to try, in turn, for `op`. Adding or setting a line is
-    /// two: as a new line (the likelier), then as more of a line that is
-    /// there. Each is refused by its condition unless it is the right one
+    /// two: as a new line and as a change to a line that is there, the
+    /// likelier first (adding: a new line; setting: a line that is there). Each is refused by its condition unless it is the right one
     /// and the rules allow it.
     fn tries(op: &CartOp, now_us: u64) -> Vec<Change> {
         let mut tries = Self::unversioned_tries(op, now_us);
@@ -548,8 +548,9 @@ impl Change {
                     ..Change::default()
                 },
             ],
+            // A line's quantity is set mostly on a line that is there (the
+            // page's − button): that update first.
             CartOp::Set(known, qty) => vec![
-                new_line(known, *qty),
                 Change {
                     set: vec!["cart.#sku = :q"],
                     conditions: vec!["attribute_exists(cart.#sku)"],
@@ -557,6 +558,7 @@ impl Change {
                     values: vec![(":q", number(qty.get()))],
                     ..Change::default()
                 },
+                new_line(known, *qty),
             ],
             CartOp::Remove(known) => vec![Change {
                 remove: Some("cart.#sku, added.#sku"),
