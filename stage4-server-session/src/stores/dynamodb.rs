@@ -101,7 +101,12 @@ impl DynamoSessions {
             .build_https();
         let loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .http_client(http)
-            .endpoint_url(url);
+            .endpoint_url(url)
+            // No retries inside the SDK: an `ADD` whose answer was lost
+            // may have been applied, and sending it again would add twice.
+            // The shop answers 503 instead, and the client retries with
+            // its idempotency key, which the item remembers.
+            .retry_config(aws_config::retry::RetryConfig::disabled());
         let loader = match credentials {
             Credentialed::Local => loader
                 .region(Region::new("us-east-1"))
@@ -130,6 +135,14 @@ impl DynamoSessions {
     /// `CreateTable` is refused as "in use", which is fine), waits until it
     /// is active, and turns on TTL deletion where the endpoint has it.
     pub async fn prepare(&self) -> Result<(), Failure> {
+        // A frozen endpoint must not hang `up`: the whole preparation has
+        // the table's deadline.
+        tokio::time::timeout(TABLE_READY_WITHIN, self.prepare_in())
+            .await
+            .map_err(|_| format!("no answer from DynamoDB within {TABLE_READY_WITHIN:?}"))?
+    }
+
+    async fn prepare_in(&self) -> Result<(), Failure> {
         let described = self.client.describe_table().table_name(TABLE).send().await;
         match described {
             Ok(_) => {}
