@@ -21,7 +21,10 @@ use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::{ManagedProcess, ServerProcess, ServiceError, find_on_path, free_port, private_dir};
+use super::{
+    ManagedProcess, OnFreePort, ServerProcess, ServiceError, find_on_path, launch_on_free_port,
+    private_dir,
+};
 
 /// The variable that points the shop at a DynamoDB endpoint it did not start.
 pub const DYNAMODB_URL_ENV: &str = "DYNAMODB_URL";
@@ -57,10 +60,10 @@ impl DynamoServer {
             process: ServerProcess::not_started("dynalite"),
             node,
             cli,
-            port: free_port()?,
+            port: 0,
             dir: private_dir("dynalite")?,
         };
-        server.launch().await?;
+        launch_on_free_port(&mut server).await?;
         Ok(server)
     }
 
@@ -93,6 +96,12 @@ impl DynamoServer {
     pub async fn restart(&mut self) -> Result<(), ServiceError> {
         self.process.stop();
         self.launch().await
+    }
+}
+
+impl OnFreePort for DynamoServer {
+    fn use_port(&mut self, port: u16) {
+        self.port = port;
     }
 
     /// Starts the process and waits until it answers HTTP.

@@ -17,7 +17,10 @@ use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::{ManagedProcess, ServerProcess, ServiceError, find_on_path, free_port, private_dir};
+use super::{
+    ManagedProcess, OnFreePort, ServerProcess, ServiceError, find_on_path, launch_on_free_port,
+    private_dir,
+};
 
 /// The variable that points the shop at a Memcached it did not start.
 pub const MEMCACHED_URL_ENV: &str = "MEMCACHED_URL";
@@ -57,11 +60,11 @@ impl MemcachedServer {
         let mut server = Self {
             process: ServerProcess::not_started("memcached"),
             binary,
-            port: free_port()?,
+            port: 0,
             memory_mb,
             dir: private_dir("memcached")?,
         };
-        server.launch().await?;
+        launch_on_free_port(&mut server).await?;
         Ok(server)
     }
 
@@ -94,6 +97,12 @@ impl MemcachedServer {
     pub async fn restart(&mut self) -> Result<(), ServiceError> {
         self.process.stop();
         self.launch().await
+    }
+}
+
+impl OnFreePort for MemcachedServer {
+    fn use_port(&mut self, port: u16) {
+        self.port = port;
     }
 
     /// Starts the process and waits until it answers `version`.

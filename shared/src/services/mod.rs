@@ -82,16 +82,88 @@ pub fn find_on_path(program: &str) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-/// A port that was free a moment ago on 127.0.0.1.
+/// A port that was free a moment ago on 127.0.0.1, for a server we start.
 ///
-/// The server we hand it to binds it a few milliseconds later; something
-/// else could take it in between, so callers retry on "address in use".
-/// (Asking the server for port 0 would avoid the race, but then it would
-/// have to tell us its port, which `redis-server` and `postgres` do not.)
+/// The server binds it a few milliseconds later, and something else could
+/// take it in between. Two things make that rare, and [`launch_on_free_port`]
+/// handles the rest:
+///
+/// - The port is picked at random *below* the kernel's ephemeral range
+///   (`/proc/sys/net/ipv4/ip_local_port_range`, 32768–60999 by default).
+///   Ports in that range are what the kernel hands to every `bind(…:0)` and
+///   to every outgoing connection: under parallel tests, thousands of those
+///   come and go each second, and one of them landing on the port we just
+///   let go is how a PostgreSQL test once failed with "Address already in
+///   use". Below the range, only another `free_port` can pick it.
+/// - The rejected alternative, asking the kernel for port 0 and keeping
+///   the socket: `redis-server` and `postgres` cannot be handed an open
+///   socket, nor tell us which port they chose.
 pub fn free_port() -> std::io::Result<u16> {
+    let below = ephemeral_ports_start();
+    // 10000 and up: clear of the well-known and commonly configured ports.
+    let lowest = 10_000.min(below / 2);
+    for _ in 0..64 {
+        let mut bytes = [0u8; 2];
+        getrandom::fill(&mut bytes).map_err(std::io::Error::other)?;
+        let port = lowest + u16::from_le_bytes(bytes) % (below - lowest);
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    // A machine whose low ports are all taken: let the kernel choose.
     Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
         .local_addr()?
         .port())
+}
+
+/// The first port of the kernel's ephemeral range (32768 unless configured).
+fn ephemeral_ports_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .filter(|&start| start > 2_048)
+        .unwrap_or(32_768)
+}
+
+/// A server that is started on a port from [`free_port`].
+pub(crate) trait OnFreePort {
+    /// The port the next [`Self::launch`] binds.
+    fn use_port(&mut self, port: u16);
+    /// Starts the process on that port and waits until it answers.
+    async fn launch(&mut self) -> Result<(), ServiceError>;
+}
+
+/// How many ports [`launch_on_free_port`] tries.
+const PORT_ATTEMPTS: usize = 4;
+
+/// Launches `server` on a free port, and on another one if the port was
+/// taken between [`free_port`] and the server's own bind (its log says
+/// "Address already in use"). Any other failure is returned at once.
+pub(crate) async fn launch_on_free_port(server: &mut impl OnFreePort) -> Result<(), ServiceError> {
+    let mut attempt = 1;
+    loop {
+        server.use_port(free_port()?);
+        match server.launch().await {
+            Err(error) if attempt < PORT_ATTEMPTS && port_was_taken(&error) => {
+                tracing::debug!(%error, attempt, "the port was taken; trying another");
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Whether a server failed to start because its port was in use. Redis,
+/// Memcached and PostgreSQL log "Address already in use"; Node logs
+/// "EADDRINUSE".
+fn port_was_taken(error: &ServiceError) -> bool {
+    match error {
+        ServiceError::NotReady { tail, .. } => {
+            let tail = tail.to_ascii_lowercase();
+            tail.contains("address already in use") || tail.contains("eaddrinuse")
+        }
+        _ => false,
+    }
 }
 
 /// Every private folder's name starts with this (`myclothes-redis-…`).
@@ -606,5 +678,75 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o700, "readable by its owner only");
+    }
+
+    #[test]
+    fn free_ports_are_below_the_range_the_kernel_hands_out() {
+        let start = ephemeral_ports_start();
+        for _ in 0..20 {
+            let port = free_port().expect("a free port");
+            assert!(
+                port < start,
+                "{port} is in the ephemeral range from {start}"
+            );
+            assert!(
+                TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok(),
+                "{port} is free"
+            );
+        }
+    }
+
+    /// A "server" that binds its port with a real socket; on its first
+    /// launch another program takes the port a moment before it does.
+    struct Raced {
+        port: u16,
+        taken_by_another: Option<TcpListener>,
+        listening: Option<TcpListener>,
+        launches: usize,
+    }
+
+    impl OnFreePort for Raced {
+        fn use_port(&mut self, port: u16) {
+            self.port = port;
+        }
+
+        async fn launch(&mut self) -> Result<(), ServiceError> {
+            self.launches += 1;
+            if self.launches == 1 {
+                self.taken_by_another = Some(TcpListener::bind((Ipv4Addr::LOCALHOST, self.port))?);
+            }
+            match TcpListener::bind((Ipv4Addr::LOCALHOST, self.port)) {
+                Ok(listener) => {
+                    self.listening = Some(listener);
+                    Ok(())
+                }
+                Err(error) => Err(ServiceError::NotReady {
+                    program: "raced",
+                    reason: "it exited".to_owned(),
+                    log: "-".to_owned(),
+                    tail: format!("bind: {error}"),
+                }),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_server_whose_port_is_taken_before_it_binds_starts_on_another() {
+        let mut server = Raced {
+            port: 0,
+            taken_by_another: None,
+            listening: None,
+            launches: 0,
+        };
+        launch_on_free_port(&mut server)
+            .await
+            .expect("started on the second port");
+        assert_eq!(server.launches, 2, "one retry");
+        let taken = server.taken_by_another.expect("the first port was taken");
+        let listening = server.listening.expect("the server listens");
+        assert_ne!(
+            taken.local_addr().expect("addr").port(),
+            listening.local_addr().expect("addr").port()
+        );
     }
 }

@@ -25,7 +25,10 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use tempfile::TempDir;
 
-use super::{ManagedProcess, ServiceError, find_on_path, free_port, private_dir, run_to_end};
+use super::{
+    ManagedProcess, OnFreePort, ServiceError, find_on_path, launch_on_free_port, private_dir,
+    run_to_end,
+};
 
 /// The variables that point the shop at databases it did not start.
 pub const DATABASE_URL_ENV: &str = "DATABASE_URL";
@@ -73,22 +76,30 @@ impl PostgresCluster {
                 role: "primary",
                 process: None,
                 data: root.path().join("primary"),
-                port: free_port()?,
+                port: 0,
             },
             replica: Server {
                 role: "replica",
                 process: None,
                 data: root.path().join("replica"),
-                port: free_port()?,
+                port: 0,
             },
             bindir,
             user,
             root,
         };
         cluster.init_primary()?;
-        cluster.start_server(true).await?;
+        launch_on_free_port(&mut FirstStart {
+            cluster: &mut cluster,
+            primary: true,
+        })
+        .await?;
         cluster.clone_replica()?;
-        cluster.start_server(false).await?;
+        launch_on_free_port(&mut FirstStart {
+            cluster: &mut cluster,
+            primary: false,
+        })
+        .await?;
         Ok(cluster)
     }
 
@@ -154,6 +165,14 @@ impl PostgresCluster {
     /// Wakes a frozen primary.
     pub fn thaw_primary(&self) -> std::io::Result<()> {
         signal_server(&self.primary, Signal::SIGCONT)
+    }
+
+    fn server_mut(&mut self, primary: bool) -> &mut Server {
+        if primary {
+            &mut self.primary
+        } else {
+            &mut self.replica
+        }
     }
 
     fn log(&self, name: &str) -> PathBuf {
@@ -235,11 +254,7 @@ impl PostgresCluster {
         let user = self.user.clone();
         let log = self.log(if primary { "primary" } else { "replica" });
         let isready = self.bin("pg_isready");
-        let server = if primary {
-            &mut self.primary
-        } else {
-            &mut self.replica
-        };
+        let server = self.server_mut(primary);
         if server.process.is_some() {
             return Ok(());
         }
@@ -279,6 +294,23 @@ impl PostgresCluster {
             .await?;
         server.process = Some(process);
         Ok(())
+    }
+}
+
+/// The first start of one of the cluster's servers, on a port picked then
+/// (a restart keeps its port: clients and the replica know it).
+struct FirstStart<'a> {
+    cluster: &'a mut PostgresCluster,
+    primary: bool,
+}
+
+impl OnFreePort for FirstStart<'_> {
+    fn use_port(&mut self, port: u16) {
+        self.cluster.server_mut(self.primary).port = port;
+    }
+
+    async fn launch(&mut self) -> Result<(), ServiceError> {
+        self.cluster.start_server(self.primary).await
     }
 }
 

@@ -27,7 +27,10 @@ use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::{ManagedProcess, ServerProcess, ServiceError, find_on_path, free_port, private_dir};
+use super::{
+    ManagedProcess, OnFreePort, ServerProcess, ServiceError, find_on_path, launch_on_free_port,
+    private_dir,
+};
 
 /// The variable that points the shop at a Redis it did not start.
 pub const REDIS_URL_ENV: &str = "REDIS_URL";
@@ -97,24 +100,12 @@ impl RedisServer {
         let mut server = Self {
             process: ServerProcess::not_started("redis-server"),
             binary,
-            port: free_port()?,
+            port: 0,
             role,
             dir: private_dir("redis")?,
         };
-        // Another program may take the free port before Redis binds it: try
-        // another port then, a few times.
-        let mut attempts = 0;
-        loop {
-            match server.launch().await {
-                Ok(()) => return Ok(server),
-                Err(error) if attempts < 3 && server.log_says("Address already in use") => {
-                    tracing::debug!(%error, port = server.port, "port taken; trying another");
-                    attempts += 1;
-                    server.port = free_port()?;
-                }
-                Err(error) => return Err(error),
-            }
-        }
+        launch_on_free_port(&mut server).await?;
+        Ok(server)
     }
 
     /// `redis://127.0.0.1:<port>/`
@@ -163,9 +154,11 @@ impl RedisServer {
     fn log_path(&self) -> PathBuf {
         self.dir.path().join("redis.log")
     }
+}
 
-    fn log_says(&self, needle: &str) -> bool {
-        std::fs::read_to_string(self.log_path()).is_ok_and(|log| log.contains(needle))
+impl OnFreePort for RedisServer {
+    fn use_port(&mut self, port: u16) {
+        self.port = port;
     }
 
     /// Starts the process and waits until it answers PING.
