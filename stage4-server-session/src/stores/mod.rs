@@ -94,6 +94,12 @@ impl Store {
     }
 }
 
+/// Every store's future is boxed. An `async fn` over an enum is as large as
+/// the largest of its arms' futures, whichever store runs: with the AWS
+/// SDK's, a cart request's future was 24 KB (Redis's read alone: 0.6 KB),
+/// allocated zeroed and copied on every request of every store. `perf` on
+/// a Redis-backed instance under cart reads: `memmove` fell from 6.4 % to
+/// 2.3 % of its samples with the box. One small allocation instead.
 impl SessionStore for Store {
     fn settings(&self) -> &SessionSettings {
         match self {
@@ -117,11 +123,11 @@ impl SessionStore for Store {
 
     async fn read(&self, id: &str) -> Result<Answer, ApiError> {
         match self {
-            Self::Redis(store) => store.read(id).await,
-            Self::Memcached(store) => store.read(id).await,
-            Self::Postgres(store) => store.read(id).await,
-            Self::Dynamodb(store) => store.read(id).await,
-            Self::DynamodbCached(store) => store.read(id).await,
+            Self::Redis(store) => Box::pin(store.read(id)).await,
+            Self::Memcached(store) => Box::pin(store.read(id)).await,
+            Self::Postgres(store) => Box::pin(store.read(id)).await,
+            Self::Dynamodb(store) => Box::pin(store.read(id)).await,
+            Self::DynamodbCached(store) => Box::pin(store.read(id)).await,
         }
     }
 
@@ -133,21 +139,21 @@ impl SessionStore for Store {
         key: Option<&IdempotencyKey>,
     ) -> Result<Answer, ApiError> {
         match self {
-            Self::Redis(store) => store.change(id, mode, op, key).await,
-            Self::Memcached(store) => store.change(id, mode, op, key).await,
-            Self::Postgres(store) => store.change(id, mode, op, key).await,
-            Self::Dynamodb(store) => store.change(id, mode, op, key).await,
-            Self::DynamodbCached(store) => store.change(id, mode, op, key).await,
+            Self::Redis(store) => Box::pin(store.change(id, mode, op, key)).await,
+            Self::Memcached(store) => Box::pin(store.change(id, mode, op, key)).await,
+            Self::Postgres(store) => Box::pin(store.change(id, mode, op, key)).await,
+            Self::Dynamodb(store) => Box::pin(store.change(id, mode, op, key)).await,
+            Self::DynamodbCached(store) => Box::pin(store.change(id, mode, op, key)).await,
         }
     }
 
     async fn delete(&self, id: &str) -> Result<(), ApiError> {
         match self {
-            Self::Redis(store) => store.delete(id).await,
-            Self::Memcached(store) => store.delete(id).await,
-            Self::Postgres(store) => store.delete(id).await,
-            Self::Dynamodb(store) => store.delete(id).await,
-            Self::DynamodbCached(store) => store.delete(id).await,
+            Self::Redis(store) => Box::pin(store.delete(id)).await,
+            Self::Memcached(store) => Box::pin(store.delete(id)).await,
+            Self::Postgres(store) => Box::pin(store.delete(id)).await,
+            Self::Dynamodb(store) => Box::pin(store.delete(id)).await,
+            Self::DynamodbCached(store) => Box::pin(store.delete(id)).await,
         }
     }
 }
