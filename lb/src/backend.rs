@@ -24,11 +24,13 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use hyper::Uri;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
+
+use crate::sticky::{Pin, Sticky};
 
 /// Connection timeouts in a row that take a backend out. A refused
 /// connection takes it out at once (nothing listens there); a timeout may
@@ -219,6 +221,8 @@ pub struct Backend {
     /// The load the backend last reported on `/healthz` (requests in
     /// flight plus open sockets); `u64::MAX` before the first report.
     reported_load: AtomicU64,
+    /// The sticky cookie that pins shoppers here, made on first use.
+    sticky_pin: OnceLock<Pin>,
 }
 
 /// Consecutive outcomes, for the rise/fall thresholds.
@@ -271,7 +275,15 @@ impl Backend {
             timeouts: AtomicU32::new(0),
             tunnels: AtomicUsize::new(0),
             reported_load: AtomicU64::new(u64::MAX),
+            sticky_pin: OnceLock::new(),
         }
+    }
+
+    /// The sticky cookie that pins shoppers to this backend under `sticky`
+    /// (one balancer, one key: made on the first request that needs it,
+    /// then only read).
+    pub(crate) fn sticky_pin(&self, sticky: &Sticky) -> &Pin {
+        self.sticky_pin.get_or_init(|| sticky.pin(&self.name))
     }
 
     pub fn name(&self) -> &str {

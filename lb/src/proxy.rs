@@ -603,7 +603,7 @@ impl Balancer {
                 .backends
                 .all()
                 .into_iter()
-                .find(|b| sticky.pins_to(token, b.name()));
+                .find(|b| b.sticky_pin(sticky).is(token));
             let usable = |b: &Backend| {
                 if upgrade {
                     b.takes_new()
@@ -749,7 +749,7 @@ impl Balancer {
             if let Some(cookie) = self
                 .sticky
                 .as_ref()
-                .and_then(|s| s.set_cookie(backend.name(), proto == Proto::Https))
+                .and_then(|s| backend.sticky_pin(s).set_cookie(proto == Proto::Https))
             {
                 response.headers_mut().append(SET_COOKIE, cookie);
             }
