@@ -1,10 +1,12 @@
 """Turns scripts/bench-lb's runs into a table, JSON and a chart.
 
-    python3 scripts/lib/bench_lb_report.py RUNS.tsv OUT_PREFIX --machine M --setup S
+    python3 scripts/lib/bench_lb_report.py RUNS.tsv OUT_PREFIX [--tunnels TUNNELS.tsv] --machine M --setup S
 
 RUNS.tsv has one line per wrk run: scenario, target, round, requests/s, p50
 (ms), p99 (ms), CPU µs per request, system calls per request, context
-switches per request, requests, errors. Writes OUT_PREFIX.md, .json and
+switches per request, requests, errors. TUNNELS.tsv (WebSocket tunnels):
+target, round, tunnels opened, seconds, tunnels/s, KiB per open tunnel
+(nan but in the first round), failures. Writes OUT_PREFIX.md, .json and
 .svg, and prints the Markdown. Figures are medians over the rounds; a ratio
 is the median of the per-round ratios (targets measured in the same round
 shared the machine's moods).
@@ -94,6 +96,85 @@ def summarise(runs):
     return medians, ratios
 
 
+def read_tunnels(path):
+    runs = []
+    if not path:
+        return runs
+    with open(path) as lines:
+        for line in lines:
+            cells = line.rstrip("\n").split("\t")
+            if len(cells) != 7:
+                continue
+            target, round_, opened, seconds, rate, kib, failures = cells
+            runs.append(
+                {
+                    "target": target,
+                    "round": int(round_),
+                    "opened": int(opened),
+                    "seconds": float(seconds),
+                    "tunnels_per_s": float(rate),
+                    "kib_per_tunnel": float(kib),
+                    "failures": int(failures),
+                }
+            )
+    return runs
+
+
+def summarise_tunnels(runs):
+    medians = {}
+    for target in TARGETS:
+        group = [r for r in runs if r["target"] == target]
+        if group:
+            medians[target] = {
+                "tunnels_per_s": median_of(r["tunnels_per_s"] for r in group),
+                "kib_per_tunnel": median_of(r["kib_per_tunnel"] for r in group),
+                "failures": sum(r["failures"] for r in group),
+                "opened": group[0]["opened"],
+            }
+    ratios = {}
+    for other in ("nginx", "haproxy"):
+        if "lb" in medians and other in medians:
+            rounds = {}
+            for r in runs:
+                rounds.setdefault(r["round"], {})[r["target"]] = r
+            rates = [
+                x["lb"]["tunnels_per_s"] / x[other]["tunnels_per_s"]
+                for x in rounds.values()
+                if "lb" in x and other in x and x[other]["tunnels_per_s"] > 0
+            ]
+            memory = medians["lb"]["kib_per_tunnel"] / medians[other]["kib_per_tunnel"] if medians[other]["kib_per_tunnel"] > 0 else float("nan")
+            ratios[f"lb/{other}"] = {
+                "tunnels_per_s": round(statistics.median(rates), 2) if rates else None,
+                "kib_per_tunnel": round(memory, 2),
+            }
+    return medians, ratios
+
+
+def tunnels_markdown(medians, ratios):
+    if not medians:
+        return []
+    opened = next(iter(medians.values()))["opened"]
+    out = [
+        f"**ws**: WebSocket tunnels to three echo backends, {opened} opened 64 at a time and held open",
+        "",
+        "| target | tunnels opened / s | KiB of resident memory per open tunnel | failed |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for target in TARGETS:
+        m = medians.get(target)
+        if m:
+            out.append(f"| {target} | {m['tunnels_per_s']:.0f} | {m['kib_per_tunnel']:.1f} | {m['failures']} |")
+    out.append("")
+    for name, r in ratios.items():
+        out.append(f"- {name}: tunnels opened per second {r['tunnels_per_s']}, memory per open tunnel {r['kib_per_tunnel']}")
+    out.append(
+        "- direct is one echo backend's own memory per socket (the floor); a balancer's is two sockets "
+        "per tunnel, the client's and the backend's"
+    )
+    out.append("")
+    return out
+
+
 def goal_line(ratios):
     verdicts = []
     for name, (sign, bound) in GOALS.items():
@@ -109,7 +190,7 @@ def goal_line(ratios):
     return "; ".join(verdicts)
 
 
-def markdown(machine, setup, medians, ratios):
+def markdown(machine, setup, medians, ratios, tunnels=()):
     out = [machine, setup, ""]
     for scenario, what in SCENARIOS.items():
         if scenario not in medians:
@@ -137,6 +218,7 @@ def markdown(machine, setup, medians, ratios):
             )
         out.append(f"- against the goals (lb / nginx): {goal_line(r)}")
         out.append("")
+    out.extend(tunnels)
     out.append(
         "CPU is the user + system time of the proxy's own processes (for direct, the one instance's), "
         "divided by the requests it served; system calls are counted by `perf` in a run of their own in the first round (counting slows every call). "
@@ -196,15 +278,25 @@ def main():
     parser.add_argument("out")
     parser.add_argument("--machine", required=True)
     parser.add_argument("--setup", required=True)
+    parser.add_argument("--tunnels")
     args = parser.parse_args()
     runs = read_runs(args.runs)
     medians, ratios = summarise(runs)
-    text = markdown(args.machine, args.setup, medians, ratios)
+    tunnel_runs = read_tunnels(args.tunnels)
+    tunnel_medians, tunnel_ratios = summarise_tunnels(tunnel_runs)
+    text = markdown(args.machine, args.setup, medians, ratios, tunnels_markdown(tunnel_medians, tunnel_ratios))
     with open(args.out + ".md", "w") as f:
         f.write(text)
     with open(args.out + ".json", "w") as f:
         json.dump(
-            {"machine": args.machine, "setup": args.setup, "medians": medians, "ratios": ratios, "runs": runs},
+            {
+                "machine": args.machine,
+                "setup": args.setup,
+                "medians": medians,
+                "ratios": ratios,
+                "runs": runs,
+                "tunnels": {"medians": tunnel_medians, "ratios": tunnel_ratios, "runs": tunnel_runs},
+            },
             f,
             indent=1,
         )
