@@ -40,6 +40,12 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
 
+/// The most commands waiting to be written. A frozen server reads
+/// nothing: its callers give up at the store timeout, but their commands
+/// stay queued, so past this many the next ones are refused at once
+/// instead of piling up in memory for as long as the freeze lasts.
+const QUEUED_COMMANDS: usize = 4096;
+
 /// The side of the connection replies are read from.
 type Replies = BufReader<OwnedReadHalf>;
 
@@ -160,11 +166,17 @@ impl Client {
         let mut replace = false;
         loop {
             let jobs = self.connection(replace).await?;
-            match jobs.send(unsent) {
+            match jobs.try_send(unsent) {
                 Ok(()) => break,
-                Err(mpsc::error::SendError(job)) if !replace => {
+                Err(mpsc::error::TrySendError::Closed(job)) if !replace => {
                     unsent = job;
                     replace = true;
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    return Err(Error::Io(std::io::Error::new(
+                        std::io::ErrorKind::WouldBlock,
+                        "memcached is not reading its commands (frozen or overloaded)",
+                    )));
                 }
                 Err(_) => return Err(broken()),
             }
@@ -174,7 +186,7 @@ impl Client {
 
     /// The open connection's queue, or a new connection's when there is
     /// none, it broke, or `replace` asks for one.
-    async fn connection(&self, replace: bool) -> Result<mpsc::UnboundedSender<Job>, Error> {
+    async fn connection(&self, replace: bool) -> Result<mpsc::Sender<Job>, Error> {
         if !replace
             && let Ok(current) = self.connection.lock()
             && let Some(pipeline) = current.as_ref()
@@ -206,14 +218,14 @@ struct Job {
 /// One connection: a writer task and a reader task, and whether both run.
 #[derive(Debug)]
 struct Pipeline {
-    jobs: mpsc::UnboundedSender<Job>,
+    jobs: mpsc::Sender<Job>,
     open: Arc<AtomicBool>,
 }
 
 impl Pipeline {
     fn start(stream: TcpStream) -> Self {
         let (read_half, write_half) = stream.into_split();
-        let (jobs, queued) = mpsc::unbounded_channel();
+        let (jobs, queued) = mpsc::channel(QUEUED_COMMANDS);
         let (expect, expected) = mpsc::unbounded_channel();
         let open = Arc::new(AtomicBool::new(true));
         tokio::spawn(write_commands(
@@ -235,7 +247,7 @@ impl Pipeline {
 /// reader task in that same order, before the command they belong to.
 async fn write_commands(
     mut connection: BufWriter<OwnedWriteHalf>,
-    mut queued: mpsc::UnboundedReceiver<Job>,
+    mut queued: mpsc::Receiver<Job>,
     expect: mpsc::UnboundedSender<Job>,
     open: Arc<AtomicBool>,
 ) {
