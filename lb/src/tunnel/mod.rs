@@ -10,10 +10,10 @@
 //!   them; for an upgrade they are passed on on purpose;
 //! * the backend connection is opened for this one request and never goes
 //!   back to the pool: once upgraded, it belongs to the socket;
-//! * after the 101, the proxy splices the two connections together
-//!   (`tokio::io::copy_bidirectional`, with page-sized buffers) until
-//!   either side closes. It does not read the frames: they are the page's
-//!   and the instance's business;
+//! * after the 101, the proxy relays bytes between the two connections
+//!   ([`relay`]: a buffer only while bytes are in flight, so an idle
+//!   tunnel holds none) until both sides close. It does not read the
+//!   frames: they are the page's and the instance's business;
 //! * the tunnel holds its backend's in-flight count for its whole life, so
 //!   `least-conn` balances open sockets, and a tunnels-open gauge says how
 //!   many there are; it gives back its request slot (`max_conns` is about
@@ -32,15 +32,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-/// The copy buffer each way of a tunnel, held for the tunnel's whole life.
-/// 4 KiB (a page, as nginx's `proxy_buffer_size`), not tokio's default of
-/// 8 KiB: a shop's sockets are mostly idle and carry small messages, and
-/// thousands stay open at once. Measured with `lb/examples/bench_tunnels.rs`
-/// (2,000 open tunnels, three rounds side by side): 18–19 KiB of the
-/// balancer's memory per tunnel with 8 KiB buffers, 10–12 KiB with these,
-/// and tunnels open as fast. A larger message still goes through, in
-/// several copies.
-const TUNNEL_BUFFER: usize = 4 * 1024;
+mod relay;
 
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
@@ -158,13 +150,7 @@ pub(crate) async fn open(
         match tokio::try_join!(client, server) {
             Ok((client, server)) => {
                 let (mut client, mut server) = (TokioIo::new(client), TokioIo::new(server));
-                let copied = tokio::io::copy_bidirectional_with_sizes(
-                    &mut client,
-                    &mut server,
-                    TUNNEL_BUFFER,
-                    TUNNEL_BUFFER,
-                )
-                .await;
+                let copied = relay::relay(&mut client, &mut server).await;
                 match copied {
                     Ok((up, down)) => tracing::debug!(backend = name, up, down, "tunnel closed"),
                     Err(error) => tracing::debug!(backend = name, %error, "tunnel broke"),

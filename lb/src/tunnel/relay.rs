@@ -1,0 +1,269 @@
+//! The bytes of an open tunnel, copied both ways, with a buffer only while
+//! some are in flight.
+//!
+//! A shop's WebSockets are open for as long as a page is, and idle nearly
+//! all that time: a stock update now and then, a ping. What an idle tunnel
+//! costs the balancer is what it keeps between messages. tokio's
+//! `copy_bidirectional` (the rejected alternative, and what this module
+//! replaced) keeps a buffer each way for the tunnel's whole life: two pages
+//! per idle tunnel, most of what `lb` held per open tunnel (10–12 KiB).
+//!
+//! Here each direction reads into a buffer on the stack, for the length of
+//! one poll, and writes what it read straight on. Only when the other side
+//! cannot take it all yet (a slow reader, a full socket buffer) do the
+//! bytes left over move to the heap, and that buffer goes back to the
+//! allocator as soon as they are written. An idle tunnel holds no buffer at
+//! all; HAProxy does the same with its buffer pool, and so does nginx's
+//! `proxy_buffering off` path, with one buffer per side. Nothing is read
+//! from a side while bytes from it are still waiting to be written: a
+//! slow reader slows its writer down (back-pressure), and memory stays
+//! bounded by one chunk per direction.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The most read from one side in one go, on the stack (tokio's own copy
+/// size). A larger message goes through in several chunks.
+const CHUNK: usize = 8 * 1024;
+
+/// Copies `a`'s bytes to `b` and `b`'s to `a` until both sides have closed
+/// their writing half (an end of stream is passed on as a shutdown of the
+/// other side's), or either fails. Returns the bytes copied `a` → `b` and
+/// `b` → `a`, as `tokio::io::copy_bidirectional` does.
+pub(crate) async fn relay<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let (mut a_to_b, mut b_to_a) = (OneWay::default(), OneWay::default());
+    std::future::poll_fn(|cx| {
+        let up = a_to_b.poll_copy(cx, &mut *a, &mut *b)?;
+        let down = b_to_a.poll_copy(cx, &mut *b, &mut *a)?;
+        match (up, down) {
+            (Poll::Ready(up), Poll::Ready(down)) => Poll::Ready(Ok((up, down))),
+            _ => Poll::Pending,
+        }
+    })
+    .await
+}
+
+/// One direction of a relay.
+#[derive(Default)]
+struct OneWay {
+    /// Bytes read but not yet written, because the writer could not take
+    /// them: the only buffer a direction ever holds, and only until then.
+    unwritten: Option<Unwritten>,
+    /// Written since the last flush.
+    unflushed: bool,
+    /// The reader has ended; the end is being passed on.
+    ended: bool,
+    /// The end was passed on: nothing more to do.
+    done: bool,
+    copied: u64,
+}
+
+struct Unwritten {
+    bytes: Box<[u8]>,
+    from: usize,
+}
+
+impl OneWay {
+    /// Copies what `from` has to `to`, until `from` has nothing more for
+    /// now (`Pending`, with both wakers registered as needed) or has ended
+    /// and the end was passed on (`Ready` with the bytes copied).
+    fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &mut R,
+        to: &mut W,
+    ) -> Poll<io::Result<u64>>
+    where
+        R: AsyncRead + Unpin + ?Sized,
+        W: AsyncWrite + Unpin + ?Sized,
+    {
+        loop {
+            if self.done {
+                return Poll::Ready(Ok(self.copied));
+            }
+            // First what a slow writer left; then the buffer is let go.
+            if let Some(unwritten) = &mut self.unwritten {
+                while unwritten.from < unwritten.bytes.len() {
+                    let n = ready!(
+                        Pin::new(&mut *to).poll_write(cx, &unwritten.bytes[unwritten.from..])
+                    )?;
+                    if n == 0 {
+                        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                    }
+                    unwritten.from += n;
+                    self.copied += n as u64;
+                    self.unflushed = true;
+                }
+                self.unwritten = None;
+            }
+            if self.ended {
+                ready!(Pin::new(&mut *to).poll_shutdown(cx))?;
+                self.done = true;
+                continue;
+            }
+            let mut chunk = [MaybeUninit::<u8>::uninit(); CHUNK];
+            let mut read = ReadBuf::uninit(&mut chunk);
+            if Pin::new(&mut *from).poll_read(cx, &mut read)?.is_pending() {
+                // Nothing more to read for now: see that what was written
+                // is on its way (a no-op for plain TCP, a TLS record for
+                // HTTPS) before waiting.
+                if self.unflushed {
+                    ready!(Pin::new(&mut *to).poll_flush(cx))?;
+                    self.unflushed = false;
+                }
+                return Poll::Pending;
+            }
+            let read = read.filled();
+            if read.is_empty() {
+                self.ended = true;
+                continue;
+            }
+            let mut written = 0;
+            while written < read.len() {
+                match Pin::new(&mut *to).poll_write(cx, &read[written..])? {
+                    Poll::Ready(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(n) => {
+                        written += n;
+                        self.copied += n as u64;
+                        self.unflushed = true;
+                    }
+                    Poll::Pending => {
+                        // The writer is full: keep the rest until it is not.
+                        self.unwritten = Some(Unwritten {
+                            bytes: read[written..].into(),
+                            from: 0,
+                        });
+                        return Poll::Pending;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
+
+    #[tokio::test]
+    async fn bytes_cross_both_ways_and_each_end_is_passed_on() {
+        let (mut client, mut client_side) = duplex(64 * 1024);
+        let (mut server_side, mut server) = duplex(64 * 1024);
+        let relaying = tokio::spawn(async move { relay(&mut client_side, &mut server_side).await });
+
+        client.write_all(b"hello").await.expect("client writes");
+        let mut got = [0u8; 5];
+        server.read_exact(&mut got).await.expect("server reads");
+        assert_eq!(&got, b"hello");
+        server.write_all(b"hi there").await.expect("server writes");
+        let mut got = [0u8; 8];
+        client.read_exact(&mut got).await.expect("client reads");
+        assert_eq!(&got, b"hi there");
+
+        client.shutdown().await.expect("client ends");
+        let mut rest = Vec::new();
+        server
+            .read_to_end(&mut rest)
+            .await
+            .expect("the end reaches the server");
+        assert!(rest.is_empty());
+        server
+            .write_all(b"bye")
+            .await
+            .expect("the other way stays open");
+        server.shutdown().await.expect("server ends");
+        let mut rest = Vec::new();
+        client
+            .read_to_end(&mut rest)
+            .await
+            .expect("the end reaches the client");
+        assert_eq!(rest, b"bye");
+
+        let copied = relaying.await.expect("relay task").expect("relay");
+        assert_eq!(copied, (5, 11));
+    }
+
+    #[tokio::test]
+    async fn a_slow_reader_gets_every_byte_in_order() {
+        // The server side takes 100 bytes at a time, far less than a chunk.
+        let (mut client, mut client_side) = duplex(64 * 1024);
+        let (mut server_side, mut server) = duplex(100);
+        let relaying = tokio::spawn(async move { relay(&mut client_side, &mut server_side).await });
+        let sent: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let writing = {
+            let sent = sent.clone();
+            tokio::spawn(async move {
+                client.write_all(&sent).await.expect("client writes");
+                client.shutdown().await.expect("client ends");
+                client
+            })
+        };
+        let mut received = Vec::new();
+        let mut piece = [0u8; 37];
+        loop {
+            let n = server.read(&mut piece).await.expect("server reads");
+            if n == 0 {
+                break;
+            }
+            received.extend_from_slice(&piece[..n]);
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(received.len(), sent.len(), "every byte");
+        assert!(received == sent, "in order");
+        drop(writing.await.expect("writer"));
+        drop(server);
+        let (up, _) = relaying.await.expect("relay task").expect("relay");
+        assert_eq!(up, 300_000);
+    }
+
+    #[test]
+    fn the_buffer_is_held_only_while_the_writer_is_behind() {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let (mut writer_end, mut from) = duplex(CHUNK);
+        let (mut to, mut reader_end) = duplex(10);
+        let mut one_way = OneWay::default();
+
+        // Idle: nothing to read, nothing held.
+        assert!(one_way.poll_copy(&mut cx, &mut from, &mut to).is_pending());
+        assert!(
+            one_way.unwritten.is_none(),
+            "an idle direction holds no buffer"
+        );
+
+        // 50 bytes arrive; the other side takes 10: the other 40 are kept.
+        assert!(
+            Pin::new(&mut writer_end)
+                .poll_write(&mut cx, &[7; 50])
+                .is_ready()
+        );
+        assert!(one_way.poll_copy(&mut cx, &mut from, &mut to).is_pending());
+        let kept = one_way.unwritten.as_ref().map(|u| u.bytes.len() - u.from);
+        assert_eq!(kept, Some(40), "what the writer could not take yet");
+
+        // The reader catches up: the rest is written and the buffer let go.
+        let mut sink = Vec::new();
+        while sink.len() < 50 {
+            let mut piece = [0u8; 10];
+            let mut buf = ReadBuf::new(&mut piece);
+            if Pin::new(&mut reader_end)
+                .poll_read(&mut cx, &mut buf)
+                .is_ready()
+            {
+                sink.extend_from_slice(buf.filled());
+            }
+            let _ = one_way.poll_copy(&mut cx, &mut from, &mut to);
+        }
+        assert_eq!(sink, vec![7; 50]);
+        assert!(one_way.unwritten.is_none(), "let go once written");
+        assert_eq!(one_way.copied, 50);
+    }
+}
