@@ -15,6 +15,8 @@
 //!   timeouts; `pool`: keep-alive connections to the backends, per thread.
 //! * [`run_threaded`]: the binary's shape, one event loop per core.
 //! * `errors`: JSON 502/503/504 when no backend can answer.
+//! * `tunnel`: WebSocket upgrades, then the bytes relayed both ways with a
+//!   buffer only while some are in flight (`tunnel::relay`).
 //! * `sticky`: the `lb_sticky` cookie that pins a shopper to a backend.
 //! * `health`: active checks of `/healthz` with rise/fall thresholds;
 //!   `proxy` adds passive marking and one retry elsewhere.

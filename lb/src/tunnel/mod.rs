@@ -32,8 +32,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-mod relay;
-
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper::header::{CONNECTION, HeaderMap, HeaderValue, UPGRADE};
@@ -45,6 +43,8 @@ use crate::backend::{Backend, ConnectFailure, InFlight};
 use crate::body::{ProxyBody, Tracked};
 use crate::dial::Dial;
 use crate::errors::LbError;
+
+mod relay;
 
 /// Whether `request` asks to switch protocols: a GET with `Upgrade` and a
 /// `Connection` header that lists `upgrade`.
