@@ -217,6 +217,10 @@ impl Tls {
     /// Tells TLS from plain HTTP and, for TLS, does the handshake; both
     /// within [`HANDSHAKE_TIMEOUT`].
     pub(crate) async fn open(&self, stream: TcpStream) -> io::Result<Opened> {
+        self.open_within(stream, HANDSHAKE_TIMEOUT).await
+    }
+
+    async fn open_within(&self, stream: TcpStream, deadline: Duration) -> io::Result<Opened> {
         let opening = async {
             let mut first = [0u8; 1];
             if stream.peek(&mut first).await? == 0 {
@@ -231,7 +235,7 @@ impl Tls {
             let stream = self.acceptor.accept(stream).await?;
             Ok(Opened::Tls(Box::new(stream)))
         };
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, opening)
+        tokio::time::timeout(deadline, opening)
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))?
     }
@@ -322,6 +326,51 @@ fn pem(label: &str, der: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A connection to a fresh listener: the client's end and the
+    /// balancer's.
+    async fn connection() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("listening");
+        let address = listener.local_addr().expect("address");
+        let client = TcpStream::connect(address).await.expect("connected");
+        let (accepted, _) = listener.accept().await.expect("accepted");
+        (client, accepted)
+    }
+
+    /// What `open_within` answered, as an error kind (`None`: it opened).
+    async fn opening_fails_with(client_sends: &[u8]) -> Option<io::ErrorKind> {
+        use tokio::io::AsyncWriteExt;
+        let tls = Tls::new(&TlsSettings::self_signed_for_localhost()).expect("TLS");
+        let (mut client, accepted) = connection().await;
+        client.write_all(client_sends).await.expect("sent");
+        let opened = tls.open_within(accepted, Duration::from_millis(200)).await;
+        // The client stays connected, and silent, until the balancer gives up.
+        drop(client);
+        opened.err().map(|error| error.kind())
+    }
+
+    #[tokio::test]
+    async fn a_client_that_connects_and_says_nothing_is_dropped_at_the_deadline() {
+        assert_eq!(opening_fails_with(b"").await, Some(io::ErrorKind::TimedOut));
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stalls_inside_the_handshake_is_dropped_at_the_deadline() {
+        // A TLS record header announcing a 512-byte ClientHello, and then
+        // nothing: the slowloris of TLS.
+        let stalled = [TLS_HANDSHAKE_RECORD, 0x03, 0x01, 0x02, 0x00, 0x01];
+        assert_eq!(
+            opening_fails_with(&stalled).await,
+            Some(io::ErrorKind::TimedOut)
+        );
+    }
+
+    #[tokio::test]
+    async fn plain_http_is_told_apart_without_waiting() {
+        assert_eq!(opening_fails_with(b"GET / HTTP/1.1\r\n").await, None);
+    }
 
     #[test]
     fn fingerprints_look_like_what_browsers_show() {
