@@ -345,8 +345,15 @@ mod tests {
         let tls = Tls::new(&TlsSettings::self_signed_for_localhost()).expect("TLS");
         let (mut client, accepted) = connection().await;
         client.write_all(client_sends).await.expect("sent");
-        let opened = tls.open_within(accepted, Duration::from_millis(200)).await;
-        // The client stays connected, and silent, until the balancer gives up.
+        // The test's own deadline, far past the balancer's: a regression
+        // fails here instead of hanging.
+        let opened = tokio::time::timeout(
+            Duration::from_secs(5),
+            tls.open_within(accepted, Duration::from_millis(200)),
+        )
+        .await
+        .expect("the balancer gave up by its own deadline");
+        // Connected and silent until then.
         drop(client);
         opened.err().map(|error| error.kind())
     }
