@@ -152,77 +152,94 @@ impl OneWay {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
+
+    /// Runs a test's steps under a deadline: a relay that stops moving
+    /// bytes fails the test instead of hanging it.
+    async fn within_deadline(steps: impl Future<Output = ()>) {
+        tokio::time::timeout(Duration::from_secs(10), steps)
+            .await
+            .expect("the relay kept moving");
+    }
 
     #[tokio::test]
     async fn bytes_cross_both_ways_and_each_end_is_passed_on() {
-        let (mut client, mut client_side) = duplex(64 * 1024);
-        let (mut server_side, mut server) = duplex(64 * 1024);
-        let relaying = tokio::spawn(async move { relay(&mut client_side, &mut server_side).await });
+        within_deadline(async {
+            let (mut client, mut client_side) = duplex(64 * 1024);
+            let (mut server_side, mut server) = duplex(64 * 1024);
+            let relaying =
+                tokio::spawn(async move { relay(&mut client_side, &mut server_side).await });
 
-        client.write_all(b"hello").await.expect("client writes");
-        let mut got = [0u8; 5];
-        server.read_exact(&mut got).await.expect("server reads");
-        assert_eq!(&got, b"hello");
-        server.write_all(b"hi there").await.expect("server writes");
-        let mut got = [0u8; 8];
-        client.read_exact(&mut got).await.expect("client reads");
-        assert_eq!(&got, b"hi there");
+            client.write_all(b"hello").await.expect("client writes");
+            let mut got = [0u8; 5];
+            server.read_exact(&mut got).await.expect("server reads");
+            assert_eq!(&got, b"hello");
+            server.write_all(b"hi there").await.expect("server writes");
+            let mut got = [0u8; 8];
+            client.read_exact(&mut got).await.expect("client reads");
+            assert_eq!(&got, b"hi there");
 
-        client.shutdown().await.expect("client ends");
-        let mut rest = Vec::new();
-        server
-            .read_to_end(&mut rest)
-            .await
-            .expect("the end reaches the server");
-        assert!(rest.is_empty());
-        server
-            .write_all(b"bye")
-            .await
-            .expect("the other way stays open");
-        server.shutdown().await.expect("server ends");
-        let mut rest = Vec::new();
-        client
-            .read_to_end(&mut rest)
-            .await
-            .expect("the end reaches the client");
-        assert_eq!(rest, b"bye");
+            client.shutdown().await.expect("client ends");
+            let mut rest = Vec::new();
+            server
+                .read_to_end(&mut rest)
+                .await
+                .expect("the end reaches the server");
+            assert!(rest.is_empty());
+            server
+                .write_all(b"bye")
+                .await
+                .expect("the other way stays open");
+            server.shutdown().await.expect("server ends");
+            let mut rest = Vec::new();
+            client
+                .read_to_end(&mut rest)
+                .await
+                .expect("the end reaches the client");
+            assert_eq!(rest, b"bye");
 
-        let copied = relaying.await.expect("relay task").expect("relay");
-        assert_eq!(copied, (5, 11));
+            let copied = relaying.await.expect("relay task").expect("relay");
+            assert_eq!(copied, (5, 11));
+        })
+        .await;
     }
 
     #[tokio::test]
     async fn a_slow_reader_gets_every_byte_in_order() {
-        // The server side takes 100 bytes at a time, far less than a chunk.
-        let (mut client, mut client_side) = duplex(64 * 1024);
-        let (mut server_side, mut server) = duplex(100);
-        let relaying = tokio::spawn(async move { relay(&mut client_side, &mut server_side).await });
-        let sent: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
-        let writing = {
-            let sent = sent.clone();
-            tokio::spawn(async move {
-                client.write_all(&sent).await.expect("client writes");
-                client.shutdown().await.expect("client ends");
-                client
-            })
-        };
-        let mut received = Vec::new();
-        let mut piece = [0u8; 37];
-        loop {
-            let n = server.read(&mut piece).await.expect("server reads");
-            if n == 0 {
-                break;
+        within_deadline(async {
+            // The server side takes 100 bytes at a time, far less than a chunk.
+            let (mut client, mut client_side) = duplex(64 * 1024);
+            let (mut server_side, mut server) = duplex(100);
+            let relaying =
+                tokio::spawn(async move { relay(&mut client_side, &mut server_side).await });
+            let sent: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+            let writing = {
+                let sent = sent.clone();
+                tokio::spawn(async move {
+                    client.write_all(&sent).await.expect("client writes");
+                    client.shutdown().await.expect("client ends");
+                    client
+                })
+            };
+            let mut received = Vec::new();
+            let mut piece = [0u8; 37];
+            loop {
+                let n = server.read(&mut piece).await.expect("server reads");
+                if n == 0 {
+                    break;
+                }
+                received.extend_from_slice(&piece[..n]);
+                tokio::task::yield_now().await;
             }
-            received.extend_from_slice(&piece[..n]);
-            tokio::task::yield_now().await;
-        }
-        assert_eq!(received.len(), sent.len(), "every byte");
-        assert!(received == sent, "in order");
-        drop(writing.await.expect("writer"));
-        drop(server);
-        let (up, _) = relaying.await.expect("relay task").expect("relay");
-        assert_eq!(up, 300_000);
+            assert_eq!(received.len(), sent.len(), "every byte");
+            assert!(received == sent, "in order");
+            drop(writing.await.expect("writer"));
+            drop(server);
+            let (up, _) = relaying.await.expect("relay task").expect("relay");
+            assert_eq!(up, 300_000);
+        })
+        .await;
     }
 
     #[test]
