@@ -163,6 +163,13 @@ mod tests {
             .expect("the relay kept moving");
     }
 
+    /// What one end still receives, up to the end of the stream.
+    async fn everything_left(end: &mut tokio::io::DuplexStream) -> Vec<u8> {
+        let mut rest = Vec::new();
+        end.read_to_end(&mut rest).await.expect("read to the end");
+        rest
+    }
+
     #[tokio::test]
     async fn bytes_cross_both_ways_and_each_end_is_passed_on() {
         within_deadline(async {
@@ -181,23 +188,16 @@ mod tests {
             assert_eq!(&got, b"hi there");
 
             client.shutdown().await.expect("client ends");
-            let mut rest = Vec::new();
-            server
-                .read_to_end(&mut rest)
-                .await
-                .expect("the end reaches the server");
-            assert!(rest.is_empty());
+            assert!(
+                everything_left(&mut server).await.is_empty(),
+                "the end reaches the server"
+            );
             server
                 .write_all(b"bye")
                 .await
                 .expect("the other way stays open");
             server.shutdown().await.expect("server ends");
-            let mut rest = Vec::new();
-            client
-                .read_to_end(&mut rest)
-                .await
-                .expect("the end reaches the client");
-            assert_eq!(rest, b"bye");
+            assert_eq!(everything_left(&mut client).await, b"bye", "then the end");
 
             let copied = relaying.await.expect("relay task").expect("relay");
             assert_eq!(copied, (5, 11));
