@@ -66,6 +66,10 @@ pub use sticky::{Sticky, StickyKeyError};
 pub use supervisor::Supervisor;
 pub use tls::{TlsError, TlsSettings};
 
+/// How long an open tunnel may stay quiet by default: nginx's
+/// `proxy_read_timeout`. The shop's sockets ping three times as often.
+pub const DEFAULT_TUNNEL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Everything a balancer needs to start.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -75,6 +79,9 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// How long to wait for a backend's response head once the request is sent.
     pub request_timeout: Duration,
+    /// How long an open tunnel (a WebSocket) may carry no byte either way
+    /// before it is closed; `None`: for ever.
+    pub tunnel_idle_timeout: Option<Duration>,
     /// How much load each backend is given at once.
     pub limits: Limits,
     /// The query parameter the `hash-param` policy hashes.
@@ -111,6 +118,7 @@ impl Config {
             policy,
             connect_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(30),
+            tunnel_idle_timeout: Some(DEFAULT_TUNNEL_IDLE_TIMEOUT),
             limits: Limits::default(),
             hash_param: "room".to_owned(),
             sticky: None,
@@ -148,6 +156,10 @@ pub struct Args {
     /// Time allowed for a backend's response head (e.g. 30s).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
+    /// Time an open WebSocket may carry nothing either way before it is
+    /// closed (the shop pings every 20s); 0 keeps quiet tunnels for ever.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub tunnel_idle_timeout: Duration,
     /// Requests in flight to one backend at most; more wait in its queue.
     #[arg(long, default_value_t = Limits::default().max_conns, value_parser = clap::value_parser!(usize))]
     pub max_conns: usize,
@@ -249,6 +261,7 @@ impl Args {
             policy: self.policy,
             connect_timeout: self.connect_timeout,
             request_timeout: self.request_timeout,
+            tunnel_idle_timeout: Some(self.tunnel_idle_timeout).filter(|t| !t.is_zero()),
             hash_param: self.hash_param.clone(),
             limits: Limits {
                 max_conns: self.max_conns,

@@ -92,6 +92,8 @@ pub struct Balancer {
     picker: Picker,
     dial: Dial,
     request_timeout: Duration,
+    /// How long an open tunnel may stay quiet both ways.
+    tunnel_idle_timeout: Option<Duration>,
     limits: Limits,
     /// The query parameter the hash-param policy hashes.
     hash_param: String,
@@ -202,6 +204,7 @@ impl Balancer {
                 source: config.source_address,
             },
             request_timeout: config.request_timeout,
+            tunnel_idle_timeout: config.tunnel_idle_timeout,
             limits: config.limits,
             hash_param: config.hash_param,
             sticky: config.sticky,
@@ -579,6 +582,7 @@ impl Balancer {
             upstream,
             self.dial,
             self.request_timeout,
+            self.tunnel_idle_timeout,
         )
         .await;
         match opened {

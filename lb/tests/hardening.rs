@@ -460,6 +460,32 @@ async fn lb_proxies_websocket_upgrade() {
 }
 
 #[tokio::test]
+async fn a_websocket_quiet_both_ways_is_closed_at_the_idle_timeout() {
+    use futures_util::StreamExt;
+    let b = backend("b1").await;
+    let mut config = no_health_checks(vec![b.spec()]);
+    config.tunnel_idle_timeout = Some(Duration::from_millis(300));
+    let lb = balancer_from(config).await;
+    // The backend greets, then says nothing, as a frozen instance would.
+    let (mut socket, _) = open_socket(&lb).await;
+    let after = tokio::time::timeout(Duration::from_secs(10), socket.next())
+        .await
+        .expect("the balancer ends the quiet tunnel");
+    assert!(
+        !matches!(after, Some(Ok(ref message)) if !message.is_close()),
+        "no message, only the end: {after:?}"
+    );
+    let backend = lb.balancer.backends().get("b1").expect("b1");
+    for _ in 0..100 {
+        if backend.tunnels() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(backend.tunnels(), 0, "the tunnel is let go");
+}
+
+#[tokio::test]
 async fn draining_backend_takes_no_new_upgrades() {
     let (b1, b2) = (backend("b1").await, backend("b2").await);
     let lb = balancer_from(no_health_checks(vec![b1.spec(), b2.spec()])).await;

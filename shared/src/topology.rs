@@ -61,6 +61,9 @@ pub struct TopologyConfig {
     pub sticky: bool,
     /// Health checks of the instances; `None` turns them off.
     pub health: Option<HealthConfig>,
+    /// How long an open WebSocket may stay quiet both ways before the
+    /// balancer closes it ([`lb::Config::tunnel_idle_timeout`]).
+    pub tunnel_idle_timeout: Option<Duration>,
     /// Serve the balancer's dashboard and admin API under `/_lb/`.
     pub admin: bool,
     /// Extra environment for every instance.
@@ -159,6 +162,7 @@ impl TopologyConfig {
             policy: stage.policy,
             sticky: stage.sticky,
             health: Some(TEACHING_HEALTH),
+            tunnel_idle_timeout: Some(lb::DEFAULT_TUNNEL_IDLE_TIMEOUT),
             admin: true,
             env: Vec::new(),
             show_logs: true,
@@ -526,6 +530,7 @@ impl Topology {
         lb_config.tls = config.tls.clone();
         lb_config.hsts = config.hsts;
         lb_config.health = config.health;
+        lb_config.tunnel_idle_timeout = config.tunnel_idle_timeout;
         lb_config.admin = config.admin;
         if config.sticky {
             lb_config.sticky = Some(

@@ -100,6 +100,12 @@ pub struct LiveArgs {
     /// Units of each SKU in stock when the shop first starts.
     #[arg(long, env = "SHOP_INITIAL_STOCK", default_value_t = 50)]
     pub initial_stock: u32,
+    /// Ping each page's socket this often, so that a balancer's idle
+    /// timeout (lb's and nginx's 60s) never takes a quiet page for a dead
+    /// one, and a frozen instance's sockets go quiet and get closed.
+    #[arg(long, env = "SHOP_WS_PING", default_value = "20s", value_parser = humantime::parse_duration)]
+    #[serde(serialize_with = "shop::flags::duration")]
+    pub ws_ping: Duration,
 }
 
 fn serialize_ticker<S: serde::Serializer>(
@@ -120,6 +126,8 @@ pub struct Stage6State {
     live: Live,
     _bus: Bus,
     ticker: Option<JoinHandle<()>>,
+    /// How often each socket is pinged.
+    ws_ping: Duration,
 }
 
 impl Drop for Stage6State {
@@ -178,6 +186,7 @@ impl Stage for Stage6 {
             live,
             _bus: bus,
             ticker,
+            ws_ping: args.ws_ping,
         };
         Ok((carts, state))
     }

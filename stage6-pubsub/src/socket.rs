@@ -207,6 +207,10 @@ impl Session {
         }
         let mut presence = tokio::time::interval(PRESENCE_FOR / 3);
         presence.tick().await;
+        let mut ping = tokio::time::interval(self.shop.state.ws_ping);
+        // After a stall (a frozen instance, thawed), one ping, not a burst.
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.tick().await;
         loop {
             let step = tokio::select! {
                 message = self.socket.recv() => match message {
@@ -222,6 +226,7 @@ impl Session {
                     Err(End::Close(close_code::AWAY, "this instance is leaving; reconnect"))
                 }
                 _ = presence.tick() => self.refresh_presence().await,
+                _ = ping.tick() => self.ping().await,
             };
             if let Err(end) = step {
                 return end;
@@ -544,6 +549,12 @@ impl Session {
             Err(LiveError::Unavailable) => self.send_json(r#"{"type":"paused"}"#).await,
             Err(error) => self.refuse(&error.to_string()).await,
         }
+    }
+
+    /// Shows the balancer (and the page) that this end is alive.
+    async fn ping(&mut self) -> Result<(), End> {
+        let ping = self.socket.send(Message::Ping(Default::default()));
+        within_deadline(&self.shop.state.hub.stats.closed_slow, ping).await
     }
 
     async fn refresh_presence(&mut self) -> Result<(), End> {

@@ -1,19 +1,86 @@
-//! Stage 6 on a bad day: a drained instance, a page that reads too slowly,
-//! Redis frozen and killed, fifty shoppers after the last ten T-shirts, a
-//! checkout whose answer was lost, a socket opened from another site.
+//! Stage 6 on a bad day: a drained instance, a frozen instance, a page
+//! that reads too slowly, Redis frozen and killed, fifty shoppers after
+//! the last ten T-shirts, a checkout whose answer was lost, a socket
+//! opened from another site.
 
 mod support;
 
+use std::time::Duration;
+
 use futures_util::{SinkExt, StreamExt};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use reqwest::Method;
 use serde_json::json;
 use shop::testing::Admin;
 use stage6::client::{ClientError, LiveClient, Tally};
 use stage6::fanout::Fanout;
-use support::{QUIET, SOON, buy, checkout, page, receive, spawn_live};
+use support::{QUIET, SOON, buy, checkout, page, receive, spawn_live, spawn_live_with};
 use tokio_tungstenite::tungstenite::Message;
 
 const TEE: &str = "TEE-NAVY-M";
+
+/// The balancer's tunnel idle timeout in the tests about it, and how often
+/// the shop pings: a few pings per timeout, as 20 s per 60 s in `up`.
+const IDLE: Duration = Duration::from_secs(1);
+const PING: &str = "250ms";
+
+/// Sends `signal` to instance `name` of `shop`.
+fn signal_instance(shop: &support::LiveShop, name: &str, signal: Signal) {
+    let pid = shop
+        .topology
+        .instance(name)
+        .and_then(|i| i.pid)
+        .unwrap_or_else(|| panic!("{name} runs"));
+    kill(Pid::from_raw(i32::try_from(pid).expect("a pid")), signal).expect("signalled");
+}
+
+#[tokio::test]
+async fn a_quiet_page_outlives_the_balancers_idle_timeout_because_the_shop_pings() {
+    let shop = spawn_live_with(Fanout::Pubsub, 1, &[("SHOP_WS_PING", PING)], |config| {
+        config.tunnel_idle_timeout = Some(IDLE);
+    })
+    .await;
+    let (mut quiet, mut tally) = page(&shop.url(), &[TEE]).await;
+    // Three idle timeouts without a message from either end but the pings
+    // (which the client answers by itself, as browsers do).
+    let nothing = quiet.next(IDLE * 3).await;
+    assert!(
+        matches!(nothing, Ok(None)),
+        "still open, nothing sent: {nothing:?}"
+    );
+    assert!(shop.set_price(&shop.url(), TEE, 1500).await.is_success());
+    receive(&mut quiet, &mut tally, 1).await;
+    assert_eq!(tally.received(), 1, "the same socket still carries updates");
+    shop.stop().await;
+}
+
+#[tokio::test]
+async fn a_page_on_a_frozen_instance_is_cut_off_by_the_balancer_and_reconnects_elsewhere() {
+    let shop = spawn_live_with(Fanout::Pubsub, 2, &[("SHOP_WS_PING", PING)], |config| {
+        config.tunnel_idle_timeout = Some(IDLE);
+    })
+    .await;
+    let (mut stuck, _) = page(&shop.url(), &[TEE]).await;
+    let frozen = stuck.instance().to_owned();
+    // SIGSTOP: the instance keeps its sockets open and says nothing more.
+    signal_instance(&shop, &frozen, Signal::SIGSTOP);
+    let cut = stuck.next(SOON).await;
+    assert!(
+        matches!(cut, Err(ClientError::Dropped)),
+        "the balancer closes the quiet tunnel: {cut:?}"
+    );
+    // The health checks take the frozen instance out; the page's next
+    // socket goes to the one that answers.
+    shop.topology
+        .wait_for_backend(&frozen, lb::BackendState::Down, SOON)
+        .await
+        .expect("the frozen instance is marked down");
+    let (again, _) = page(&shop.url(), &[TEE]).await;
+    assert_ne!(again.instance(), frozen, "reconnected to a live instance");
+    signal_instance(&shop, &frozen, Signal::SIGCONT);
+    shop.stop().await;
+}
 
 #[tokio::test]
 async fn drain_closes_sockets_with_going_away() {

@@ -163,6 +163,7 @@ async fn up_flags_reach_every_instance() {
                 ("--pubsub-channel", "shared"),
                 ("--ticker", "2s"),
                 ("--initial-stock", "7"),
+                ("--ws-ping", "9s"),
             ],
         );
     })

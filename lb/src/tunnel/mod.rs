@@ -12,8 +12,11 @@
 //!   back to the pool: once upgraded, it belongs to the socket;
 //! * after the 101, the proxy relays bytes between the two connections
 //!   ([`relay`]: a buffer only while bytes are in flight, so an idle
-//!   tunnel holds none) until both sides close. It does not read the
-//!   frames: they are the page's and the instance's business;
+//!   tunnel holds none) until both sides close, or until no byte has
+//!   moved either way for the idle timeout (a frozen instance, a page
+//!   gone without a goodbye: the page then reconnects, to an instance
+//!   that answers). It does not read the frames: they are the page's and
+//!   the instance's business;
 //! * the tunnel holds its backend's in-flight count for its whole life, so
 //!   `least-conn` balances open sockets, and a tunnels-open gauge says how
 //!   many there are; it gives back its request slot (`max_conns` is about
@@ -94,6 +97,7 @@ pub(crate) async fn open(
     upstream: Request<ProxyBody>,
     dial: Dial,
     answer_timeout: Duration,
+    idle_timeout: Option<Duration>,
 ) -> Result<Response<ProxyBody>, LbError> {
     let bad_gateway = |reason: &str| LbError::BadGateway {
         backend: backend.name().to_owned(),
@@ -150,9 +154,12 @@ pub(crate) async fn open(
         match tokio::try_join!(client, server) {
             Ok((client, server)) => {
                 let (mut client, mut server) = (TokioIo::new(client), TokioIo::new(server));
-                let copied = relay::relay(&mut client, &mut server).await;
+                let copied = relay::relay(&mut client, &mut server, idle_timeout).await;
                 match copied {
                     Ok((up, down)) => tracing::debug!(backend = name, up, down, "tunnel closed"),
+                    Err(error) if error.kind() == std::io::ErrorKind::TimedOut => {
+                        tracing::info!(backend = name, %error, "tunnel closed: idle");
+                    }
                     Err(error) => tracing::debug!(backend = name, %error, "tunnel broke"),
                 }
             }

@@ -18,6 +18,15 @@
 //! from a side while bytes from it are still waiting to be written: a
 //! slow reader slows its writer down (back-pressure), and memory stays
 //! bounded by one chunk per direction.
+//!
+//! A tunnel on which no byte has moved either way for the idle timeout is
+//! ended (nginx's `proxy_read_timeout`, HAProxy's `timeout tunnel`). An
+//! instance that froze, or a page that vanished without closing, would
+//! otherwise hold its tunnel open for ever; the shop's sockets ping well
+//! within the timeout, so a quiet page is never taken for a dead one. The
+//! deadline is re-armed lazily: moving bytes only notes the time, and the
+//! timer, when it fires early, is set again from that note (resetting a
+//! timer on every message would touch the timer wheel for each one).
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -25,6 +34,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Duration, Instant, Sleep};
 
 /// The most read from one side in one go, on the stack (tokio's own copy
 /// size). A larger message goes through in several chunks.
@@ -32,23 +42,76 @@ const CHUNK: usize = 8 * 1024;
 
 /// Copies `a`'s bytes to `b` and `b`'s to `a` until both sides have closed
 /// their writing half (an end of stream is passed on as a shutdown of the
-/// other side's), or either fails. Returns the bytes copied `a` → `b` and
-/// `b` → `a`, as `tokio::io::copy_bidirectional` does.
-pub(crate) async fn relay<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
+/// other side's), or either fails, or no byte has moved either way for
+/// `idle` (an error of kind `TimedOut`; `None`: no limit). Returns the
+/// bytes copied `a` → `b` and `b` → `a`, as
+/// `tokio::io::copy_bidirectional` does.
+pub(crate) async fn relay<A, B>(
+    a: &mut A,
+    b: &mut B,
+    idle: Option<Duration>,
+) -> io::Result<(u64, u64)>
 where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
     let (mut a_to_b, mut b_to_a) = (OneWay::default(), OneWay::default());
+    let mut quiet = idle.map(Quiet::new);
     std::future::poll_fn(|cx| {
         let up = a_to_b.poll_copy(cx, &mut *a, &mut *b)?;
         let down = b_to_a.poll_copy(cx, &mut *b, &mut *a)?;
-        match (up, down) {
-            (Poll::Ready(up), Poll::Ready(down)) => Poll::Ready(Ok((up, down))),
-            _ => Poll::Pending,
+        if let (Poll::Ready(up), Poll::Ready(down)) = (up, down) {
+            return Poll::Ready(Ok((up, down)));
+        }
+        match &mut quiet {
+            Some(quiet) => quiet.poll_expired(cx, a_to_b.copied + b_to_a.copied),
+            None => Poll::Pending,
         }
     })
     .await
+}
+
+/// The idle timeout of one relay.
+struct Quiet {
+    idle: Duration,
+    /// Bytes moved (both ways) when last looked at, and when that was.
+    moved: u64,
+    since: Instant,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl Quiet {
+    fn new(idle: Duration) -> Self {
+        let since = Instant::now();
+        Self {
+            idle,
+            moved: 0,
+            since,
+            timer: Box::pin(tokio::time::sleep_until(since + idle)),
+        }
+    }
+
+    /// Given the bytes moved so far, `Ready` with a `TimedOut` error once
+    /// none have moved for the idle time; `Pending` (the timer armed)
+    /// until then.
+    fn poll_expired(&mut self, cx: &mut Context<'_>, moved: u64) -> Poll<io::Result<(u64, u64)>> {
+        if moved != self.moved {
+            self.moved = moved;
+            self.since = Instant::now();
+        }
+        loop {
+            ready!(self.timer.as_mut().poll(cx));
+            let deadline = self.since + self.idle;
+            if Instant::now() >= deadline {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no bytes either way for {:?}", self.idle),
+                )));
+            }
+            // Bytes moved since the timer was set: wait from the last of them.
+            self.timer.as_mut().reset(deadline);
+        }
+    }
 }
 
 /// One direction of a relay.
@@ -176,7 +239,7 @@ mod tests {
             let (mut client, mut client_side) = duplex(64 * 1024);
             let (mut server_side, mut server) = duplex(64 * 1024);
             let relaying =
-                tokio::spawn(async move { relay(&mut client_side, &mut server_side).await });
+                tokio::spawn(async move { relay(&mut client_side, &mut server_side, None).await });
 
             client.write_all(b"hello").await.expect("client writes");
             let mut got = [0u8; 5];
@@ -212,7 +275,7 @@ mod tests {
             let (mut client, mut client_side) = duplex(64 * 1024);
             let (mut server_side, mut server) = duplex(100);
             let relaying =
-                tokio::spawn(async move { relay(&mut client_side, &mut server_side).await });
+                tokio::spawn(async move { relay(&mut client_side, &mut server_side, None).await });
             let sent: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
             let writing = {
                 let sent = sent.clone();
@@ -238,6 +301,54 @@ mod tests {
             drop(server);
             let (up, _) = relaying.await.expect("relay task").expect("relay");
             assert_eq!(up, 300_000);
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_tunnel_quiet_both_ways_ends_at_the_idle_timeout() {
+        within_deadline(async {
+            let idle = Duration::from_millis(300);
+            let (_client, mut client_side) = duplex(1024);
+            let (mut server_side, _server) = duplex(1024);
+            let started = Instant::now();
+            let ended = relay(&mut client_side, &mut server_side, Some(idle)).await;
+            let error = ended.expect_err("a quiet tunnel is ended");
+            assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+            assert!(started.elapsed() >= idle, "not before the idle time");
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn bytes_either_way_keep_a_tunnel_open_past_the_idle_timeout() {
+        within_deadline(async {
+            let idle = Duration::from_secs(1);
+            let (mut client, mut client_side) = duplex(1024);
+            let (mut server_side, mut server) = duplex(1024);
+            let relaying =
+                tokio::spawn(
+                    async move { relay(&mut client_side, &mut server_side, Some(idle)).await },
+                );
+            // Three idle times, with a byte every tenth of one: first the
+            // client speaking, then only the server (a ping and its pong
+            // alternate the same way).
+            for round in 0..30 {
+                tokio::time::sleep(idle / 10).await;
+                let (from, to) = if round < 15 {
+                    (&mut client, &mut server)
+                } else {
+                    (&mut server, &mut client)
+                };
+                from.write_all(b"x").await.expect("writes");
+                let mut got = [0u8; 1];
+                to.read_exact(&mut got).await.expect("the byte crosses");
+            }
+            assert!(!relaying.is_finished(), "still open after three idle times");
+            client.shutdown().await.expect("client ends");
+            server.shutdown().await.expect("server ends");
+            let copied = relaying.await.expect("relay task").expect("relay");
+            assert_eq!(copied, (15, 15));
         })
         .await;
     }

@@ -32,6 +32,17 @@ pub struct LiveShop {
 /// Stage 6 in `fanout` mode with `instances` instances behind the real
 /// balancer (its policy as `up` would choose it), and `env` on top.
 pub async fn spawn_live(fanout: Fanout, instances: usize, env: &[(&str, &str)]) -> LiveShop {
+    spawn_live_with(fanout, instances, env, |_| {}).await
+}
+
+/// The same, with the topology's settings changed by `configure` (the
+/// balancer's tunnel idle timeout, say) before it starts.
+pub async fn spawn_live_with(
+    fanout: Fanout,
+    instances: usize,
+    env: &[(&str, &str)],
+    configure: impl FnOnce(&mut TopologyConfig),
+) -> LiveShop {
     let postgres = PostgresCluster::start()
         .await
         .unwrap_or_else(|e| panic!("a private PostgreSQL primary + replica is needed: {e}"));
@@ -60,6 +71,7 @@ pub async fn spawn_live(fanout: Fanout, instances: usize, env: &[(&str, &str)]) 
         config.env.retain(|(n, _)| n != name);
         config.env.push(((*name).into(), (*value).into()));
     }
+    configure(&mut config);
     let topology = Topology::start(config)
         .await
         .unwrap_or_else(|e| panic!("stage6 did not start: {e}"));
