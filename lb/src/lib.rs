@@ -180,7 +180,7 @@ pub struct Args {
     #[arg(long, env = "LB_STICKY_KEY", hide_env_values = true)]
     pub sticky_key: Option<String>,
     /// Time between two health checks of a backend.
-    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = parse_period)]
     pub health_interval: Duration,
     /// Time a health check may take.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
@@ -311,6 +311,17 @@ pub enum RunError {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Io(#[from] std::io::Error),
+}
+
+/// Parses the period of something repeated (`2s`, `250ms`), refusing
+/// zero: a timer that fires every 0 s is a busy loop (tokio's `interval`
+/// panics on it), so `--health-interval 0s` is a clear error at start.
+pub fn parse_period(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(period) if period.is_zero() => Err("a period must be longer than 0".to_owned()),
+        Ok(period) => Ok(period),
+        Err(error) => Err(error.to_string()),
+    }
 }
 
 /// Raises this process's open-file limit to the most it may have.
@@ -478,6 +489,14 @@ mod tests {
         let mut line = vec!["lb", "--backend", "i1=http://127.0.0.1:3001"];
         line.extend_from_slice(flags);
         Args::try_parse_from(line)
+    }
+
+    #[test]
+    fn a_zero_health_interval_is_refused_with_a_clear_error() {
+        let error = parse(&["--health-interval", "0s"]).expect_err("refused");
+        assert!(error.to_string().contains("longer than 0"), "{error}");
+        let args = parse(&["--health-interval", "250ms"]).expect("a period");
+        assert_eq!(args.health_interval, Duration::from_millis(250));
     }
 
     #[test]

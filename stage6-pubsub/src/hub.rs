@@ -152,11 +152,13 @@ pub type Order = (Change, u64);
 pub struct Ready(Option<watch::Receiver<bool>>);
 
 impl Ready {
-    /// Waits for the subscription, at most `deadline` (Redis may be down:
-    /// the page is then told live updates are paused).
-    pub async fn wait(self, deadline: std::time::Duration) {
+    /// Waits for the subscription, until `deadline` at the latest (Redis
+    /// may be down: the page is then told live updates are paused). A
+    /// deadline, not a duration: a page that watches many topics waits for
+    /// all of them within one.
+    pub async fn wait_until(self, deadline: tokio::time::Instant) {
         if let Some(mut ready) = self.0 {
-            let _ = tokio::time::timeout(deadline, ready.wait_for(|ready| *ready)).await;
+            let _ = tokio::time::timeout_at(deadline, ready.wait_for(|ready| *ready)).await;
         }
     }
 }

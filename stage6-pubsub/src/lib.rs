@@ -94,7 +94,7 @@ pub struct LiveArgs {
     #[arg(long, value_enum, env = "SHOP_PUBSUB_CHANNEL", default_value_t = PubsubChannel::PerTopic)]
     pub pubsub_channel: PubsubChannel,
     /// Change a random flash price this often, from one instance (e.g. 1s).
-    #[arg(long, env = "SHOP_TICKER", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SHOP_TICKER", value_parser = lb::parse_period)]
     #[serde(serialize_with = "serialize_ticker")]
     pub ticker: Option<Duration>,
     /// Units of each SKU in stock when the shop first starts.
@@ -103,7 +103,7 @@ pub struct LiveArgs {
     /// Ping each page's socket this often, so that a balancer's idle
     /// timeout (lb's and nginx's 60s) never takes a quiet page for a dead
     /// one, and a frozen instance's sockets go quiet and get closed.
-    #[arg(long, env = "SHOP_WS_PING", default_value = "20s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SHOP_WS_PING", default_value = "20s", value_parser = lb::parse_period)]
     #[serde(serialize_with = "shop::flags::duration")]
     pub ws_ping: Duration,
 }

@@ -111,6 +111,9 @@ pub(crate) async fn open(
         .read_buffer_size(4 * 1024)
         .write_buffer_size(16 * 1024)
         .max_message_size(64 * 1024)
+        // And each frame: tungstenite reads a whole frame before it checks
+        // the message's size, and allows 16 MiB frames by default.
+        .max_frame_size(64 * 1024)
         .on_upgrade(move |socket| async move { Session::run(shop, socket, opening).await }))
 }
 
@@ -120,6 +123,13 @@ struct Position {
     seq: u64,
     /// The stream id of that update (streams mode).
     id: Option<Arc<str>>,
+}
+
+/// Whether Redis answered a question about a topic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Answered {
+    Yes,
+    No,
 }
 
 /// Why a socket ends.
@@ -334,14 +344,22 @@ impl Session {
             .collect();
         // The instance's subscriptions first, then the snapshot: an update
         // published in between would otherwise reach nobody on this page.
+        // One deadline for them all: with Redis frozen, 300 new topics
+        // waited for one after the other would hold the socket for minutes.
+        let deadline = tokio::time::Instant::now() + SUBSCRIBE_DEADLINE;
         for ready in ready {
-            ready.wait(SUBSCRIBE_DEADLINE).await;
+            ready.wait_until(deadline).await;
         }
         self.skus = wanted;
         for sku in added {
             let topic = Topic::Stock(sku);
             let since = since.get(&topic.to_string()).cloned();
-            self.start_at(topic, since).await?;
+            if self.start_at(topic, since).await? == Answered::No {
+                // Redis did not answer for this topic: asking again for
+                // each of the others would cost a store timeout apiece.
+                // They start from the snapshot, as after any outage.
+                break;
+            }
         }
         self.send_snapshot().await
     }
@@ -361,7 +379,9 @@ impl Session {
         let live = self.shop.state.live.clone();
         self.leave_room().await;
         let ready = self.shop.state.hub.watch(self.id, &topic);
-        ready.wait(SUBSCRIBE_DEADLINE).await;
+        ready
+            .wait_until(tokio::time::Instant::now() + SUBSCRIBE_DEADLINE)
+            .await;
         self.room = Some((room.clone(), name.clone()));
         self.start_at(topic, since).await?;
         if let Err(error) = live.presence(&room, &self.member(&name), "join").await {
@@ -387,9 +407,10 @@ impl Session {
 
     /// Sets where the page starts on a topic. In streams mode: from the id
     /// it sent (catching up on what it missed), else from the newest entry.
-    async fn start_at(&mut self, topic: Topic, since: Option<String>) -> Result<(), End> {
+    /// Says whether Redis answered (there is nothing to ask it otherwise).
+    async fn start_at(&mut self, topic: Topic, since: Option<String>) -> Result<Answered, End> {
         if self.shop.state.live.fanout() != Fanout::Streams {
-            return Ok(());
+            return Ok(Answered::Yes);
         }
         let live = self.shop.state.live.clone();
         let from = match since {
@@ -397,9 +418,9 @@ impl Session {
             _ => match live.newest(&topic).await {
                 Ok(position) => {
                     self.positions.insert(topic, position_of(position));
-                    return Ok(());
+                    return Ok(Answered::Yes);
                 }
-                Err(_) => return Ok(()),
+                Err(_) => return Ok(Answered::No),
             },
         };
         self.positions.insert(
@@ -413,19 +434,19 @@ impl Session {
     }
 
     /// Sends what the topic's stream holds after the page's position.
-    async fn catch_up(&mut self, topic: &Topic) -> Result<(), End> {
+    async fn catch_up(&mut self, topic: &Topic) -> Result<Answered, End> {
         let Some(after) = self.positions.get(topic).and_then(|p| p.id.clone()) else {
-            return Ok(());
+            return Ok(Answered::Yes);
         };
         let Ok(missed) = self.shop.state.live.backlog(topic, &after).await else {
-            return Ok(());
+            return Ok(Answered::No);
         };
         for (id, json) in missed {
             if let Some(update) = Update::parse(crate::bus::with_id(&json, &id)) {
                 self.send_in_order(topic, &update).await?;
             }
         }
-        Ok(())
+        Ok(Answered::Yes)
     }
 
     /// Sends `first` and whatever else is already waiting in the queue

@@ -218,6 +218,33 @@ async fn slow_consumer_is_dropped_without_delaying_others() {
 }
 
 #[tokio::test]
+async fn a_page_watching_many_skus_is_answered_at_once_while_redis_is_frozen() {
+    let shop = spawn_live(Fanout::Streams, 1, &[("SHOP_STORE_TIMEOUT", "500ms")]).await;
+    let mut page = LiveClient::connect(&shop.instance_url("i1"), "")
+        .await
+        .expect("open");
+    shop.redis.pause().expect("SIGSTOP");
+    // Two hundred topics this instance has never subscribed to: each waits
+    // for a subscription Redis will not confirm, then for its stream's
+    // newest entry. One deadline covers them all, not one per topic.
+    let skus: Vec<String> = shop::Catalog::get()
+        .products()
+        .iter()
+        .take(200)
+        .map(|product| product.sku.clone())
+        .collect();
+    page.watch(&skus, &Default::default()).await.expect("watch");
+    let mut tally = Tally::default();
+    let paused = page.until("paused", &mut tally, SOON).await;
+    shop.redis.resume().expect("SIGCONT");
+    assert!(
+        matches!(paused, Ok(Some(_))),
+        "the page is told live updates are paused, within seconds: {paused:?}"
+    );
+    shop.stop().await;
+}
+
+#[tokio::test]
 async fn redis_outage_pauses_live_updates_and_recovers() {
     let mut shop = spawn_live(Fanout::Pubsub, 2, &[("SHOP_STORE_TIMEOUT", "1s")]).await;
     let (mut watcher, mut tally) = page(&shop.instance_url("i2"), &[TEE]).await;
