@@ -22,6 +22,11 @@ pub(crate) const LIVE: Widget = Widget {
     script: include_str!("page/live.js"),
 };
 
+/// The panel, with the shop's rooms to choose from.
 fn live_html(_headers: &HeaderMap) -> String {
-    include_str!("page/live.html").to_owned()
+    let rooms: String = crate::topic::ROOMS
+        .iter()
+        .map(|room| format!(r#"<option value="{room}">{room}</option>"#))
+        .collect();
+    include_str!("page/live.html").replace("{{rooms}}", &rooms)
 }

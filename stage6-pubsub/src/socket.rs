@@ -367,8 +367,9 @@ impl Session {
     /// Joins `room` as `name` (leaving any other).
     async fn join(&mut self, room: String, name: String, since: Option<String>) -> Result<(), End> {
         let Some(topic @ Topic::Room(_)) = Topic::parse(&format!("room:{room}")) else {
+            let rooms = crate::topic::ROOMS.join(", ");
             return self
-                .refuse("a room's name is letters, digits, - or _")
+                .refuse(&format!("no such room; the rooms are {rooms}"))
                 .await;
         };
         let name: String = name

@@ -13,6 +13,15 @@ use std::fmt;
 /// Every Redis name stage 6 uses starts with this.
 pub(crate) const PREFIX: &str = "myclothes:live:";
 
+/// The shop's live-shopping rooms, one per garment line: the page offers
+/// these, and no other room can be joined. A room is a stream in Redis
+/// (up to a thousand messages kept) and a field of its counters; were any
+/// name a page made up a room, one script could fill the Redis that keeps
+/// every cart with rooms nobody reads.
+pub const ROOMS: [&str; 9] = [
+    "tees", "polos", "oxfords", "hoodies", "knits", "chinos", "jeans", "jackets", "socks",
+];
+
 /// One stream of updates.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Topic {
@@ -24,7 +33,8 @@ pub enum Topic {
 }
 
 impl Topic {
-    /// `stock:TEE-RED-M` or `room:tees`, as pages and Redis name it.
+    /// `stock:TEE-RED-M` or `room:tees` (one of [`ROOMS`]), as pages and
+    /// Redis name it.
     pub fn parse(text: &str) -> Option<Self> {
         let (kind, name) = text.split_once(':')?;
         let valid = !name.is_empty()
@@ -34,7 +44,7 @@ impl Topic {
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         match (kind, valid) {
             ("stock", true) => Some(Self::Stock(name.to_owned())),
-            ("room", true) => Some(Self::Room(name.to_owned())),
+            ("room", true) if ROOMS.contains(&name) => Some(Self::Room(name.to_owned())),
             _ => None,
         }
     }
@@ -76,7 +86,14 @@ mod tests {
             assert_eq!(topic.to_string(), text);
             assert_eq!(Topic::of_channel(&topic.channel()), Some(topic));
         }
-        for odd in ["stock:", "room:a b", "price:TEE", "stock", "room:a*"] {
+        for odd in [
+            "stock:",
+            "room:a b",
+            "price:TEE",
+            "stock",
+            "room:a*",
+            "room:made-up",
+        ] {
             assert_eq!(Topic::parse(odd), None, "{odd}");
         }
         assert!(stream_id("5-2") > stream_id("5-1"));

@@ -245,6 +245,40 @@ async fn a_page_watching_many_skus_is_answered_at_once_while_redis_is_frozen() {
 }
 
 #[tokio::test]
+async fn only_the_shops_rooms_can_be_joined_so_pages_cannot_fill_redis_with_rooms() {
+    let shop = spawn_live(Fanout::Streams, 1, &[]).await;
+    let mut page = LiveClient::connect(&shop.url(), "").await.expect("open");
+    page.join("made-up", "Mallory", None).await.expect("sent");
+    page.say("hello, nobody").await.expect("sent");
+    let mut tally = Tally::default();
+    let refused = page
+        .until("error", &mut tally, SOON)
+        .await
+        .expect("socket open")
+        .expect("the join is refused");
+    assert!(
+        refused["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("tees")),
+        "the message names the rooms there are: {refused}"
+    );
+    let mut redis = shop.redis().await;
+    let made: Vec<String> = redis::cmd("KEYS")
+        .arg("myclothes:live:room:made-up*")
+        .query_async(&mut redis)
+        .await
+        .expect("KEYS");
+    assert!(made.is_empty(), "nothing of the room in Redis: {made:?}");
+    // The shop's own rooms still work on the same socket.
+    page.join("tees", "Ada", None).await.expect("sent");
+    page.until("snapshot", &mut tally, SOON)
+        .await
+        .expect("socket open")
+        .expect("joined tees");
+    shop.stop().await;
+}
+
+#[tokio::test]
 async fn redis_outage_pauses_live_updates_and_recovers() {
     let mut shop = spawn_live(Fanout::Pubsub, 2, &[("SHOP_STORE_TIMEOUT", "1s")]).await;
     let (mut watcher, mut tally) = page(&shop.instance_url("i2"), &[TEE]).await;
