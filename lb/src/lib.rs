@@ -58,7 +58,7 @@ pub use backend::{
     Backend, BackendSet, BackendSetError, BackendSpec, BackendSpecError, BackendState, Limits,
 };
 pub use headers::origin_matches_host;
-pub use health::HealthConfig;
+pub use health::{HealthConfig, STATE_HEADER};
 pub use policy::Policy;
 pub use proxy::Balancer;
 pub use redirect::redirect_to_https;

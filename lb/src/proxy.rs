@@ -498,6 +498,10 @@ impl Balancer {
         };
         let upgrade_to = parts.headers.get(UPGRADE).cloned();
         headers::remove_hop_by_hop(&mut parts.headers);
+        // Only the balancer's health checks may tell an instance it is
+        // leaving: from a shopper, this header would take every instance
+        // out of the live layer, one request each.
+        parts.headers.remove(crate::health::STATE_HEADER);
         headers::add_forwarded(&mut parts.headers, client_addr.ip(), proto);
         if let (Some(client), Some(protocol)) = (upgrade, upgrade_to) {
             tunnel::keep_upgrade_headers(&mut parts.headers, protocol);

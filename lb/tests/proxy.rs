@@ -95,6 +95,25 @@ async fn x_forwarded_for_is_appended_and_proto_and_host_are_set() {
 }
 
 #[tokio::test]
+async fn a_shopper_cannot_send_the_balancers_own_backend_state_header() {
+    let b = backend("b1").await;
+    let lb = balancer(&[&b], Policy::RoundRobin).await;
+    let echoed: Value = reqwest::Client::new()
+        .get(lb.url("/echo"))
+        .header(lb::STATE_HEADER, "removed")
+        .send()
+        .await
+        .expect("response")
+        .json()
+        .await
+        .expect("json");
+    assert!(
+        echoed["headers"].get(lb::STATE_HEADER).is_none(),
+        "only the health checks say it: {echoed}"
+    );
+}
+
+#[tokio::test]
 async fn response_body_streams_through_without_buffering() {
     let b = backend("b1").await;
     let lb = balancer(&[&b], Policy::RoundRobin).await;

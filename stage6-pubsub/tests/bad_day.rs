@@ -279,6 +279,32 @@ async fn only_the_shops_rooms_can_be_joined_so_pages_cannot_fill_redis_with_room
 }
 
 #[tokio::test]
+async fn a_shopper_cannot_tell_an_instance_it_is_leaving() {
+    let shop = spawn_live(Fanout::Pubsub, 1, &[]).await;
+    // What the balancer's health check says to a draining instance, sent
+    // by a shopper through the balancer.
+    for _ in 0..3 {
+        let answer = reqwest::Client::new()
+            .get(format!("{}/healthz", shop.url()))
+            .header(lb::STATE_HEADER, "removed")
+            .send()
+            .await
+            .expect("an answer");
+        assert!(answer.status().is_success());
+    }
+    let (mut page, mut tally) = page(&shop.url(), &[TEE]).await;
+    let after = page.next(QUIET).await;
+    assert!(
+        !matches!(after, Err(ClientError::Closed { code: 1001, .. })),
+        "the instance did not start leaving: {after:?}"
+    );
+    assert!(shop.set_price(&shop.url(), TEE, 1700).await.is_success());
+    receive(&mut page, &mut tally, 1).await;
+    assert_eq!(tally.received(), 1, "live updates still flow");
+    shop.stop().await;
+}
+
+#[tokio::test]
 async fn redis_outage_pauses_live_updates_and_recovers() {
     let mut shop = spawn_live(Fanout::Pubsub, 2, &[("SHOP_STORE_TIMEOUT", "1s")]).await;
     let (mut watcher, mut tally) = page(&shop.instance_url("i2"), &[TEE]).await;

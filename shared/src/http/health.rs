@@ -33,8 +33,9 @@ pub(super) struct Health {
     sockets: usize,
 }
 
-/// What the balancer may say of this instance on a health check.
-const BALANCER_SAYS: &str = "x-lb-backend-state";
+/// What the balancer may say of this instance on a health check (the
+/// balancers strip it from shoppers' requests).
+const BALANCER_SAYS: &str = lb::STATE_HEADER;
 
 pub(super) async fn healthz<S: Stage>(
     State(shop): State<Arc<Shop<S>>>,
