@@ -177,9 +177,32 @@ impl MemcachedSessions {
         u32::try_from(seconds).unwrap_or(u32::MAX)
     }
 
-    /// A change to a session that must exist: `gets`, change, `cas`, and
-    /// again while someone else's change wins.
+    /// A change to a session that must exist, within one store timeout
+    /// (as DynamoDB's): each call has its own too, but a hundred rounds
+    /// against a slow (not frozen) Memcached would otherwise add up to
+    /// minutes. Past it, the change may or may not have been made: 503
+    /// `change_unconfirmed`, safe to retry with the same key.
     async fn change_existing(
+        &self,
+        item_key: &str,
+        op: &CartOp,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Answer, ApiError> {
+        let timeout = self.settings.timeout;
+        match tokio::time::timeout(timeout, self.race_for_the_change(item_key, op, key)).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                tracing::warn!(
+                    timeout_ms = timeout.as_millis(),
+                    "a cart change did not finish in time"
+                );
+                Err(SessionError::ChangeUnconfirmed.into())
+            }
+        }
+    }
+
+    /// `gets`, change, `cas`, and again while someone else's change wins.
+    async fn race_for_the_change(
         &self,
         item_key: &str,
         op: &CartOp,
