@@ -23,6 +23,17 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// passes, the balancer buffered (or lost) what it should have streamed.
 const STREAM_STEP: Duration = Duration::from_secs(10);
 
+/// What the backend's `/echo` saw of `request`, sent through the balancer.
+async fn echoed(request: reqwest::RequestBuilder) -> Value {
+    request
+        .send()
+        .await
+        .expect("response")
+        .json()
+        .await
+        .expect("json")
+}
+
 async fn error_body(response: reqwest::Response) -> (StatusCode, Value) {
     let status = response.status();
     assert_eq!(response.headers()["content-type"], "application/json");
@@ -33,20 +44,17 @@ async fn error_body(response: reqwest::Response) -> (StatusCode, Value) {
 async fn hop_by_hop_headers_are_removed_both_ways() {
     let b = backend("b1").await;
     let lb = balancer(&[&b], Policy::RoundRobin).await;
-    let echoed: Value = reqwest::Client::new()
-        .get(lb.url("/echo"))
-        .header("connection", "keep-alive, x-secret")
-        .header("x-secret", "hunter2")
-        .header("keep-alive", "timeout=5")
-        .header("te", "trailers")
-        .header("proxy-authorization", "Basic Zm9vOmJhcg==")
-        .header("x-kept", "yes")
-        .send()
-        .await
-        .expect("response")
-        .json()
-        .await
-        .expect("json");
+    let echoed = echoed(
+        reqwest::Client::new()
+            .get(lb.url("/echo"))
+            .header("connection", "keep-alive, x-secret")
+            .header("x-secret", "hunter2")
+            .header("keep-alive", "timeout=5")
+            .header("te", "trailers")
+            .header("proxy-authorization", "Basic Zm9vOmJhcg==")
+            .header("x-kept", "yes"),
+    )
+    .await;
     let headers = echoed["headers"].as_object().expect("headers");
     for gone in [
         "x-secret",
@@ -74,16 +82,13 @@ async fn hop_by_hop_headers_are_removed_both_ways() {
 async fn x_forwarded_for_is_appended_and_proto_and_host_are_set() {
     let b = backend("b1").await;
     let lb = balancer(&[&b], Policy::RoundRobin).await;
-    let echoed: Value = reqwest::Client::new()
-        .get(lb.url("/echo?x=1"))
-        .header("x-forwarded-for", "203.0.113.9")
-        .header("x-forwarded-proto", "https")
-        .send()
-        .await
-        .expect("response")
-        .json()
-        .await
-        .expect("json");
+    let echoed = echoed(
+        reqwest::Client::new()
+            .get(lb.url("/echo?x=1"))
+            .header("x-forwarded-for", "203.0.113.9")
+            .header("x-forwarded-proto", "https"),
+    )
+    .await;
     let headers = &echoed["headers"];
     assert_eq!(headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
     assert_eq!(
@@ -98,15 +103,12 @@ async fn x_forwarded_for_is_appended_and_proto_and_host_are_set() {
 async fn a_shopper_cannot_send_the_balancers_own_backend_state_header() {
     let b = backend("b1").await;
     let lb = balancer(&[&b], Policy::RoundRobin).await;
-    let echoed: Value = reqwest::Client::new()
-        .get(lb.url("/echo"))
-        .header(lb::STATE_HEADER, "removed")
-        .send()
-        .await
-        .expect("response")
-        .json()
-        .await
-        .expect("json");
+    let echoed = echoed(
+        reqwest::Client::new()
+            .get(lb.url("/echo"))
+            .header(lb::STATE_HEADER, "removed"),
+    )
+    .await;
     assert!(
         echoed["headers"].get(lb::STATE_HEADER).is_none(),
         "only the health checks say it: {echoed}"
