@@ -51,3 +51,32 @@ async fn open(address: &str, source: Option<IpAddr>) -> io::Result<TcpStream> {
     }
     Err(last)
 }
+
+/// Whether a failed `connect` was this machine running out of something
+/// (EMFILE, ENFILE, EADDRNOTAVAIL, ENOBUFS, ENOMEM) rather than the
+/// backend's fault: the backend may be perfectly well, and must not be
+/// taken out of rotation for it.
+pub(crate) fn is_local_shortage(error: &io::Error) -> bool {
+    const LOCAL: [i32; 5] = [24, 23, 99, 105, 12];
+    error
+        .raw_os_error()
+        .is_some_and(|code| LOCAL.contains(&code))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn running_out_of_files_or_ports_is_this_machines_shortage_not_the_backends() {
+        for local in [24, 23, 99, 105, 12] {
+            let error = io::Error::from_raw_os_error(local);
+            assert!(is_local_shortage(&error), "{error}");
+        }
+        for backends in [111, 110, 113] {
+            // ECONNREFUSED, ETIMEDOUT, EHOSTUNREACH: the backend's trouble.
+            let error = io::Error::from_raw_os_error(backends);
+            assert!(!is_local_shortage(&error), "{error}");
+        }
+    }
+}

@@ -43,6 +43,10 @@ pub enum LbError {
     /// 405 `method_not_allowed`: `CONNECT`; this is no forward proxy.
     #[error("{0} is not allowed: this balancer is a reverse proxy, not a tunnel")]
     MethodNotAllowed(String),
+    /// 408 `request_timeout`: the client did not send the body it declared
+    /// in time.
+    #[error("the request body did not arrive within {timeout_ms} ms")]
+    BodyTimeout { timeout_ms: u128 },
 }
 
 impl LbError {
@@ -55,6 +59,7 @@ impl LbError {
             Self::GatewayTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -77,6 +82,7 @@ impl LbError {
             Self::GatewayTimeout { .. } => "gateway_timeout",
             Self::BadRequest(_) => "bad_request",
             Self::MethodNotAllowed(_) => "method_not_allowed",
+            Self::BodyTimeout { .. } => "request_timeout",
         }
     }
 

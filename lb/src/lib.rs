@@ -77,7 +77,9 @@ pub struct Config {
     pub policy: Policy,
     /// How long to wait for a TCP connection to a backend.
     pub connect_timeout: Duration,
-    /// How long to wait for a backend's response head once the request is sent.
+    /// How long to wait for a backend's response head once the request is
+    /// sent; also how long a small idempotent request's body, held whole so
+    /// that it can be sent again, may take to arrive (then 408).
     pub request_timeout: Duration,
     /// How long an open tunnel (a WebSocket) may carry no byte either way
     /// before it is closed; `None`: for ever.

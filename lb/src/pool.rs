@@ -227,13 +227,7 @@ impl Unsent {
 
 /// Sorts a failed `connect` into the backend's fault or this machine's.
 fn connect_error(error: io::Error) -> Unsent {
-    // EMFILE, ENFILE, EADDRNOTAVAIL, ENOBUFS, ENOMEM: this machine ran out
-    // of something; the backend may be perfectly well.
-    const LOCAL: [i32; 5] = [24, 23, 99, 105, 12];
-    if error
-        .raw_os_error()
-        .is_some_and(|code| LOCAL.contains(&code))
-    {
+    if crate::dial::is_local_shortage(&error) {
         Unsent::Local(error)
     } else {
         Unsent::Connect(ConnectFailure::Refused, error.to_string())

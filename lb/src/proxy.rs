@@ -508,7 +508,8 @@ impl Balancer {
             let upstream = Request::from_parts(parts, full(Bytes::new()));
             return self.open_tunnel(&route, client, upstream, proto).await;
         }
-        let (upstream, replay, client_broke) = match upstream_request(parts, body).await {
+        let prepared = upstream_request(parts, body, self.request_timeout).await;
+        let (upstream, replay, client_broke) = match prepared {
             Ok(prepared) => prepared,
             Err(error) => return error.into_response(),
         };
@@ -797,6 +798,7 @@ impl Balancer {
 async fn upstream_request(
     parts: Parts,
     body: Incoming,
+    body_deadline: Duration,
 ) -> Result<(Request<ProxyBody>, Option<Replay>, Arc<AtomicBool>), LbError> {
     let unbroken = || Arc::new(AtomicBool::new(false));
     if body.is_end_stream() {
@@ -814,9 +816,18 @@ async fn upstream_request(
         .and_then(|v| v.parse::<usize>().ok());
     let small = declared.is_some_and(|length| length <= REPLAY_BODY_LIMIT);
     if is_idempotent(&parts.method) && small {
-        let bytes = Limited::new(body, REPLAY_BODY_LIMIT)
-            .collect()
-            .await
+        // Held whole before it is sent, so within a deadline (the request
+        // timeout): a client that declares 64 KiB and sends less would
+        // otherwise hold its task and connection for ever.
+        let collected = tokio::time::timeout(
+            body_deadline,
+            Limited::new(body, REPLAY_BODY_LIMIT).collect(),
+        )
+        .await
+        .map_err(|_| LbError::BodyTimeout {
+            timeout_ms: body_deadline.as_millis(),
+        })?;
+        let bytes = collected
             .map_err(|_| {
                 LbError::BadRequest(
                     "the request body could not be read (cut short, or longer than declared)"

@@ -30,6 +30,23 @@ fn no_health_checks(specs: Vec<BackendSpec>) -> Config {
 }
 
 #[tokio::test]
+async fn a_small_body_that_stops_short_gets_408_at_the_deadline() {
+    let b = backend("b1").await;
+    let mut config = no_health_checks(vec![b.spec()]);
+    config.request_timeout = Duration::from_millis(300);
+    let lb = balancer_from(config).await;
+    // A PUT (held whole, to be sent again if need be) that declares 100
+    // bytes and sends 10, then nothing.
+    let reply = raw(
+        lb.addr,
+        b"PUT /echo HTTP/1.1\r\nHost: shop\r\nContent-Length: 100\r\n\r\n0123456789",
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(reply.contains("request_timeout"), "a JSON error: {reply}");
+}
+
+#[tokio::test]
 async fn idempotent_request_is_resent_when_its_connection_dies_unanswered() {
     let (dying, read_by_dying) = dies_on_second_request("dying").await;
     let healthy = backend("healthy").await;

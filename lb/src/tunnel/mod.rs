@@ -105,6 +105,10 @@ pub(crate) async fn open(
     };
     let stream = match dial.connect(backend.address()).await {
         Ok(Ok(stream)) => stream,
+        Ok(Err(error)) if crate::dial::is_local_shortage(&error) => {
+            tracing::error!(backend = backend.name(), %error, "cannot open a tunnel: the balancer is out of resources");
+            return Err(LbError::Overloaded);
+        }
         Ok(Err(_)) => {
             backend.connect_failed(ConnectFailure::Refused);
             return Err(bad_gateway("it refused the connection"));
