@@ -159,6 +159,7 @@ pub(crate) async fn signup<S: DataStage>(
         .carts
         .rotate(
             &request_jar(&headers),
+            &id.to_string(),
             &[(USER, &id.to_string()), (LSN, &lsn.to_stored())],
         )
         .await?;
@@ -218,7 +219,11 @@ pub(crate) async fn login<S: DataStage>(
     let id: i64 = row.try_get("id").map_err(DataError::from)?;
     let cookie = shop
         .carts
-        .rotate(&request_jar(&headers), &[(USER, &id.to_string())])
+        .rotate(
+            &request_jar(&headers),
+            &id.to_string(),
+            &[(USER, &id.to_string())],
+        )
         .await?;
     tracing::info!(user = id, "logged in");
     let body = Json(serde_json::json!({

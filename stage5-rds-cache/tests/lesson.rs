@@ -200,6 +200,61 @@ async fn login_rotates_session_id_and_keeps_the_cart() {
 }
 
 #[tokio::test]
+async fn a_login_retried_after_its_answer_was_lost_keeps_the_cart() {
+    let shop = spawn_shop().await;
+    signed_up(&shop, "ada@example.com").await;
+    let shopper = shop.shopper();
+    let cart = shopper.add("TEE-RED-M", 2).await.expect("anonymous add");
+    let anonymous_sid = shop::shopper::set_cookie_value(&cart.headers, "sid").expect("sid");
+    let log_in_from_the_old_id = |email: &str| {
+        request_with_sid(
+            Method::POST,
+            &shopper.url("/api/login"),
+            Some(&anonymous_sid),
+        )
+        .json(&serde_json::json!({"email": email, "password": PASSWORD}))
+    };
+
+    // The first try moves the session; its answer never reaches the
+    // browser, which still holds the old id and sends the login again.
+    let first = send(log_in_from_the_old_id("ada@example.com")).await;
+    assert_eq!(first.status, StatusCode::OK, "{first:?}");
+    let moved_to = first.new_sid.expect("a new id");
+    let retry = send(log_in_from_the_old_id("ada@example.com")).await;
+    assert_eq!(retry.status, StatusCode::OK, "{retry:?}");
+    assert_eq!(
+        retry.new_sid.as_deref(),
+        Some(moved_to.as_str()),
+        "the retry lands on the session the first try made"
+    );
+    let cart = send(request_with_sid(
+        Method::GET,
+        &shopper.url("/api/cart"),
+        Some(&moved_to),
+    ))
+    .await;
+    assert_eq!(
+        cart.body["lines"][0]["qty"], 2,
+        "the cart is whole: {cart:?}"
+    );
+
+    // Someone else logging in from the same old id gets none of it.
+    signed_up(&shop, "eve@example.com").await;
+    let eve = send(log_in_from_the_old_id("eve@example.com")).await;
+    assert_eq!(eve.status, StatusCode::OK, "{eve:?}");
+    let eves = eve.new_sid.expect("a session of her own");
+    assert_ne!(eves, moved_to, "not Ada's session");
+    let eves_cart = send(request_with_sid(
+        Method::GET,
+        &shopper.url("/api/cart"),
+        Some(&eves),
+    ))
+    .await;
+    assert_eq!(eves_cart.body["lines"], serde_json::json!([]));
+    shop.stop().await;
+}
+
+#[tokio::test]
 async fn logout_cannot_be_undone() {
     let shop = spawn_shop().await;
     let ada = shop.shopper();

@@ -47,6 +47,11 @@ pub const SESSION_KEY_PREFIX: &str = "myclothes:session:";
 pub const CART_KEY_PREFIX: &str = "myclothes:cart:";
 /// Records of changes already made, by idempotency key.
 const APPLIED_KEY_PREFIX: &str = "myclothes:applied:";
+/// Where a session moved at login, kept under its old id's digest for a
+/// retry of that login whose answer was lost (see [`RedisSessions::rotate`]).
+const MOVED_KEY_PREFIX: &str = "myclothes:moved:";
+/// How long that note is kept: a retry comes within seconds.
+const MOVED_NOTE_FOR: std::time::Duration = std::time::Duration::from_secs(60);
 /// The field every session has: when it started (Redis's clock, unix
 /// seconds). It keeps a session with an empty cart in existence.
 const BORN: &str = "born";
@@ -96,6 +101,11 @@ pub struct SessionKeys {
 }
 
 impl SessionKeys {
+    /// Where a login that moved this session away left its forwarding note.
+    fn moved(&self) -> String {
+        format!("{MOVED_KEY_PREFIX}{}", self.digest)
+    }
+
     /// Where a change with this idempotency key is recorded.
     fn applied(&self, key: &IdempotencyKey) -> String {
         format!("{APPLIED_KEY_PREFIX}{}:{}", self.digest, key.as_str())
@@ -207,27 +217,51 @@ impl RedisSessions {
     /// cookie. Called at login: whoever knew the old id (planted before
     /// login, the oldest session-fixation trick) knows nothing now. Without
     /// a session, a new one is started.
+    ///
+    /// A login is retried when its answer is lost; the browser still holds
+    /// the old id, whose session has just moved. So the move leaves a note
+    /// under the old id for a minute: which account moved it, and the new
+    /// id *sealed with the old one* (Redis holds no usable id, only
+    /// digests, and the seal opens only with the old id). The same
+    /// `owner` logging in again from the old id gets the same session,
+    /// cart and all; anyone else, a fresh one.
     pub async fn rotate(
         &self,
         cookies: &CookieJar,
+        owner: &str,
         pairs: &[(&str, &str)],
     ) -> Result<Cookie<'static>, ApiError> {
+        let presented = presented_id(cookies);
         // Without a session, "old" keys that cannot exist.
-        let old = Self::keys_for(presented_id(cookies).unwrap_or(""));
+        let old = Self::keys_for(presented.unwrap_or(""));
         let id = new_id()?;
         let new = Self::keys_for(&id);
-        let mut invocation = ROTATE_SCRIPT.key(old.session);
+        let sealed = presented.map_or_else(String::new, |old_id| seal(&id, old_id));
+        let mut invocation = ROTATE_SCRIPT.key(old.session.as_str());
         invocation
-            .key(old.cart)
+            .key(old.cart.as_str())
             .key(new.session)
             .key(new.cart)
-            .arg(self.ttl_ms());
+            .key(old.moved())
+            .arg(self.ttl_ms())
+            .arg(owner)
+            .arg(sealed)
+            .arg(u64::try_from(MOVED_NOTE_FOR.as_millis()).unwrap_or(u64::MAX));
         for (field, value) in pairs {
             invocation.arg(*field).arg(*value);
         }
         let mut redis = self.redis.clone();
-        self.within_timeout(invocation.invoke_async::<i64>(&mut redis), Purpose::Change)
+        let forwarded: Option<String> = self
+            .within_timeout(invocation.invoke_async(&mut redis), Purpose::Change)
             .await?;
+        let id = match (forwarded, presented) {
+            (None, _) => id,
+            (Some(note), Some(old_id)) => unseal(&note, old_id).ok_or_else(|| {
+                tracing::error!("a login's forwarding note does not open");
+                ApiError::Internal
+            })?,
+            (Some(_), None) => return Err(ApiError::Internal),
+        };
         Ok(sessions::new_cookie(&self.settings, id))
     }
 
@@ -386,5 +420,45 @@ impl SessionStore for RedisSessions {
 impl CartStore for RedisSessions {
     async fn apply(&self, request: CartRequest<'_>) -> Result<CartReply, ApiError> {
         sessions::apply(self, request).await
+    }
+}
+
+/// The new id of a moved session, for the note left under its old id:
+/// XORed with a SHA-256 of the old id (not the digest Redis names keys
+/// by, so the note cannot be opened from what Redis holds), in hex.
+fn seal(new_id: &str, old_id: &str) -> String {
+    hex::encode(xor_with_pad(new_id.as_bytes(), old_id))
+}
+
+/// The id [`seal`] sealed, given the old id; `None` if it is not one.
+fn unseal(sealed: &str, old_id: &str) -> Option<String> {
+    let bytes = hex::decode(sealed).ok()?;
+    let id = String::from_utf8(xor_with_pad(&bytes, old_id)).ok()?;
+    shop::ids::is_well_formed(&id).then_some(id)
+}
+
+fn xor_with_pad(bytes: &[u8], old_id: &str) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let pad = Sha256::digest(format!("myclothes:moved-to:{old_id}").as_bytes());
+    // An id (22 bytes) is shorter than the pad (32).
+    bytes.iter().zip(pad.iter()).map(|(b, p)| b ^ p).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_moved_sessions_note_opens_only_with_its_old_id() {
+        let (old_id, new_id, someone) = (
+            shop::ids::random_id().expect("an id"),
+            shop::ids::random_id().expect("an id"),
+            shop::ids::random_id().expect("an id"),
+        );
+        let sealed = seal(&new_id, &old_id);
+        assert!(!sealed.contains(&new_id), "the id is not in the note");
+        assert_eq!(unseal(&sealed, &old_id), Some(new_id));
+        assert_eq!(unseal(&sealed, &someone), None, "another id opens nothing");
+        assert_eq!(unseal("not hex", &old_id), None);
     }
 }
