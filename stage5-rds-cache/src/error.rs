@@ -101,6 +101,20 @@ impl StageError for DataError {
     }
 }
 
+/// Whether a PostgreSQL error code (SQLSTATE) is the server's trouble, not
+/// the request's, and may be gone on a retry (503, not 500): 08 connection
+/// exceptions; 57 operator intervention (a shutdown); 53 insufficient
+/// resources (disk full, out of memory, too many connections); 25006 a
+/// read-only transaction (a write reached a standby); 40001 and 40P01 a
+/// serialization failure or a deadlock (the transaction was rolled back
+/// whole, so nothing was changed).
+fn is_servers_trouble(code: &str) -> bool {
+    ["08", "57", "53"]
+        .iter()
+        .any(|class| code.starts_with(class))
+        || ["25006", "40001", "40P01"].contains(&code)
+}
+
 impl From<sqlx::Error> for DataError {
     fn from(error: sqlx::Error) -> Self {
         let unavailable = match &error {
@@ -117,11 +131,7 @@ impl From<sqlx::Error> for DataError {
             sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("22")) => {
                 return Self::InvalidInput(db.message().to_owned());
             }
-            // 08: connection exceptions; 57: operator intervention (shutdown);
-            // 25006: read-only transaction (a write reached a standby).
-            sqlx::Error::Database(db) => db
-                .code()
-                .is_some_and(|c| c.starts_with("08") || c.starts_with("57") || c == "25006"),
+            sqlx::Error::Database(db) => db.code().is_some_and(|code| is_servers_trouble(&code)),
             _ => false,
         };
         if unavailable {
@@ -130,6 +140,24 @@ impl From<sqlx::Error> for DataError {
         } else {
             tracing::error!(%error, "database error");
             Self::Database(error)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_servers_trouble_is_503_and_a_bug_here_is_500() {
+        for code in [
+            "08006", "57P01", "53100", "53200", "53300", "25006", "40001", "40P01",
+        ] {
+            assert!(is_servers_trouble(code), "{code}");
+        }
+        // A syntax error, an unknown column, a check constraint: bugs here.
+        for code in ["42601", "42703", "23514"] {
+            assert!(!is_servers_trouble(code), "{code}");
         }
     }
 }
