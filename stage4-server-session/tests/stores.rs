@@ -341,6 +341,68 @@ async fn cached_dynamodb_survives_cache_flush() {
 }
 
 #[tokio::test]
+async fn a_retried_change_drops_a_cached_cart_the_first_try_left_behind() {
+    let mut shop = StoreShop::start(STAGE4, StoreKind::DynamodbCached, PATIENT).await;
+    let alice = shop.shopper();
+    alice.add("SOCK-GREY-L", 1).await.expect("add");
+    for _ in 0..6 {
+        alice.cart().await.expect("view");
+    }
+    let mut cache = shop.store.cache().connection().await.expect("redis");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("myclothes:cached-session:*")
+        .query_async(&mut cache)
+        .await
+        .expect("KEYS");
+    let [entry] = keys.as_slice() else {
+        panic!("one cached session: {keys:?}");
+    };
+    let before: String = redis::cmd("GET")
+        .arg(entry)
+        .query_async(&mut cache)
+        .await
+        .expect("GET");
+
+    let add_tee = || {
+        alice
+            .http()
+            .post(alice.url("/api/cart/items"))
+            .header("idempotency-key", "add-the-tee")
+            .json(&serde_json::json!({ "sku": "TEE-RED-M", "qty": 1 }))
+            .send()
+    };
+    let first = add_tee().await.expect("an answer");
+    assert_eq!(first.status(), StatusCode::OK);
+    // The first try's answer was lost, and so was its word to the cache
+    // (a timeout between the record and the cache): the old copy is back.
+    let _: () = redis::cmd("SET")
+        .arg(entry)
+        .arg(&before)
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut cache)
+        .await
+        .expect("SET");
+    assert_eq!(
+        alice.cart().await.expect("view").qty_of("TEE-RED-M"),
+        0,
+        "the stale copy is what the cache serves"
+    );
+
+    let retry = add_tee().await.expect("an answer");
+    assert_eq!(retry.status(), StatusCode::OK, "the retry is answered");
+    for _ in 0..3 {
+        let cart = alice.cart().await.expect("view");
+        assert_eq!(
+            (cart.qty_of("TEE-RED-M"), cart.qty_of("SOCK-GREY-L")),
+            (1, 1),
+            "the retry dropped the stale copy: the record's cart, added once"
+        );
+    }
+    shop.stop().await;
+}
+
+#[tokio::test]
 async fn cache_outage_serves_from_the_record() {
     // The real default store timeout: a frozen cache must cost a read
     // less than that, and never an error.

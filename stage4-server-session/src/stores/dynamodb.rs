@@ -419,7 +419,14 @@ impl DynamoSessions {
             if let Some(key) = key
                 && map_of(item.get("applied")).is_some_and(|m| m.contains_key(key.as_str()))
             {
-                return refused(Answer::Replayed(Box::new(cart_of(Some(&item)))));
+                // With the item's version: a cache in front must drop its
+                // copy now, since the first try, if its answer was lost,
+                // may never have told it.
+                let version = number_of(item.get("v"));
+                return Ok(Some((
+                    Answer::Replayed(Box::new(cart_of(Some(&item)))),
+                    Some(version),
+                )));
             }
             if let Some(refusal) = refusal(op, &item) {
                 return refused(refusal);
