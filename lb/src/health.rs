@@ -152,11 +152,15 @@ fn health_request(
     request.body(Empty::new()).ok()
 }
 
-/// Tells a backend it has been removed, once, without waiting long.
-pub(crate) fn say_goodbye(backend: Arc<Backend>) {
+/// Tells a backend it has been removed, once, without waiting long; from
+/// `source`, as the health checks (stage 7's security groups let only the
+/// balancer's own address reach an instance).
+pub(crate) fn say_goodbye(backend: Arc<Backend>, source: Option<std::net::IpAddr>) {
     tokio::spawn(async move {
+        let mut connector = HttpConnector::new();
+        connector.set_local_address(source);
         let client: Client<HttpConnector, Empty<Bytes>> =
-            Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+            Client::builder(TokioExecutor::new()).build(connector);
         if let Some(request) = health_request(&backend, Some("removed")) {
             let _ = tokio::time::timeout(Duration::from_secs(1), client.request(request)).await;
         }

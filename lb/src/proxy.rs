@@ -283,7 +283,7 @@ impl Balancer {
     pub fn remove_backend(&self, name: &str) -> Result<Arc<Backend>, BackendSetError> {
         let backend = self.backends.remove(name)?;
         tracing::info!(backend = backend.name(), "removed");
-        health::say_goodbye(Arc::clone(&backend));
+        health::say_goodbye(Arc::clone(&backend), self.dial.source);
         Ok(backend)
     }
 

@@ -553,3 +553,51 @@ async fn open_sockets_do_not_use_up_request_slots() {
         "five open sockets, two request slots: a request still gets one"
     );
 }
+
+#[tokio::test]
+async fn the_removal_notice_comes_from_the_balancers_source_address() {
+    use axum::extract::ConnectInfo;
+    use axum::http::HeaderMap;
+    // A backend that notes who tells it what on its health check.
+    let (told, mut notices) = tokio::sync::mpsc::unbounded_channel();
+    let app = axum::Router::new().route(
+        "/healthz",
+        axum::routing::get(
+            move |ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>, headers: HeaderMap| {
+                let state = headers
+                    .get(lb::STATE_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                if let Some(state) = state {
+                    let _ = told.send((peer.ip(), state));
+                }
+                async { "ok" }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await
+    });
+    let spec = BackendSpec::new("b1", &format!("http://{address}")).expect("spec");
+    let mut config = no_health_checks(vec![spec]);
+    // Every 127.x address is this machine's; stage 7 uses a zone's own.
+    let source: std::net::IpAddr = "127.0.0.2".parse().expect("an address");
+    config.source_address = Some(source);
+    let lb = balancer_from(config).await;
+
+    lb.balancer.remove_backend("b1").expect("removed");
+    let (from, state) = tokio::time::timeout(Duration::from_secs(10), notices.recv())
+        .await
+        .expect("told within the deadline")
+        .expect("a notice");
+    assert_eq!(state, "removed");
+    assert_eq!(from, source, "from the address the health checks use");
+}
