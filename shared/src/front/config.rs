@@ -72,7 +72,7 @@ pub struct Server {
 /// Everything a rendered configuration depends on.
 #[derive(Clone, Debug)]
 pub struct Site {
-    /// What the engine listens on: `127.0.0.1:8080`, or `8080` (every
+    /// What the engine listens on: `127.0.0.1:8080`, or `*:8080` (every
     /// address, for a workshop's machines).
     pub listen: String,
     pub servers: Vec<Server>,
@@ -187,7 +187,7 @@ pub fn ready_made(engine: Engine, kind: ReadyMade) -> String {
         ReadyMade::Live => (Policy::LeastConn, false),
     };
     Site {
-        listen: "8080".to_owned(),
+        listen: "*:8080".to_owned(),
         servers: (1..=3)
             .map(|n| Server {
                 name: format!("i{n}"),
