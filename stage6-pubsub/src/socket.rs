@@ -172,8 +172,8 @@ impl Session {
                 tracing::info!(socket = session.id, code, reason, "socket closed")
             }
         }
-        session.leave_room().await;
-        session.shop.state.hub.leave(session.id);
+        // The goodbye first, then the bookkeeping in Redis: a stopping
+        // instance has only moments, and the page should hear why.
         if let End::Close(code, reason) = end {
             let frame = CloseFrame {
                 code,
@@ -182,6 +182,8 @@ impl Session {
             let close = session.socket.send(Message::Close(Some(frame)));
             let _ = tokio::time::timeout(SEND_DEADLINE, close).await;
         }
+        session.leave_room().await;
+        session.shop.state.hub.leave(session.id);
         drop(held);
     }
 

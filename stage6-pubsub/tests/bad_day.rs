@@ -56,6 +56,40 @@ async fn a_quiet_page_outlives_the_balancers_idle_timeout_because_the_shop_pings
 }
 
 #[tokio::test]
+async fn a_stopping_instance_tells_its_pages_it_is_going_away() {
+    let shop = spawn_live(Fanout::Pubsub, 2, &[]).await;
+    // In a room: leaving it is a call to Redis, which must not come
+    // between the page and its goodbye.
+    let mut leaving = LiveClient::connect(&shop.url(), "?room=tees&name=Ada")
+        .await
+        .expect("open");
+    let mut tally = Tally::default();
+    leaving
+        .until("snapshot", &mut tally, SOON)
+        .await
+        .expect("socket open")
+        .expect("in the room");
+    let stopping = leaving.instance().to_owned();
+    // What a deploy or a scale-in sends: the instance finishes its
+    // requests and closes its sockets itself, with a reason.
+    signal_instance(&shop, &stopping, Signal::SIGTERM);
+    let deadline = tokio::time::Instant::now() + SOON;
+    let goodbye = loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match leaving.next(left).await {
+            // The room's news that was on its way.
+            Ok(Some(_)) => {}
+            end => break end,
+        }
+    };
+    assert!(
+        matches!(goodbye, Err(ClientError::Closed { code: 1001, .. })),
+        "told 1001 (going away), not cut off: {goodbye:?}"
+    );
+    shop.stop().await;
+}
+
+#[tokio::test]
 async fn a_page_on_a_frozen_instance_is_cut_off_by_the_balancer_and_reconnects_elsewhere() {
     let shop = spawn_live_with(Fanout::Pubsub, 2, &[("SHOP_WS_PING", PING)], |config| {
         config.tunnel_idle_timeout = Some(IDLE);

@@ -84,15 +84,29 @@ pub async fn run<S: Stage>(
         axum::serve::ListenerExt::tap_io(listener, |stream: &mut tokio::net::TcpStream| {
             let _ = stream.set_nodelay(true);
         });
+    let told = Arc::clone(&leaving);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;
             // Long-lived connections would hold the shutdown open: tell
             // whoever holds them to close.
-            leaving.instance.leave();
+            told.instance.leave();
         })
-        .await
+        .await?;
+    // An upgraded connection (a WebSocket) is no longer HTTP, so the
+    // graceful shutdown above does not wait for it: give the sockets told
+    // to close a moment to say goodbye (1001) before the process ends and
+    // cuts them mid-sentence.
+    let deadline = tokio::time::Instant::now() + SOCKETS_CLOSE_WITHIN;
+    while leaving.instance.sockets() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    Ok(())
 }
+
+/// How long a stopping instance waits for its sockets to close: less than
+/// the launcher's grace period before SIGKILL (5 s).
+const SOCKETS_CLOSE_WITHIN: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// The whole HTTP surface for one instance.
 fn router<S: Stage>(shop: Arc<Shop<S>>) -> Router {
