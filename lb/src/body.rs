@@ -9,7 +9,11 @@
 //! * [`Tracked`], which, once the last byte of a response has gone out,
 //!   releases the backend's in-flight count and slot (so least-connections
 //!   sees a slow download as the load it is) and returns the backend
-//!   connection to the pool;
+//!   connection to the pool; and which cuts the response if the backend
+//!   sends nothing more for the request timeout (a backend frozen after its
+//!   headers would otherwise hold all of these for ever). A client that
+//!   stops reading is another matter: hyper then stops asking for the
+//!   body, so this watch does not see it;
 //! * [`FromClient`], which notes when a *client's* request body breaks
 //!   (an invalid chunk size, a connection cut mid-upload), so that the
 //!   failure is answered as the client's fault (400), not the backend's;
@@ -33,32 +37,65 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use crate::backend::InFlight;
 use crate::pool::Pooled;
 
-/// The body of every response the balancer sends (and request it forwards).
-pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+/// What can end a body early: hyper's errors, and the balancer's own
+/// (a backend that stopped sending mid-response).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// A response body that lets go of its backend when it ends.
+/// The body of every response the balancer sends (and request it forwards).
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
+
+/// A response body that lets go of its backend when it ends, and gives up
+/// on a backend that stops sending it half-way.
 pub struct Tracked {
-    inner: ProxyBody,
+    inner: Incoming,
     guard: Option<InFlight>,
     connection: Option<Pooled>,
+    /// How long the backend may go without sending the next piece (the
+    /// request timeout, as nginx's `proxy_read_timeout` is both); `None`
+    /// for a body that needs no watching.
+    quiet: Option<QuietBackend>,
+}
+
+/// The wait for a response's next piece: a frozen backend after its
+/// headers would otherwise hold the client, the connection and one of its
+/// request slots for ever.
+struct QuietBackend {
+    limit: Duration,
+    /// When the last piece came.
+    since: tokio::time::Instant,
+    /// Armed only while a piece is awaited; re-armed from `since`.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Tracked {
-    pub fn new(inner: ProxyBody, guard: InFlight, connection: Pooled) -> Self {
+    pub fn new(inner: Incoming, guard: InFlight, connection: Pooled, limit: Duration) -> Self {
         Self {
             inner,
             guard: Some(guard),
             connection: Some(connection),
+            quiet: Some(QuietBackend {
+                limit,
+                since: tokio::time::Instant::now(),
+                timer: None,
+            }),
         }
     }
 
     /// A body from a connection that is not pooled (an upgrade refused).
-    pub fn unpooled(inner: ProxyBody, guard: InFlight) -> Self {
+    pub fn unpooled(inner: Incoming, guard: InFlight) -> Self {
         Self {
             inner,
             guard: Some(guard),
             connection: None,
+            quiet: None,
         }
+    }
+
+    /// A broken response (the backend's error, or its silence): its
+    /// connection is not reusable, and its slot is free.
+    fn broken(&mut self) {
+        self.connection = None;
+        self.guard = None;
     }
 
     /// The response is complete: the connection may carry another request.
@@ -72,23 +109,35 @@ impl Tracked {
 
 impl Body for Tracked {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(None) => self.finished(),
-            Poll::Ready(Some(Err(_))) => {
-                // A broken response: its connection is not reusable.
-                self.connection = None;
-                self.guard = None;
+            Poll::Ready(Some(Err(_))) => self.broken(),
+            Poll::Ready(Some(Ok(_))) => {
+                if let Some(quiet) = &mut self.quiet {
+                    quiet.since = tokio::time::Instant::now();
+                }
             }
-            _ => {}
+            Poll::Pending => {
+                if let Some(quiet) = &mut self.quiet
+                    && quiet.poll_expired(cx).is_ready()
+                {
+                    self.broken();
+                    let limit = self.quiet.as_ref().map_or(0, |q| q.limit.as_millis());
+                    return Poll::Ready(Some(Err(Box::new(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("the backend sent nothing more for {limit} ms"),
+                    )))));
+                }
+            }
         }
-        polled
+        polled.map(|frame| frame.map(|result| result.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -97,6 +146,27 @@ impl Body for Tracked {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl QuietBackend {
+    /// `Ready` once nothing has come for the limit; else `Pending`, with
+    /// the timer set for when it would be.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            let deadline = self.since + self.limit;
+            let timer = self
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            if timer.deadline() != deadline {
+                // A piece came since the timer was set: wait from it.
+                timer.as_mut().reset(deadline);
+            }
+            std::task::ready!(timer.as_mut().poll(cx));
+            if tokio::time::Instant::now() >= self.since + self.limit {
+                return Poll::Ready(());
+            }
+        }
     }
 }
 
@@ -149,12 +219,12 @@ impl FromClient {
 
 impl Body for FromClient {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let Some(inner) = self.inner.as_mut() else {
             return Poll::Ready(None);
         };
@@ -162,7 +232,7 @@ impl Body for FromClient {
         if let Poll::Ready(Some(Err(_))) = &polled {
             self.broken.store(true, Ordering::Release);
         }
-        polled
+        polled.map(|frame| frame.map(|result| result.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {

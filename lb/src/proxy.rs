@@ -20,7 +20,8 @@
 //!    are busy (a full queue → 503 with `Retry-After`; see
 //!    [`crate::backend::Limits`]);
 //! 6. send with the request body streaming through; wait for the response
-//!    head at most `request_timeout` (→ 504);
+//!    head at most `request_timeout` (→ 504), and as long for each next
+//!    piece of its body (a backend frozen half-way: the response is cut);
 //! 7. if nothing reached the backend (its connection failed), send the
 //!    request, still whole, to one other backend. If the request went out
 //!    and the exchange failed before any of the response arrived, send it
@@ -690,7 +691,7 @@ impl Balancer {
                 }
                 let (mut head, body) = response.into_parts();
                 headers::remove_hop_by_hop(&mut head.headers);
-                let body = Tracked::new(body.boxed(), in_flight, connection);
+                let body = Tracked::new(body, in_flight, connection, self.request_timeout);
                 Attempt::Done(Response::from_parts(head, body.boxed()))
             }
             Ok(Err(SendError::NotSent { request, why })) => {

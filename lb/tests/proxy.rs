@@ -136,6 +136,34 @@ async fn response_body_streams_through_without_buffering() {
 }
 
 #[tokio::test]
+async fn a_backend_that_stops_sending_mid_response_is_given_up_at_the_request_timeout() {
+    let b = backend("b1").await;
+    let lb = balancer_with(
+        vec![b.spec()],
+        Policy::RoundRobin,
+        Duration::from_millis(300),
+    )
+    .await;
+    let mut response = reqwest::get(lb.url("/stream"))
+        .await
+        .expect("response head");
+    let first = tokio::time::timeout(STREAM_STEP, response.chunk())
+        .await
+        .expect("the first chunk")
+        .expect("chunk")
+        .expect("some data");
+    assert_eq!(&first[..], b"first;");
+    // Then the backend says nothing more (it is never released), as a
+    // frozen one would: the response is cut, not left hanging.
+    let rest = tokio::time::timeout(STREAM_STEP, response.chunk())
+        .await
+        .expect("the balancer gives up within the deadline");
+    assert!(rest.is_err(), "the client sees a broken response: {rest:?}");
+    let backend = lb.balancer.backends().get("b1").expect("b1");
+    assert_eq!(backend.in_flight(), 0, "its request slot is free again");
+}
+
+#[tokio::test]
 async fn request_body_streams_through_without_buffering() {
     let b = backend("b1").await;
     let lb = balancer(&[&b], Policy::RoundRobin).await;

@@ -142,7 +142,7 @@ pub(crate) async fn open(
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         // Refused (a draining instance, a bad handshake): an ordinary answer.
         let (head, body) = response.into_parts();
-        let body = Tracked::unpooled(http_body_util::BodyExt::boxed(body), in_flight);
+        let body = Tracked::unpooled(body, in_flight);
         return Ok(Response::from_parts(
             head,
             http_body_util::BodyExt::boxed(body),
