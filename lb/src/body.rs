@@ -74,7 +74,7 @@ impl Tracked {
             guard: Some(guard),
             connection: Some(connection),
             quiet: Some(QuietBackend {
-                limit,
+                limit: limit.min(crate::LONGEST_WAIT),
                 since: tokio::time::Instant::now(),
                 timer: None,
             }),

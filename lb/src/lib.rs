@@ -66,6 +66,11 @@ pub use sticky::{Sticky, StickyKeyError};
 pub use supervisor::Supervisor;
 pub use tls::{TlsError, TlsSettings};
 
+/// The longest any of the balancer's waits is taken to be: a timeout given
+/// as "a thousand years" means for ever, and must not overflow the clock
+/// when a deadline is computed from it.
+pub(crate) const LONGEST_WAIT: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
+
 /// How long an open tunnel may stay quiet by default: nginx's
 /// `proxy_read_timeout`. The shop's sockets ping three times as often.
 pub const DEFAULT_TUNNEL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);

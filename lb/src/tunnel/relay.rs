@@ -82,6 +82,7 @@ struct Quiet {
 
 impl Quiet {
     fn new(idle: Duration) -> Self {
+        let idle = idle.min(crate::LONGEST_WAIT);
         let since = Instant::now();
         Self {
             idle,
@@ -318,6 +319,25 @@ mod tests {
             assert!(started.elapsed() >= idle, "not before the idle time");
         })
         .await;
+    }
+
+    #[tokio::test]
+    async fn an_idle_timeout_too_long_for_the_clock_means_for_ever() {
+        let (mut client, mut client_side) = duplex(1024);
+        let (mut server_side, mut server) = duplex(1024);
+        let relaying = tokio::spawn(async move {
+            relay(&mut client_side, &mut server_side, Some(Duration::MAX)).await
+        });
+        within_deadline(async {
+            client.write_all(b"x").await.expect("writes");
+            let mut got = [0u8; 1];
+            server.read_exact(&mut got).await.expect("the byte crosses");
+            client.shutdown().await.expect("client ends");
+            server.shutdown().await.expect("server ends");
+        })
+        .await;
+        let copied = relaying.await.expect("the relay did not panic");
+        assert_eq!(copied.expect("relay"), (1, 0));
     }
 
     #[tokio::test]
