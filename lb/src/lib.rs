@@ -42,6 +42,7 @@ mod policy;
 mod pool;
 mod proxy;
 pub mod redirect;
+mod send_deadline;
 pub mod signals;
 mod sticky;
 pub mod supervisor;
@@ -75,6 +76,10 @@ pub(crate) const LONGEST_WAIT: Duration = Duration::from_secs(10 * 365 * 24 * 60
 /// `proxy_read_timeout`. The shop's sockets ping three times as often.
 pub const DEFAULT_TUNNEL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a write to a client may wait for the client to read, by
+/// default: nginx's `send_timeout`.
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Everything a balancer needs to start.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -91,6 +96,10 @@ pub struct Config {
     /// How long an open tunnel (a WebSocket) may carry no byte either way
     /// before it is closed; `None`: for ever.
     pub tunnel_idle_timeout: Option<Duration>,
+    /// How long a write to a client may wait for it to read before the
+    /// connection is closed and its response given up (nginx's
+    /// `send_timeout`); `None`: for ever.
+    pub send_timeout: Option<Duration>,
     /// How much load each backend is given at once.
     pub limits: Limits,
     /// The query parameter the `hash-param` policy hashes.
@@ -128,6 +137,7 @@ impl Config {
             connect_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(30),
             tunnel_idle_timeout: Some(DEFAULT_TUNNEL_IDLE_TIMEOUT),
+            send_timeout: Some(DEFAULT_SEND_TIMEOUT),
             limits: Limits::default(),
             hash_param: "room".to_owned(),
             sticky: None,
@@ -170,6 +180,11 @@ pub struct Args {
     /// closed (the shop pings every 20s); 0 keeps quiet tunnels for ever.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub tunnel_idle_timeout: Duration,
+    /// Time a client may read nothing of what is sent to it before its
+    /// connection is closed (a download it stopped reading is given up and
+    /// its backend let go); 0 waits for ever.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub send_timeout: Duration,
     /// Requests in flight to one backend at most; more wait in its queue.
     #[arg(long, default_value_t = Limits::default().max_conns, value_parser = clap::value_parser!(usize))]
     pub max_conns: usize,
@@ -272,6 +287,7 @@ impl Args {
             connect_timeout: self.connect_timeout,
             request_timeout: self.request_timeout,
             tunnel_idle_timeout: Some(self.tunnel_idle_timeout).filter(|t| !t.is_zero()),
+            send_timeout: Some(self.send_timeout).filter(|t| !t.is_zero()),
             hash_param: self.hash_param.clone(),
             limits: Limits {
                 max_conns: self.max_conns,

@@ -34,7 +34,9 @@
 //!    line;
 //! 8. return the response with its body streaming through, counting the
 //!    request in flight until its last byte, and (when sticky) a refreshed
-//!    `lb_sticky` cookie.
+//!    `lb_sticky` cookie. A client that stops reading it is given up
+//!    after `send_timeout` ([`crate::send_deadline`]), and with it the
+//!    backend.
 //!
 //! With TLS on ([`crate::tls`]), each connection is first told apart (TLS,
 //! or plain HTTP sent to the TLS port by mistake) and decrypted; what is
@@ -74,6 +76,7 @@ use crate::health::{self, HealthConfig};
 use crate::metrics::Counters;
 use crate::policy::{Picker, Policy};
 use crate::pool::{self, PoolKey, SendError, Unsent};
+use crate::send_deadline::SendDeadline;
 use crate::sticky::{self, Sticky};
 use crate::supervisor::Supervisor;
 use crate::tls::{Opened, Tls};
@@ -95,6 +98,8 @@ pub struct Balancer {
     request_timeout: Duration,
     /// How long an open tunnel may stay quiet both ways.
     tunnel_idle_timeout: Option<Duration>,
+    /// How long a write to a client may wait for it to read.
+    send_timeout: Option<Duration>,
     limits: Limits,
     /// The query parameter the hash-param policy hashes.
     hash_param: String,
@@ -206,6 +211,7 @@ impl Balancer {
             },
             request_timeout: config.request_timeout,
             tunnel_idle_timeout: config.tunnel_idle_timeout,
+            send_timeout: config.send_timeout,
             limits: config.limits,
             hash_param: config.hash_param,
             sticky: config.sticky,
@@ -372,7 +378,7 @@ impl Balancer {
         mut stopping: tokio::sync::watch::Receiver<bool>,
     ) {
         let Some(tls) = &self.tls else {
-            let io = TokioIo::new(stream);
+            let io = SendDeadline::new(TokioIo::new(stream), self.send_timeout);
             return Arc::clone(&self)
                 .serve_http(io, client_addr, Proto::Http, stopping)
                 .await;
@@ -388,7 +394,7 @@ impl Balancer {
         };
         match opened {
             Ok(Opened::Tls(stream)) => {
-                let io = TokioIo::new(*stream);
+                let io = SendDeadline::new(TokioIo::new(*stream), self.send_timeout);
                 Arc::clone(&self)
                     .serve_http(io, client_addr, Proto::Https, stopping)
                     .await;

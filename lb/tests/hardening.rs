@@ -46,6 +46,88 @@ async fn a_small_body_that_stops_short_gets_408_at_the_deadline() {
     assert!(reply.contains("request_timeout"), "a JSON error: {reply}");
 }
 
+/// Waits (5 s at most) until `done` holds; says whether it did.
+async fn eventually(mut done: impl FnMut() -> bool) -> bool {
+    for _ in 0..250 {
+        if done() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    done()
+}
+
+/// A balancer with a 300 ms send timeout in front of one backend, and a
+/// client that has asked it for `mib` MiB (one request, then the end).
+async fn downloading(mib: usize) -> (support::TestBackend, support::TestLb, tokio::net::TcpStream) {
+    let b = backend("b1").await;
+    let mut config = no_health_checks(vec![b.spec()]);
+    config.send_timeout = Some(Duration::from_millis(300));
+    let lb = balancer_from(config).await;
+    let mut client = tokio::net::TcpStream::connect(lb.addr)
+        .await
+        .expect("connect");
+    let request = format!("GET /big?mib={mib} HTTP/1.1\r\nHost: shop\r\nConnection: close\r\n\r\n");
+    client.write_all(request.as_bytes()).await.expect("write");
+    (b, lb, client)
+}
+
+/// Reads `client` to its end (or a broken connection), `piece` bytes at a
+/// time with `pause` before each; the bytes read.
+async fn read_to_the_end(
+    client: &mut tokio::net::TcpStream,
+    piece: usize,
+    pause: Duration,
+) -> usize {
+    let mut got = 0;
+    let mut buffer = vec![0u8; piece];
+    let reading = async {
+        loop {
+            tokio::time::sleep(pause).await;
+            match client.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), reading)
+        .await
+        .expect("the connection ends");
+    got
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_let_go_at_the_send_timeout() {
+    // A download far larger than the sockets' buffers, and a client that
+    // does not read it (a laptop closed half-way, or someone doing it on
+    // purpose to hold the shop's connections).
+    let (_b, lb, mut client) = downloading(64).await;
+    let backend = lb.balancer.backends().get("b1").expect("b1");
+    assert!(
+        eventually(|| backend.in_flight() == 1).await,
+        "the download starts"
+    );
+    assert!(
+        eventually(|| backend.in_flight() == 0).await,
+        "the stalled response is given up and the backend's slot is free again"
+    );
+    // Reading at last, the client gets the part that was sent, then the end.
+    let got = read_to_the_end(&mut client, 64 * 1024, Duration::ZERO).await;
+    assert!(got < 64 * 1024 * 1024, "the response was cut ({got} bytes)");
+}
+
+#[tokio::test]
+async fn a_slow_but_steady_reader_gets_the_whole_download() {
+    let (_b, _lb, mut client) = downloading(4).await;
+    // 256 KiB, then a pause shorter than the send timeout, and again: the
+    // balancer waits longer than that in all, never that long in a row.
+    let got = read_to_the_end(&mut client, 256 * 1024, Duration::from_millis(150)).await;
+    assert!(
+        got > 4 * 1024 * 1024,
+        "every byte arrives, the head too ({got} bytes)"
+    );
+}
+
 #[tokio::test]
 async fn idempotent_request_is_resent_when_its_connection_dies_unanswered() {
     let (dying, read_by_dying) = dies_on_second_request("dying").await;
