@@ -33,6 +33,7 @@
 mod admin;
 mod backend;
 mod body;
+mod client;
 mod dial;
 mod errors;
 mod headers;
@@ -42,7 +43,6 @@ mod policy;
 mod pool;
 mod proxy;
 pub mod redirect;
-mod send_deadline;
 pub mod signals;
 mod sticky;
 pub mod supervisor;
@@ -100,6 +100,11 @@ pub struct Config {
     /// connection is closed and its response given up (nginx's
     /// `send_timeout`); `None`: for ever.
     pub send_timeout: Option<Duration>,
+    /// Client connections held open at most; past that, new ones wait in
+    /// the kernel's accept queue until one ends (HAProxy's `maxconn`).
+    /// `None`: half the open-file limit when the balancer starts, less a
+    /// few, so that each client can also have a connection to a backend.
+    pub max_clients: Option<usize>,
     /// How much load each backend is given at once.
     pub limits: Limits,
     /// The query parameter the `hash-param` policy hashes.
@@ -138,6 +143,7 @@ impl Config {
             request_timeout: Duration::from_secs(30),
             tunnel_idle_timeout: Some(DEFAULT_TUNNEL_IDLE_TIMEOUT),
             send_timeout: Some(DEFAULT_SEND_TIMEOUT),
+            max_clients: None,
             limits: Limits::default(),
             hash_param: "room".to_owned(),
             sticky: None,
@@ -185,6 +191,11 @@ pub struct Args {
     /// its backend let go); 0 waits for ever.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub send_timeout: Duration,
+    /// Client connections held open at most; more wait in the kernel's
+    /// accept queue until one ends. Default: half the open-file limit, so
+    /// that each client can also have a connection to a backend.
+    #[arg(long)]
+    pub max_clients: Option<std::num::NonZeroUsize>,
     /// Requests in flight to one backend at most; more wait in its queue.
     #[arg(long, default_value_t = Limits::default().max_conns, value_parser = clap::value_parser!(usize))]
     pub max_conns: usize,
@@ -288,6 +299,7 @@ impl Args {
             request_timeout: self.request_timeout,
             tunnel_idle_timeout: Some(self.tunnel_idle_timeout).filter(|t| !t.is_zero()),
             send_timeout: Some(self.send_timeout).filter(|t| !t.is_zero()),
+            max_clients: self.max_clients.map(std::num::NonZeroUsize::get),
             hash_param: self.hash_param.clone(),
             limits: Limits {
                 max_conns: self.max_conns,
@@ -364,6 +376,21 @@ pub fn raise_fd_limit() -> std::io::Result<u64> {
         setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map_err(std::io::Error::from)?;
     }
     Ok(hard.max(soft))
+}
+
+/// File descriptors kept back from `--max-clients`'s default: listeners,
+/// health checks, logs, and the pool's idle connections beyond one per
+/// client.
+const FILES_KEPT_BACK: u64 = 64;
+
+/// `--max-clients` when not given: half the open-file limit (a client and
+/// its backend connection are two files), less [`FILES_KEPT_BACK`].
+/// HAProxy derives its `maxconn` from `ulimit -n` the same way.
+pub(crate) fn default_max_clients() -> usize {
+    use nix::sys::resource::{Resource, getrlimit};
+    let files = getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _)| soft);
+    let clients = files.saturating_sub(FILES_KEPT_BACK) / 2;
+    usize::try_from(clients).unwrap_or(usize::MAX).max(1)
 }
 
 /// Runs a balancer on `addr` with one single-threaded runtime per worker

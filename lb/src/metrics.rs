@@ -21,6 +21,9 @@ pub struct Counters {
     pub retries: AtomicU64,
     /// Requests answered 503 because no backend was available.
     pub no_backend: AtomicU64,
+    /// Times an accept loop found `--max-clients` connections open and
+    /// left new ones waiting in the kernel's accept queue.
+    pub client_limit_waits: AtomicU64,
 }
 
 impl Counters {
@@ -226,10 +229,27 @@ pub(crate) fn render(balancer: &Balancer) -> String {
             "Requests refused because no backend was available.",
             &counters.no_backend,
         ),
+        (
+            "lb_client_limit_waits_total",
+            "Times new connections were left in the accept queue because --max-clients were open.",
+            &counters.client_limit_waits,
+        ),
     ];
     for (name, help, counter) in totals {
         out.single(name, Kind::Counter, help, counter.load(Ordering::Relaxed));
     }
+    out.single(
+        "lb_clients_open",
+        Kind::Gauge,
+        "Client connections open (WebSockets included).",
+        balancer.clients_open(),
+    );
+    out.single(
+        "lb_clients_max",
+        Kind::Gauge,
+        "Client connections held open at most (--max-clients).",
+        balancer.max_clients(),
+    );
     out.finish()
 }
 

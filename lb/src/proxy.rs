@@ -35,7 +35,7 @@
 //! 8. return the response with its body streaming through, counting the
 //!    request in flight until its last byte, and (when sticky) a refreshed
 //!    `lb_sticky` cookie. A client that stops reading it is given up
-//!    after `send_timeout` ([`crate::send_deadline`]), and with it the
+//!    after `send_timeout` ([`crate::client`]), and with it the
 //!    backend.
 //!
 //! With TLS on ([`crate::tls`]), each connection is first told apart (TLS,
@@ -48,7 +48,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -63,12 +63,14 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, Uri, Version};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 
 use crate::Config;
 use crate::admin;
 use crate::admin::AdminAccess;
 use crate::backend::{Backend, BackendSet, BackendSetError, HealthChange, Limits, Refused};
 use crate::body::{FromClient, ProxyBody, Tracked, linger};
+use crate::client::{ClientIo, Place};
 use crate::dial::Dial;
 use crate::errors::{LbError, json_response};
 use crate::headers::{self, Proto};
@@ -76,7 +78,6 @@ use crate::health::{self, HealthConfig};
 use crate::metrics::Counters;
 use crate::policy::{Picker, Policy};
 use crate::pool::{self, PoolKey, SendError, Unsent};
-use crate::send_deadline::SendDeadline;
 use crate::sticky::{self, Sticky};
 use crate::supervisor::Supervisor;
 use crate::tls::{Opened, Tls};
@@ -100,6 +101,15 @@ pub struct Balancer {
     tunnel_idle_timeout: Option<Duration>,
     /// How long a write to a client may wait for it to read.
     send_timeout: Option<Duration>,
+    /// A place for each client connection open, `max_clients` in all
+    /// ([`crate::client`]); shared by every accept loop.
+    clients: Arc<Semaphore>,
+    max_clients: usize,
+    /// Client connections accepted and not yet ended.
+    clients_open: Arc<AtomicUsize>,
+    /// When a full house was last logged, in seconds since `started`.
+    full_logged_at: AtomicU64,
+    started: std::time::Instant,
     limits: Limits,
     /// The query parameter the hash-param policy hashes.
     hash_param: String,
@@ -198,6 +208,10 @@ impl Balancer {
             (true, token) => Some(AdminAccess::new(token, config.allow_remote_backends)?),
         };
         let tls = config.tls.as_ref().map(Tls::new).transpose()?;
+        let max_clients = config
+            .max_clients
+            .unwrap_or_else(crate::default_max_clients)
+            .clamp(1, Semaphore::MAX_PERMITS);
         let hsts = config.hsts.filter(|_| tls.is_some()).and_then(|max_age| {
             HeaderValue::from_str(&format!("max-age={}", max_age.as_secs())).ok()
         });
@@ -212,6 +226,11 @@ impl Balancer {
             request_timeout: config.request_timeout,
             tunnel_idle_timeout: config.tunnel_idle_timeout,
             send_timeout: config.send_timeout,
+            clients: Arc::new(Semaphore::new(max_clients)),
+            max_clients,
+            clients_open: Arc::new(AtomicUsize::new(0)),
+            full_logged_at: AtomicU64::new(u64::MAX),
+            started: std::time::Instant::now(),
             limits: config.limits,
             hash_param: config.hash_param,
             sticky: config.sticky,
@@ -334,6 +353,21 @@ impl Balancer {
         let mut opened = 0u32;
         tokio::pin!(shutdown);
         loop {
+            // A place first: with `max_clients` connections open, new ones
+            // wait in the kernel's accept queue (see `crate::client`).
+            let permit = match Arc::clone(&self.clients).try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => {
+                    self.note_full_house();
+                    tokio::select! {
+                        permit = Arc::clone(&self.clients).acquire_owned() => match permit {
+                            Ok(permit) => permit,
+                            Err(_) => break, // never closed
+                        },
+                        () = &mut shutdown => break,
+                    }
+                }
+            };
             let (stream, client_addr) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(accepted) => accepted,
@@ -348,12 +382,15 @@ impl Balancer {
                 () = &mut shutdown => break,
             };
             let _ = stream.set_nodelay(true);
+            let place = Place::new(permit, &self.clients_open);
             let balancer = Arc::clone(&self);
             let stopping = stopping.clone();
             let closed = Closed(Arc::clone(&open));
             opened = opened.saturating_add(1);
             tokio::spawn(async move {
-                balancer.connection(stream, client_addr, stopping).await;
+                balancer
+                    .connection(stream, client_addr, place, stopping)
+                    .await;
                 drop(closed);
             });
         }
@@ -369,16 +406,47 @@ impl Balancer {
         Ok(())
     }
 
+    /// Counts a full house (every client place taken), and says so in the
+    /// log at most once a minute: under a flood, once per connection would
+    /// be a flood of its own.
+    fn note_full_house(&self) {
+        Counters::bump(&self.counters.client_limit_waits);
+        let now = self.started.elapsed().as_secs();
+        let last = self.full_logged_at.load(Ordering::Relaxed);
+        if (last == u64::MAX || now >= last + 60)
+            && self
+                .full_logged_at
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                max_clients = self.max_clients,
+                "every client place is taken: new connections wait in the accept queue (--max-clients)"
+            );
+        }
+    }
+
+    /// Client connections open now (WebSockets included).
+    pub fn clients_open(&self) -> usize {
+        self.clients_open.load(Ordering::Relaxed)
+    }
+
+    /// Client connections held open at most.
+    pub fn max_clients(&self) -> usize {
+        self.max_clients
+    }
+
     /// One client connection, from accept to close: told apart and
     /// decrypted first when TLS is on, then served.
     async fn connection(
         self: Arc<Self>,
         stream: TcpStream,
         client_addr: SocketAddr,
+        place: Place,
         mut stopping: tokio::sync::watch::Receiver<bool>,
     ) {
         let Some(tls) = &self.tls else {
-            let io = SendDeadline::new(TokioIo::new(stream), self.send_timeout);
+            let io = ClientIo::new(TokioIo::new(stream), place, self.send_timeout);
             return Arc::clone(&self)
                 .serve_http(io, client_addr, Proto::Http, stopping)
                 .await;
@@ -394,7 +462,7 @@ impl Balancer {
         };
         match opened {
             Ok(Opened::Tls(stream)) => {
-                let io = SendDeadline::new(TokioIo::new(*stream), self.send_timeout);
+                let io = ClientIo::new(TokioIo::new(*stream), place, self.send_timeout);
                 Arc::clone(&self)
                     .serve_http(io, client_addr, Proto::Https, stopping)
                     .await;

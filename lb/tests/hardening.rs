@@ -129,6 +129,45 @@ async fn a_slow_but_steady_reader_gets_the_whole_download() {
 }
 
 #[tokio::test]
+async fn past_max_clients_new_connections_wait_their_turn_instead_of_using_up_files() {
+    let b = backend("b1").await;
+    let mut config = no_health_checks(vec![b.spec()]);
+    config.max_clients = Some(2);
+    let lb = balancer_from(config).await;
+    // Two clients that connect and send nothing hold both places.
+    let first = tokio::net::TcpStream::connect(lb.addr)
+        .await
+        .expect("connect");
+    let _second = tokio::net::TcpStream::connect(lb.addr)
+        .await
+        .expect("connect");
+    assert!(
+        eventually(|| lb.balancer.clients_open() == 2).await,
+        "both are held"
+    );
+    // A third is queued by the kernel, not served, not refused.
+    let third = tokio::spawn(raw(
+        lb.addr,
+        b"GET /whoami HTTP/1.1\r\nHost: shop\r\nConnection: close\r\n\r\n",
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!third.is_finished(), "the third waits while two are open");
+    // One ends: the third gets its place and its answer.
+    drop(first);
+    let reply = tokio::time::timeout(Duration::from_secs(10), third)
+        .await
+        .expect("answered once a place is free")
+        .expect("task");
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let waits = lb
+        .balancer
+        .counters()
+        .client_limit_waits
+        .load(Ordering::Relaxed);
+    assert!(waits >= 1, "the full house is counted");
+}
+
+#[tokio::test]
 async fn idempotent_request_is_resent_when_its_connection_dies_unanswered() {
     let (dying, read_by_dying) = dies_on_second_request("dying").await;
     let healthy = backend("healthy").await;
@@ -543,17 +582,26 @@ async fn lb_proxies_websocket_upgrade() {
         1,
         "the open socket counts as in flight"
     );
+    assert_eq!(
+        lb.balancer.clients_open(),
+        1,
+        "the tunnel keeps its client's place (--max-clients)"
+    );
     socket.close(None).await.expect("close");
     drop(socket);
     for _ in 0..100 {
-        if backend.tunnels() == 0 && backend.in_flight() == 0 {
+        if backend.tunnels() == 0 && backend.in_flight() == 0 && lb.balancer.clients_open() == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(
-        (backend.tunnels(), backend.in_flight()),
-        (0, 0),
+        (
+            backend.tunnels(),
+            backend.in_flight(),
+            lb.balancer.clients_open()
+        ),
+        (0, 0, 0),
         "released when closed"
     );
 }

@@ -1,18 +1,27 @@
-//! A client that stops reading must not hold what its response holds.
+//! A client's connection as the balancer holds it: the socket, its place
+//! among `--max-clients`, and a deadline on each write.
 //!
-//! A response in flight holds a backend's request slot, a pooled
-//! connection and a task. When the client stops reading (a laptop closed
-//! half-way through a download, or someone holding the shop's connections
-//! on purpose), the kernel's buffers fill, our writes stop going through,
-//! and hyper simply waits: for ever, until now. nginx calls the limit
-//! `send_timeout` (60 s), HAProxy `timeout client`.
+//! **Its place.** Every client connection is a file descriptor, and most
+//! need a second one to a backend. Past the open-file limit, `accept` and
+//! connecting to a backend both fail, for every client at once, those
+//! already being served too. So a balancer holds at most `max_clients`
+//! client connections (HAProxy's `maxconn`, nginx's `worker_connections`);
+//! past that it stops accepting, and new ones wait in the kernel's accept
+//! queue until an open one ends. The place is a semaphore permit held by
+//! [`ClientIo`], so it lasts exactly as long as the socket, through a
+//! WebSocket upgrade too (hyper hands the same value on to the tunnel).
 //!
-//! [`SendDeadline`] wraps a client connection. A write the kernel cannot
-//! take starts a timer, any write that goes through stops it, and if the
-//! timer fires first the write fails with `TimedOut`: hyper ends the
-//! connection, and dropping the response lets go of the backend. The timer
-//! only runs while a write waits, so the usual write, straight into the
-//! socket's buffer, costs one branch.
+//! **Its send deadline.** A response in flight holds a backend's request
+//! slot, a pooled connection and a task. When the client stops reading (a
+//! laptop closed half-way through a download, or someone holding the
+//! shop's connections on purpose), the kernel's buffers fill, our writes
+//! stop going through, and hyper simply waits: for ever, until now. nginx
+//! calls the limit `send_timeout` (60 s), HAProxy `timeout client`. A
+//! write the kernel cannot take starts a timer, any write that goes
+//! through stops it, and if the timer fires first the write fails with
+//! `TimedOut`: hyper ends the connection, and dropping the response lets go
+//! of the backend. The timer only runs while a write waits, so the usual
+//! write, straight into the socket's buffer, costs one branch.
 //!
 //! Rejected alternatives: a deadline on the whole response would cut a
 //! slow but steady download of a large file; a check in the response body
@@ -24,12 +33,44 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use hyper::rt::{Read, ReadBufCursor, Write};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
 
-/// A client connection whose writes may wait at most `limit` each.
-pub(crate) struct SendDeadline<I> {
+/// A client connection's place among `--max-clients`: taken before its
+/// `accept` (so that with every place taken nothing is accepted), counted
+/// as open from the `accept` on, given back when the connection ends.
+pub(crate) struct Place {
+    _permit: OwnedSemaphorePermit,
+    open: Arc<AtomicUsize>,
+}
+
+impl Place {
+    /// The connection just accepted on `permit`, counted in `open`.
+    pub(crate) fn new(permit: OwnedSemaphorePermit, open: &Arc<AtomicUsize>) -> Self {
+        open.fetch_add(1, Ordering::Relaxed);
+        Self {
+            _permit: permit,
+            open: Arc::clone(open),
+        }
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A client connection: its socket (plain or TLS), its place among the
+/// balancer's clients, and how long each write may wait.
+pub(crate) struct ClientIo<I> {
     io: I,
+    /// Given back when the connection ends.
+    _place: Place,
     /// `None`: writes may wait for ever.
     limit: Option<Duration>,
     /// Made at the first write that has to wait, then reused.
@@ -38,10 +79,11 @@ pub(crate) struct SendDeadline<I> {
     armed: bool,
 }
 
-impl<I> SendDeadline<I> {
-    pub(crate) fn new(io: I, limit: Option<Duration>) -> Self {
+impl<I> ClientIo<I> {
+    pub(crate) fn new(io: I, place: Place, limit: Option<Duration>) -> Self {
         Self {
             io,
+            _place: place,
             limit: limit.map(|limit| limit.min(crate::LONGEST_WAIT)),
             timer: None,
             armed: false,
@@ -78,7 +120,7 @@ impl<I> SendDeadline<I> {
     }
 }
 
-impl<I: Read + Unpin> Read for SendDeadline<I> {
+impl<I: Read + Unpin> Read for ClientIo<I> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -88,7 +130,7 @@ impl<I: Read + Unpin> Read for SendDeadline<I> {
     }
 }
 
-impl<I: Write + Unpin> Write for SendDeadline<I> {
+impl<I: Write + Unpin> Write for ClientIo<I> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -133,11 +175,15 @@ mod tests {
     fn pipe(
         limit: Option<Duration>,
     ) -> (
-        SendDeadline<TokioIo<tokio::io::DuplexStream>>,
+        ClientIo<TokioIo<tokio::io::DuplexStream>>,
         tokio::io::DuplexStream,
     ) {
         let (near, far) = tokio::io::duplex(1024);
-        (SendDeadline::new(TokioIo::new(near), limit), far)
+        let permit = Arc::new(tokio::sync::Semaphore::new(1))
+            .try_acquire_owned()
+            .expect("a free place");
+        let place = Place::new(permit, &Arc::new(AtomicUsize::new(0)));
+        (ClientIo::new(TokioIo::new(near), place, limit), far)
     }
 
     async fn write_all<W: Write + Unpin>(io: &mut W, mut data: &[u8]) -> io::Result<()> {
