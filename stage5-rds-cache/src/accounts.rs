@@ -325,6 +325,7 @@ pub(crate) async fn put_me<S: DataStage>(
     // for a replica that has it; then drop the stale cached copy.
     let lsn = data.db.wal_position().await?;
     if let Some(session) = shop.carts.session(&request_jar(&headers), &[]).await? {
+        // A session that ended meanwhile stays ended: no next read to guard.
         shop.carts
             .set_fields(&session, &[(LSN, &lsn.to_stored())])
             .await?;

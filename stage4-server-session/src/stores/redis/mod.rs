@@ -62,6 +62,18 @@ static CART_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!
 /// The login script: a session moved to a new id.
 static ROTATE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("rotate.lua")));
 
+/// Sets fields on a session only while it exists. A plain `HSET` on a
+/// session that ended a moment before (logged out in another tab, or
+/// expired) would bring its key back with no expiry, kept for ever by a
+/// Redis that never evicts.
+static SET_FIELDS_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+         redis.call('HSET', KEYS[1], unpack(ARGV))
+         return 1",
+    )
+});
+
 /// Why the session store could not be set up.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot use Redis at {url}: {source}")]
@@ -195,21 +207,22 @@ impl RedisSessions {
         }))
     }
 
-    /// Sets session fields on a known session.
+    /// Sets session fields on a known session, if it still exists; says
+    /// whether it did (a session that ended since it was read is left
+    /// ended).
     pub async fn set_fields(
         &self,
         session: &Session,
         pairs: &[(&str, &str)],
-    ) -> Result<(), ApiError> {
+    ) -> Result<bool, ApiError> {
         let mut redis = self.redis.clone();
-        let mut command = redis::cmd("HSET");
-        command.arg(Self::keys_for(&session.id).session);
+        let mut invocation = SET_FIELDS_SCRIPT.key(Self::keys_for(&session.id).session);
         for (field, value) in pairs {
-            command.arg(*field).arg(*value);
+            invocation.arg(*field).arg(*value);
         }
-        self.within_timeout(command.query_async::<i64>(&mut redis), Purpose::Change)
+        self.within_timeout(invocation.invoke_async::<i64>(&mut redis), Purpose::Change)
             .await
-            .map(drop)
+            .map(|set| set == 1)
     }
 
     /// Moves the request's session (its cart included) to a new id and sets
@@ -460,5 +473,62 @@ mod tests {
         assert_eq!(unseal(&sealed, &old_id), Some(new_id));
         assert_eq!(unseal(&sealed, &someone), None, "another id opens nothing");
         assert_eq!(unseal("not hex", &old_id), None);
+    }
+
+    #[tokio::test]
+    async fn setting_fields_on_a_session_that_just_ended_does_not_bring_it_back() {
+        use shop::services::redis::RedisServer;
+        let server = RedisServer::start()
+            .await
+            .unwrap_or_else(|e| panic!("a private redis-server is needed: {e}"));
+        let settings = SessionSettings {
+            ttl: std::time::Duration::from_secs(600),
+            timeout: std::time::Duration::from_secs(10),
+            secure_cookies: false,
+        };
+        let store = RedisSessions::connect(&server.url(), settings).expect("a client");
+        let op = CartOp::Add(
+            shop::cart::KnownSku::new("TEE-RED-M").expect("a SKU"),
+            shop::cart::Quantity::new(1).expect("a quantity"),
+        );
+        let id = "a-session-id-for-this-test-only";
+        store
+            .change(id, Mode::Create, &op, None)
+            .await
+            .expect("a new session");
+        let session = Session {
+            id: id.to_owned(),
+            fields: HashMap::new(),
+        };
+        let key = RedisSessions::keys_for(id).session;
+        let mut redis = server.connection().await.expect("a connection");
+
+        assert!(
+            store
+                .set_fields(&session, &[("lsn", "1")])
+                .await
+                .expect("set")
+        );
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(&key)
+            .query_async(&mut redis)
+            .await
+            .expect("PTTL");
+        assert!(ttl > 0, "a live session keeps its expiry ({ttl})");
+
+        // The shopper logs out in another tab between a read and the write.
+        store.delete(id).await.expect("ended");
+        assert!(
+            !store
+                .set_fields(&session, &[("lsn", "2")])
+                .await
+                .expect("set")
+        );
+        let exists: i64 = redis::cmd("EXISTS")
+            .arg(&key)
+            .query_async(&mut redis)
+            .await
+            .expect("EXISTS");
+        assert_eq!(exists, 0, "no key without an expiry comes back");
     }
 }
