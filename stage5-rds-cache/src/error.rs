@@ -46,10 +46,13 @@ pub enum DataError {
     #[error("a value in the request cannot be stored: {0}")]
     InvalidInput(String),
     /// 503 `database_unavailable`: the PostgreSQL primary cannot take the
-    /// request (down, shutting down, or out of connections). Nothing was
-    /// changed.
+    /// request (down, shutting down, frozen, or out of connections). Not
+    /// "nothing was changed": a connection that broke while its `COMMIT`
+    /// was on the way leaves that unknown, so the message says what is
+    /// true instead: sending the request again is safe (a profile is set
+    /// whole; a signup sent again finds its account, 409 `email_taken`).
     #[error(
-        "the database cannot take changes right now; nothing was changed, please try again in a moment"
+        "the database is not answering right now; please try again in a moment (sending the same request again is safe)"
     )]
     DatabaseUnavailable,
     /// 500 `internal`: the database refused a statement for a reason that
