@@ -125,6 +125,10 @@ pub struct HubStats {
     pub from_redis: AtomicU64,
     /// Sockets closed for being too slow.
     pub closed_slow: AtomicU64,
+    /// Messages from pages refused for going past their allowance.
+    pub refused_messages: AtomicU64,
+    /// Sockets closed for sending on regardless (1008).
+    pub closed_flooding: AtomicU64,
 }
 
 #[derive(Debug, Default)]

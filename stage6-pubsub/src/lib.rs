@@ -20,7 +20,8 @@
 //! live-shopping room per garment; `POST /api/checkout` takes the cart's
 //! stock atomically ([`live`]); each instance has a [`hub`] (which socket
 //! watches what, one Redis subscription per topic, [`subscriptions`]) and
-//! a [`bus`] (how updates arrive from Redis). The balancer proxies the
+//! a [`bus`] (how updates arrive from Redis); each socket has an
+//! allowance of messages a page may send (`allowance`). The balancer proxies the
 //! WebSockets and balances by open sockets (`least-conn`), or sends a room
 //! to one instance (`hash-param` on `?room=`, for `room-sticky`).
 //!
@@ -33,6 +34,7 @@
 //! curl -s -b jar -X POST http://127.0.0.1:8080/api/checkout      # watching pages see TEE-RED-M's stock drop
 //! ```
 
+mod allowance;
 pub mod bus;
 pub mod client;
 mod demo;
@@ -106,6 +108,11 @@ pub struct LiveArgs {
     #[arg(long, env = "SHOP_WS_PING", default_value = "20s", value_parser = lb::parse_period)]
     #[serde(serialize_with = "shop::flags::duration")]
     pub ws_ping: Duration,
+    /// Messages a second one page may send once a burst of 40 is spent
+    /// (chat, watch lists, snapshots); more are refused, and a page that
+    /// keeps sending is closed (1008). 0: no limit.
+    #[arg(long, env = "SHOP_WS_MESSAGES_PER_SECOND", default_value_t = 10)]
+    pub ws_messages_per_second: u32,
 }
 
 fn serialize_ticker<S: serde::Serializer>(
@@ -128,6 +135,9 @@ pub struct Stage6State {
     ticker: Option<JoinHandle<()>>,
     /// How often each socket is pinged.
     ws_ping: Duration,
+    /// Messages a second each page may send after its burst; `None`: no
+    /// limit ([`allowance`]).
+    ws_messages_per_second: Option<u32>,
 }
 
 impl Drop for Stage6State {
@@ -187,6 +197,7 @@ impl Stage for Stage6 {
             _bus: bus,
             ticker,
             ws_ping: args.ws_ping,
+            ws_messages_per_second: Some(args.ws_messages_per_second).filter(|&n| n > 0),
         };
         Ok((carts, state))
     }

@@ -132,6 +132,8 @@ async fn stats(State(shop): State<Arc<Shop<Stage6>>>) -> Response {
         "dropped": count(&hub.stats.dropped),
         "from_redis": count(&hub.stats.from_redis),
         "closed_slow": count(&hub.stats.closed_slow),
+        "refused_messages": count(&hub.stats.refused_messages),
+        "closed_flooding": count(&hub.stats.closed_flooding),
     }))
     .into_response()
 }

@@ -20,6 +20,10 @@
 //! the instance is leaving (drained, removed, stopping), every socket is
 //! closed with 1001 ("going away"), and the pages reconnect elsewhere.
 //!
+//! Each page may send a burst of 40 messages, then `--ws-messages-per-second`
+//! (10): a message past that is refused with an `error`, and a page that
+//! keeps sending is closed with 1008 (see `crate::allowance`).
+//!
 //! In `streams` mode the socket also mends gaps itself: an update whose
 //! number is not the next one makes it read what it missed from the stream
 //! first, so the page sees every update, in order.
@@ -27,7 +31,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{Query, State};
@@ -38,6 +42,7 @@ use serde::Deserialize;
 use shop::{ApiError, Catalog, Shop};
 
 use crate::Stage6;
+use crate::allowance::{Allowance, Verdict};
 use crate::fanout::Fanout;
 use crate::hub::{Delivery, Update, Watcher};
 use crate::live::{LiveError, PRESENCE_FOR};
@@ -148,6 +153,8 @@ struct Session {
     skus: Vec<String>,
     room: Option<(String, String)>,
     positions: HashMap<Topic, Position>,
+    /// What the page may still send.
+    allowance: Allowance,
 }
 
 impl Session {
@@ -164,6 +171,7 @@ impl Session {
             skus: Vec::new(),
             room: None,
             positions: HashMap::new(),
+            allowance: Allowance::new(shop.state.ws_messages_per_second, Instant::now()),
         };
         let end = session.serve(&mut queue, &mut leaving, opening).await;
         match &end {
@@ -226,7 +234,7 @@ impl Session {
         loop {
             let step = tokio::select! {
                 message = self.socket.recv() => match message {
-                    Some(Ok(Message::Text(text))) => self.handle(text.as_str()).await,
+                    Some(Ok(Message::Text(text))) => self.allowed(text.as_str()).await,
                     Some(Ok(Message::Close(_)) | Err(_)) | None => Err(End::Gone),
                     Some(Ok(_)) => Ok(()),
                 },
@@ -278,6 +286,30 @@ impl Session {
     async fn flush(&mut self) -> Result<(), End> {
         let flush = self.socket.flush();
         within_deadline(&self.shop.state.hub.stats.closed_slow, flush).await
+    }
+
+    /// A page's message, acted on if its allowance has room for it.
+    async fn allowed(&mut self, text: &str) -> Result<(), End> {
+        let stats = &self.shop.state.hub.stats;
+        match self.allowance.take(Instant::now()) {
+            Verdict::Allowed => self.handle(text).await,
+            Verdict::Refused => {
+                stats.refused_messages.fetch_add(1, Ordering::Relaxed);
+                let per_second = self.shop.state.ws_messages_per_second.unwrap_or_default();
+                let why = format!(
+                    "too many messages: at most {per_second} a second after a burst of {}; this one was not acted on",
+                    crate::allowance::BURST
+                );
+                self.refuse(&why).await
+            }
+            Verdict::Close => {
+                stats.closed_flooding.fetch_add(1, Ordering::Relaxed);
+                Err(End::Close(
+                    close_code::POLICY,
+                    "too many messages; slow down",
+                ))
+            }
+        }
     }
 
     async fn handle(&mut self, text: &str) -> Result<(), End> {

@@ -163,7 +163,9 @@ async fn drain_closes_sockets_with_going_away() {
 
 #[tokio::test]
 async fn slow_consumer_is_dropped_without_delaying_others() {
-    let shop = spawn_live(Fanout::Pubsub, 1, &[]).await;
+    // The speaker says thousands of things as fast as it can: no limit on
+    // what one page may send, for this test only.
+    let shop = spawn_live(Fanout::Pubsub, 1, &[("SHOP_WS_MESSAGES_PER_SECOND", "0")]).await;
     let base = shop.instance_url("i1");
     // A page whose machine reads nothing: a tiny receive buffer, never read.
     let tcp = tokio::net::TcpSocket::new_v4().expect("socket");
@@ -309,6 +311,73 @@ async fn only_the_shops_rooms_can_be_joined_so_pages_cannot_fill_redis_with_room
         .await
         .expect("socket open")
         .expect("joined tees");
+    shop.stop().await;
+}
+
+#[tokio::test]
+async fn a_page_that_floods_its_room_is_refused_then_closed_and_the_room_hears_only_its_allowance()
+{
+    let shop = spawn_live(Fanout::Streams, 1, &[]).await;
+    let mut room = LiveClient::connect(&shop.url(), "?room=tees&name=Ada")
+        .await
+        .expect("open");
+    let mut flooder = LiveClient::connect(&shop.url(), "?room=tees&name=Mallory")
+        .await
+        .expect("open");
+    let mut tally = Tally::default();
+    for page in [&mut room, &mut flooder] {
+        page.until("snapshot", &mut tally, SOON)
+            .await
+            .expect("socket open")
+            .expect("joined tees");
+    }
+    // A script in the browser's console: say, say, say.
+    let flood_began = std::time::Instant::now();
+    for n in 0..200 {
+        if flooder.say(&format!("#{n}")).await.is_err() {
+            break;
+        }
+    }
+    // The flooder is told, then closed with 1008 (policy violation).
+    let mut refusals = 0;
+    let closed = loop {
+        match flooder.next(SOON).await {
+            Ok(Some(message)) if message["type"] == "error" => {
+                assert!(
+                    message["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("too many messages")),
+                    "{message}"
+                );
+                refusals += 1;
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the flooding page was not closed"),
+            Err(error) => break error,
+        }
+    };
+    let flood_lasted = flood_began.elapsed();
+    assert!(
+        matches!(closed, ClientError::Closed { code: 1008, .. }),
+        "{closed:?}"
+    );
+    assert!(refusals >= 1, "told before it was closed");
+    let stats = shop.stats("i1").await;
+    assert_eq!(stats["closed_flooding"], 1, "{stats}");
+    assert!(stats["refused_messages"].as_u64() >= Some(1), "{stats}");
+    // The room heard the burst, and not the flood.
+    let mut heard = 0;
+    while let Ok(Some(message)) = room.next(QUIET).await {
+        if message["type"] == "say" && message["from"] == "Mallory" {
+            heard += 1;
+        }
+    }
+    // 10 a second, earned while the flood lasted (a few milliseconds here).
+    let earned = (flood_lasted.as_secs_f64() * 10.0).ceil() as usize;
+    assert!(
+        (40..=40 + earned).contains(&heard),
+        "the room heard {heard} of 200: a burst of 40, and {earned} earned in {flood_lasted:?}"
+    );
     shop.stop().await;
 }
 

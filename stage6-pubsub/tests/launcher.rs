@@ -164,6 +164,7 @@ async fn up_flags_reach_every_instance() {
                 ("--ticker", "2s"),
                 ("--initial-stock", "7"),
                 ("--ws-ping", "9s"),
+                ("--ws-messages-per-second", "25"),
             ],
         );
     })

@@ -199,7 +199,7 @@
       const ceiling = Math.min(2000, 100 * 2 ** attempt);
       const pause = 100 + Math.random() * Math.max(0, ceiling - 100);
       attempt += 1;
-      const why = event.code === 1001 ? "instance leaving" : event.code === 1013 ? "too slow" : "disconnected";
+      const why = { 1001: "instance leaving", 1008: "too many messages", 1013: "too slow" }[event.code] || "disconnected";
       setState(`${why}; reconnecting…`, "paused");
       setTimeout(connect, pause);
     };
