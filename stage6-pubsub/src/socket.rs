@@ -57,8 +57,37 @@ const SEND_DEADLINE: Duration = Duration::from_secs(1);
 const SUBSCRIBE_DEADLINE: Duration = Duration::from_secs(2);
 /// The most queued messages written out together.
 const BATCH: usize = 64;
-/// How many times a page may overflow its queue before it is closed.
+/// How many times a page may overflow its queue, one soon after another,
+/// before it is closed.
 const LAGS_ALLOWED: u32 = 3;
+/// How long a lag is held against a page: a page that has kept up this
+/// long since its last lag starts afresh. Without it, a phone open all day
+/// that fell behind in four flash sales, hours apart, would be closed as a
+/// page that cannot keep up.
+const LAGS_REMEMBERED_FOR: Duration = Duration::from_secs(60);
+
+/// A page's lags that still count against it.
+#[derive(Debug, Default)]
+struct RecentLags {
+    count: u32,
+    last: Option<Instant>,
+}
+
+impl RecentLags {
+    /// Notes a lag at `now`; returns how many there have been, each within
+    /// [`LAGS_REMEMBERED_FOR`] of the one before.
+    fn note(&mut self, now: Instant) -> u32 {
+        if self
+            .last
+            .is_some_and(|last| now.saturating_duration_since(last) > LAGS_REMEMBERED_FOR)
+        {
+            self.count = 0;
+        }
+        self.count += 1;
+        self.last = Some(now);
+        self.count
+    }
+}
 /// The most SKUs one page may watch.
 const MAX_WATCHED: usize = 300;
 /// The longest message a shopper may say, in bytes.
@@ -155,6 +184,7 @@ struct Session {
     positions: HashMap<Topic, Position>,
     /// What the page may still send.
     allowance: Allowance,
+    lags: RecentLags,
 }
 
 impl Session {
@@ -172,6 +202,7 @@ impl Session {
             room: None,
             positions: HashMap::new(),
             allowance: Allowance::new(shop.state.ws_messages_per_second, Instant::now()),
+            lags: RecentLags::default(),
         };
         let end = session.serve(&mut queue, &mut leaving, opening).await;
         match &end {
@@ -252,7 +283,7 @@ impl Session {
                 return end;
             }
             if self.watcher.take_lagged() {
-                if self.watcher.lags() > LAGS_ALLOWED {
+                if self.lags.note(Instant::now()) > LAGS_ALLOWED {
                     self.shop
                         .state
                         .hub
@@ -662,5 +693,30 @@ fn position_of(newest: Option<(String, u64)>) -> Position {
             seq: 0,
             id: Some(Arc::from("0-0")),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lags_one_after_another_add_up_and_lags_hours_apart_do_not() {
+        let start = Instant::now();
+        let mut lags = RecentLags::default();
+        let seconds = |s: u64| start + Duration::from_secs(s);
+        // Four flash sales, an hour apart: each lag is the first.
+        for hour in 0..4 {
+            assert_eq!(lags.note(seconds(hour * 3600)), 1);
+        }
+        // Then a page that cannot keep up: a lag every ten seconds.
+        let counts: Vec<u32> = (1..=4)
+            .map(|n| lags.note(seconds(4 * 3600 + n * 10)))
+            .collect();
+        assert_eq!(counts, [1, 2, 3, 4], "each within a minute of the last");
+        assert!(
+            counts[2] <= LAGS_ALLOWED && counts[3] > LAGS_ALLOWED,
+            "closed on the fourth"
+        );
     }
 }
