@@ -2,7 +2,7 @@
 //!
 //! | route | does |
 //! | --- | --- |
-//! | `POST /api/signup {"email","password","name"}` | 201, logged in; 409 `email_taken` |
+//! | `POST /api/signup {"email","password","name"}` | 201, logged in (also when the same signup is sent again: see `signup_sent_again`); 409 `email_taken` |
 //! | `POST /api/login {"email","password"}` | 200; 401 `invalid_credentials` |
 //! | `DELETE /api/session` | log out: 204, the session is gone for good (stage 4's route) |
 //! | `GET /api/me` | the profile; 401 `not_logged_in` |
@@ -139,9 +139,9 @@ pub(crate) async fn signup<S: DataStage>(
     let email = valid_email(&body.email)?;
     let name = valid_text("name", &body.name, 1, 100)?;
     valid_password(&body.password)?;
-    let hash = state.passwords.hash(body.password).await?;
+    let hash = state.passwords.hash(body.password.clone()).await?;
     let db = &state.data.db;
-    let id: i64 = db
+    let inserted = db
         .on_primary(
             sqlx::query_scalar(
                 "INSERT INTO users (email, password_hash, name) VALUES ($1, $2, $3) RETURNING id",
@@ -151,7 +151,14 @@ pub(crate) async fn signup<S: DataStage>(
             .bind(&name)
             .fetch_one(db.primary()),
         )
-        .await?;
+        .await;
+    let id: i64 = match inserted {
+        Ok(id) => id,
+        Err(DataError::EmailTaken) => {
+            return signup_sent_again(&shop, &headers, &email, body.password).await;
+        }
+        Err(error) => return Err(error.into()),
+    };
     db.count_write();
     let lsn = db.wal_position().await?;
     tracing::info!(user = id, "signed up");
@@ -168,6 +175,72 @@ pub(crate) async fn signup<S: DataStage>(
         name,
         address: None,
     };
+    Ok(logged_in_response(
+        (StatusCode::CREATED, Json(profile)).into_response(),
+        cookie,
+    ))
+}
+
+/// How old an account may be for a signup of its email and password to
+/// count as that account's own signup, sent again.
+const SIGNUP_RETRIED_WITHIN: &str = "10 minutes";
+
+/// A signup for an email that has an account. The same signup sent again,
+/// after its answer was lost (a dropped connection, a 503 while the primary
+/// failed over, a button pressed twice), logs the shopper in as the first
+/// try did, cart and all; anything else is 409 `email_taken`, as before.
+///
+/// "The same signup": an account made in the last ten minutes, and its
+/// password. A matching password is a login, so it is counted as one: a
+/// locked account is refused (429), and a wrong password counts against
+/// the account, so this is no way around the login limits. The answer to a
+/// wrong password stays 409, the answer an older account always gets.
+async fn signup_sent_again<S: DataStage>(
+    shop: &Shop<S>,
+    headers: &HeaderMap,
+    email: &str,
+    password: String,
+) -> Result<Response, ApiError> {
+    let state = shop.state.as_ref();
+    let db = &state.data.db;
+    let row = db
+        .on_primary(
+            sqlx::query(
+                "SELECT u.id, u.password_hash, u.email, u.name,
+                        a.line1, a.line2, a.city, a.postcode, a.country
+                 FROM users u LEFT JOIN addresses a ON a.user_id = u.id
+                 WHERE lower(u.email) = lower($1)
+                   AND u.created_at > now() - $2::text::interval",
+            )
+            .bind(email)
+            .bind(SIGNUP_RETRIED_WITHIN)
+            .fetch_optional(db.primary()),
+        )
+        .await?;
+    let Some(row) = row else {
+        return Err(DataError::EmailTaken.into());
+    };
+    state.attempts.account_open(email).await?;
+    let hash: String = row.try_get("password_hash").map_err(DataError::from)?;
+    if !state.passwords.verify(password, Some(hash)).await? {
+        state.attempts.account_failed(email).await;
+        return Err(DataError::EmailTaken.into());
+    }
+    state.attempts.account_succeeded(email).await;
+    let id: i64 = row.try_get("id").map_err(DataError::from)?;
+    let profile = profile_from(&row).map_err(DataError::from)?;
+    // The account is minutes old: this shopper's next reads wait for a
+    // replica that has it, as after the first try.
+    let lsn = db.wal_position().await?;
+    let cookie = shop
+        .carts
+        .rotate(
+            &request_jar(headers),
+            &id.to_string(),
+            &[(USER, &id.to_string()), (LSN, &lsn.to_stored())],
+        )
+        .await?;
+    tracing::info!(user = id, "signed up (the same signup, sent again)");
     Ok(logged_in_response(
         (StatusCode::CREATED, Json(profile)).into_response(),
         cookie,

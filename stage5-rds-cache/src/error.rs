@@ -50,7 +50,8 @@ pub enum DataError {
     /// "nothing was changed": a connection that broke while its `COMMIT`
     /// was on the way leaves that unknown, so the message says what is
     /// true instead: sending the request again is safe (a profile is set
-    /// whole; a signup sent again finds its account, 409 `email_taken`).
+    /// whole; a signup sent again finds its account and logs the shopper
+    /// in, see `accounts::signup_sent_again`).
     #[error(
         "the database is not answering right now; please try again in a moment (sending the same request again is safe)"
     )]

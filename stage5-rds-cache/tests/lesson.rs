@@ -199,6 +199,30 @@ async fn login_rotates_session_id_and_keeps_the_cart() {
     shop.stop().await;
 }
 
+/// A retried login or signup lands on the session its first try moved the
+/// cart to (two TEE-RED-M), cart and all.
+async fn assert_lands_where_the_first_try_went(
+    shopper: &shop::shopper::Shopper,
+    retry: &Answer,
+    moved_to: &str,
+) {
+    assert_eq!(
+        retry.new_sid.as_deref(),
+        Some(moved_to),
+        "the retry lands on the session the first try made"
+    );
+    let cart = send(request_with_sid(
+        Method::GET,
+        &shopper.url("/api/cart"),
+        Some(moved_to),
+    ))
+    .await;
+    assert_eq!(
+        cart.body["lines"][0]["qty"], 2,
+        "the cart is whole: {cart:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_login_retried_after_its_answer_was_lost_keeps_the_cart() {
     let shop = spawn_shop().await;
@@ -222,21 +246,7 @@ async fn a_login_retried_after_its_answer_was_lost_keeps_the_cart() {
     let moved_to = first.new_sid.expect("a new id");
     let retry = send(log_in_from_the_old_id("ada@example.com")).await;
     assert_eq!(retry.status, StatusCode::OK, "{retry:?}");
-    assert_eq!(
-        retry.new_sid.as_deref(),
-        Some(moved_to.as_str()),
-        "the retry lands on the session the first try made"
-    );
-    let cart = send(request_with_sid(
-        Method::GET,
-        &shopper.url("/api/cart"),
-        Some(&moved_to),
-    ))
-    .await;
-    assert_eq!(
-        cart.body["lines"][0]["qty"], 2,
-        "the cart is whole: {cart:?}"
-    );
+    assert_lands_where_the_first_try_went(&shopper, &retry, &moved_to).await;
 
     // Someone else logging in from the same old id gets none of it.
     signed_up(&shop, "eve@example.com").await;
@@ -251,6 +261,52 @@ async fn a_login_retried_after_its_answer_was_lost_keeps_the_cart() {
     ))
     .await;
     assert_eq!(eves_cart.body["lines"], serde_json::json!([]));
+    shop.stop().await;
+}
+
+#[tokio::test]
+async fn a_signup_retried_after_its_answer_was_lost_logs_the_shopper_in_with_the_cart() {
+    let shop = spawn_shop().await;
+    let shopper = shop.shopper();
+    let cart = shopper.add("TEE-RED-M", 2).await.expect("anonymous add");
+    let anonymous_sid = shop::shopper::set_cookie_value(&cart.headers, "sid").expect("sid");
+    let sign_up_from_the_old_id = |password: &str| {
+        request_with_sid(
+            Method::POST,
+            &shopper.url("/api/signup"),
+            Some(&anonymous_sid),
+        )
+        .json(&serde_json::json!({
+            "email": "ada@example.com", "password": password, "name": "Ada Lovelace"
+        }))
+    };
+
+    // The first try makes the account and moves the session; its answer
+    // never reaches the browser, which sends the signup again.
+    let first = send(sign_up_from_the_old_id(PASSWORD)).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{first:?}");
+    let moved_to = first.new_sid.expect("a new id");
+    let retry = send(sign_up_from_the_old_id(PASSWORD)).await;
+    assert_eq!(retry.status, StatusCode::CREATED, "{retry:?}");
+    assert_eq!(retry.body["email"], "ada@example.com");
+    assert_lands_where_the_first_try_went(&shopper, &retry, &moved_to).await;
+
+    // Another password is not the same signup; nor is an old account's.
+    let other = send(sign_up_from_the_old_id("another password entirely")).await;
+    assert_eq!(other.status, StatusCode::CONFLICT, "{other:?}");
+    assert_eq!(other.body["error"], "email_taken");
+    let primary = shop.primary().await;
+    sqlx::query("UPDATE users SET created_at = now() - interval '1 hour'")
+        .execute(&primary)
+        .await
+        .expect("an older account");
+    let late = send(sign_up_from_the_old_id(PASSWORD)).await;
+    assert_eq!(late.status, StatusCode::CONFLICT, "{late:?}");
+    let accounts: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+        .fetch_one(&primary)
+        .await
+        .expect("count");
+    assert_eq!(accounts, 1, "one account, however often it was sent");
     shop.stop().await;
 }
 
