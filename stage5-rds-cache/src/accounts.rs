@@ -6,7 +6,7 @@
 //! | `POST /api/login {"email","password"}` | 200; 401 `invalid_credentials` |
 //! | `DELETE /api/session` | log out: 204, the session is gone for good (stage 4's route) |
 //! | `GET /api/me` | the profile; 401 `not_logged_in` |
-//! | `PUT /api/me {"name","address":{"line1","line2","city","postcode","country"}}` | the updated profile |
+//! | `PUT /api/me {"name","address":{"line1","line2","city","postcode","country"}}` | the updated profile (`"address": null` removes it) |
 //!
 //! Passwords are hashed with argon2id ([`crate::passwords`]: on the
 //! blocking pool, a slot per core, a short queue, then 503). A wrong
@@ -109,11 +109,16 @@ pub struct Address {
     pub country: String,
 }
 
+/// `PUT /api/me`: the profile, whole. `"address": null` removes the
+/// address; leaving `address` out is a 422, not a removal (a client that
+/// only meant to rename the shopper must not lose the address by it).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ProfileUpdate {
     name: String,
-    address: Address,
+    // `deserialize_with` makes the key required, while `null` stays None.
+    #[serde(deserialize_with = "Option::deserialize")]
+    address: Option<Address>,
 }
 
 /// What `GET /api/me` answers (and what the cache holds).
@@ -355,13 +360,7 @@ pub(crate) async fn put_me<S: DataStage>(
 ) -> Result<Response, ApiError> {
     let UserId(user) = Login::of(&shop.carts, &headers).await?.user;
     let name = valid_text("name", &body.name, 1, 100)?;
-    let address = Address {
-        line1: valid_text("address.line1", &body.address.line1, 1, 200)?,
-        line2: valid_text("address.line2", &body.address.line2, 0, 200)?,
-        city: valid_text("address.city", &body.address.city, 1, 100)?,
-        postcode: valid_text("address.postcode", &body.address.postcode, 1, 20)?,
-        country: valid_country(&body.address.country)?,
-    };
+    let address = body.address.as_ref().map(valid_address).transpose()?;
     let data = &shop.state.as_ref().data;
     let email: String = data
         .db
@@ -374,18 +373,21 @@ pub(crate) async fn put_me<S: DataStage>(
             .bind(&name)
             .fetch_one(&mut *tx)
             .await?;
-            sqlx::query(
-                "INSERT INTO addresses (user_id, line1, line2, city, postcode, country)
-                 VALUES ($1, $2, $3, $4, $5, $6)
-                 ON CONFLICT (user_id) DO UPDATE SET line1 = $2, line2 = $3, city = $4,
-                     postcode = $5, country = $6, updated_at = now()",
-            )
-            .bind(user)
-            .bind(&address.line1)
-            .bind(&address.line2)
-            .bind(&address.city)
-            .bind(&address.postcode)
-            .bind(&address.country)
+            match &address {
+                Some(address) => sqlx::query(
+                    "INSERT INTO addresses (user_id, line1, line2, city, postcode, country)
+                     VALUES ($1, $2, $3, $4, $5, $6)
+                     ON CONFLICT (user_id) DO UPDATE SET line1 = $2, line2 = $3, city = $4,
+                         postcode = $5, country = $6, updated_at = now()",
+                )
+                .bind(user)
+                .bind(&address.line1)
+                .bind(&address.line2)
+                .bind(&address.city)
+                .bind(&address.postcode)
+                .bind(&address.country),
+                None => sqlx::query("DELETE FROM addresses WHERE user_id = $1").bind(user),
+            }
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
@@ -409,13 +411,24 @@ pub(crate) async fn put_me<S: DataStage>(
     let mut response = Json(Profile {
         email,
         name,
-        address: Some(address),
+        address,
     })
     .into_response();
     response
         .headers_mut()
         .insert(DATA_PATH, data_path::header("profile", &path));
     Ok(response)
+}
+
+/// An address as sent, each field checked (422 naming the first bad one).
+fn valid_address(sent: &Address) -> Result<Address, ApiError> {
+    Ok(Address {
+        line1: valid_text("address.line1", &sent.line1, 1, 200)?,
+        line2: valid_text("address.line2", &sent.line2, 0, 200)?,
+        city: valid_text("address.city", &sent.city, 1, 100)?,
+        postcode: valid_text("address.postcode", &sent.postcode, 1, 20)?,
+        country: valid_country(&sent.country)?,
+    })
 }
 
 fn profile_from(row: &sqlx::postgres::PgRow) -> Result<Profile, sqlx::Error> {

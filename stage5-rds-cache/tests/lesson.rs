@@ -421,6 +421,48 @@ async fn cache_outage_serves_from_database() {
 }
 
 #[tokio::test]
+async fn an_address_is_removed_with_null_and_never_by_leaving_it_out() {
+    let shop = spawn_shop().await;
+    let ada = signed_up(&shop, "ada@example.com").await;
+    let saved = update_me(&ada, "Ada Lovelace").await;
+    assert_eq!(saved.status, StatusCode::OK, "{saved:?}");
+    assert!(saved.body["address"].is_object(), "{saved:?}");
+
+    // A rename that leaves the address out is refused, and loses nothing.
+    let put = |body: serde_json::Value| send(ada.http().put(ada.url("/api/me")).json(&body));
+    let left_out = put(serde_json::json!({"name": "Ada King"})).await;
+    assert_eq!(
+        left_out.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{left_out:?}"
+    );
+    assert_eq!(left_out.body["error"], "invalid_body");
+    let read = me(&ada).await;
+    assert_eq!(name_of(&read), "Ada Lovelace", "{read:?}");
+    assert!(
+        read.body["address"].is_object(),
+        "the address is kept: {read:?}"
+    );
+
+    // `null` says it: no address.
+    let removed = put(serde_json::json!({"name": "Ada King", "address": null})).await;
+    assert_eq!(removed.status, StatusCode::OK, "{removed:?}");
+    assert!(removed.body["address"].is_null(), "{removed:?}");
+    let read = me(&ada).await;
+    assert_eq!(name_of(&read), "Ada King", "{read:?}");
+    assert!(
+        read.body["address"].is_null(),
+        "gone, cache included: {read:?}"
+    );
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM addresses")
+        .fetch_one(&shop.primary().await)
+        .await
+        .expect("count");
+    assert_eq!(rows, 0);
+    shop.stop().await;
+}
+
+#[tokio::test]
 async fn primary_outage_gives_503_on_write() {
     let mut shop = spawn_shop().await;
     let ada = signed_up(&shop, "ada@example.com").await;
