@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use axum::http::HeaderValue;
+use ipnet::{IpNet, Ipv4Net};
 use tokio::sync::watch;
 
 /// One instance's identity and load.
@@ -21,8 +22,9 @@ pub struct Instance {
     in_flight: AtomicUsize,
     sockets: AtomicUsize,
     leaving: watch::Sender<bool>,
-    /// Peers whose `X-Forwarded-Proto` is believed; none by default.
-    trusted_proxies: Vec<IpAddr>,
+    /// Peers whose `X-Forwarded-*` headers are believed: addresses or
+    /// networks, in canonical form; none by default.
+    trusted_proxies: Vec<IpNet>,
 }
 
 impl Instance {
@@ -45,19 +47,26 @@ impl Instance {
     }
 
     /// Believes what these peers (the balancers in front) say about the
-    /// shopper's connection. Anyone can send `X-Forwarded-Proto: https`;
-    /// only a balancer that terminated TLS itself knows it is true, and
-    /// only its address says the header is its own.
-    pub fn with_trusted_proxies(mut self, proxies: impl IntoIterator<Item = IpAddr>) -> Self {
-        // Compared in canonical form: an IPv4 peer on a dual-stack socket
-        // shows up as `::ffff:a.b.c.d`.
-        self.trusted_proxies = proxies.into_iter().map(|ip| ip.to_canonical()).collect();
+    /// shopper's connection: each an address, or a network for a fleet of
+    /// balancers whose addresses change (a cloud balancer's nodes come and
+    /// go within its subnets: `10.0.0.0/16`, as nginx's `set_real_ip_from`
+    /// takes). Anyone can send `X-Forwarded-Proto: https` or
+    /// `X-Forwarded-For`; only a balancer that saw the connection knows
+    /// them, and only its address says the headers are its own.
+    pub fn with_trusted_proxies<P: Into<IpNet>>(
+        mut self,
+        proxies: impl IntoIterator<Item = P>,
+    ) -> Self {
+        self.trusted_proxies = proxies.into_iter().map(|p| canonical(p.into())).collect();
         self
     }
 
     /// Whether `peer` is one of the balancers this instance believes.
     pub fn trusts_proxy(&self, peer: IpAddr) -> bool {
-        self.trusted_proxies.contains(&peer.to_canonical())
+        let peer = peer.to_canonical();
+        self.trusted_proxies
+            .iter()
+            .any(|proxies| proxies.contains(&peer))
     }
 
     pub fn id(&self) -> &str {
@@ -127,5 +136,78 @@ pub(crate) struct InFlight<'a>(&'a AtomicUsize);
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// `proxies` in the form peers are compared in: an IPv4 peer on a
+/// dual-stack socket shows up as `::ffff:a.b.c.d`, and is compared as
+/// `a.b.c.d`, so an IPv4-mapped network is made IPv4 too.
+fn canonical(proxies: IpNet) -> IpNet {
+    match proxies {
+        IpNet::V6(net) if net.prefix_len() >= 96 => match net.addr().to_ipv4_mapped() {
+            Some(v4) => Ipv4Net::new(v4, net.prefix_len() - 96)
+                .map_or(proxies, |net| IpNet::V4(net.trunc())),
+            None => proxies,
+        },
+        other => other.trunc(),
+    }
+}
+
+/// Parses a `--trusted-proxy`: an address (`10.0.0.5`, `::1`) or a network
+/// (`10.0.0.0/16`, `fd00::/8`).
+pub fn parse_trusted_proxy(text: &str) -> Result<IpNet, String> {
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{text:?} is neither an IP address nor a network like 10.0.0.0/16"))
+}
+
+#[cfg(test)]
+mod trusted_proxy_tests {
+    use super::*;
+
+    fn instance(proxies: &[&str]) -> Instance {
+        let proxies: Vec<IpNet> = proxies
+            .iter()
+            .map(|p| parse_trusted_proxy(p).expect("a proxy"))
+            .collect();
+        Instance::new("i1")
+            .expect("an id")
+            .with_trusted_proxies(proxies)
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().expect("an address")
+    }
+
+    #[test]
+    fn a_balancers_address_or_its_network_is_believed_and_no_one_else() {
+        let one = instance(&["10.0.1.5"]);
+        assert!(one.trusts_proxy(ip("10.0.1.5")));
+        assert!(!one.trusts_proxy(ip("10.0.1.6")));
+        let fleet = instance(&["10.0.0.0/16", "fd00::/8"]);
+        assert!(fleet.trusts_proxy(ip("10.0.200.7")));
+        assert!(fleet.trusts_proxy(ip("fd12::1")));
+        assert!(!fleet.trusts_proxy(ip("10.1.0.1")));
+        assert!(!fleet.trusts_proxy(ip("203.0.113.9")));
+        assert!(
+            !instance(&[]).trusts_proxy(ip("127.0.0.1")),
+            "none by default"
+        );
+    }
+
+    #[test]
+    fn ipv4_peers_on_a_dual_stack_socket_are_the_same_peers() {
+        let fleet = instance(&["10.0.0.0/16"]);
+        assert!(fleet.trusts_proxy(ip("::ffff:10.0.3.4")));
+        let mapped = instance(&["::ffff:10.0.0.0/112"]);
+        assert!(mapped.trusts_proxy(ip("10.0.3.4")));
+        assert!(!mapped.trusts_proxy(ip("10.1.3.4")));
+    }
+
+    #[test]
+    fn what_is_neither_an_address_nor_a_network_is_refused() {
+        for bad in ["", "10.0.0.0/33", "example.com", "10.0.0.0/"] {
+            assert!(parse_trusted_proxy(bad).is_err(), "{bad:?}");
+        }
     }
 }

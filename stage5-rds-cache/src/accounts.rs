@@ -139,7 +139,7 @@ pub(crate) async fn signup<S: DataStage>(
     let state = shop.state.as_ref();
     state
         .attempts
-        .client_attempt(client_of(&headers, peer))
+        .client_attempt(client_of(&shop.instance, &headers, peer))
         .await?;
     let email = valid_email(&body.email)?;
     let name = valid_text("name", &body.name, 1, 100)?;
@@ -262,7 +262,7 @@ pub(crate) async fn login<S: DataStage>(
     let state = shop.state.as_ref();
     state
         .attempts
-        .client_attempt(client_of(&headers, peer))
+        .client_attempt(client_of(&shop.instance, &headers, peer))
         .await?;
     // A value that cannot be an email cannot match an account (and a NUL
     // byte would not even reach the database): say which field is wrong.

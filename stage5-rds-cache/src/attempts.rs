@@ -16,11 +16,11 @@
 //! addresses they come from. (A workshop behind one NAT shares the client
 //! limit: sixty a minute is plenty for a room.)
 //!
-//! The client's address is the last `X-Forwarded-For` entry, which the
-//! balancer in front writes, or the connection's own peer when there is
-//! none. (That trusts whoever connects to the instance: right for
-//! instances that listen on 127.0.0.1 or a private network behind the
-//! balancer, as `up` starts them; wrong for an instance open to the world.) When Redis does not answer, attempts are let through (logged):
+//! The client's address is the last `X-Forwarded-For` entry when the peer
+//! is a balancer this instance trusts (`serve --trusted-proxy`, which `up`
+//! passes: the entry the balancer itself appended), and the connection's
+//! own peer otherwise: anyone else could write a new address in the header
+//! on every try and never reach the limit. When Redis does not answer, attempts are let through (logged):
 //! the limit is a defence in depth, and the login itself needs the same
 //! Redis for its session anyway.
 
@@ -31,6 +31,7 @@ use axum::http::HeaderMap;
 use redis::aio::ConnectionManager;
 use sha2::{Digest, Sha256};
 use shop::ApiError;
+use shop::Instance;
 
 use crate::error::DataError;
 
@@ -55,8 +56,12 @@ impl std::fmt::Debug for Attempts {
     }
 }
 
-/// Who is trying: the client's address.
-pub fn client_of(headers: &HeaderMap, peer: SocketAddr) -> IpAddr {
+/// Who is trying: the client's address, as a balancer `instance` trusts
+/// says it, or the peer's own.
+pub fn client_of(instance: &Instance, headers: &HeaderMap, peer: SocketAddr) -> IpAddr {
+    if !instance.trusts_proxy(peer.ip()) {
+        return peer.ip();
+    }
     headers
         .get_all("x-forwarded-for")
         .iter()
@@ -160,15 +165,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_balancers_entry_names_the_client() {
-        let peer: SocketAddr = "127.0.0.1:4000".parse().expect("addr");
+    fn the_balancers_entry_names_the_client_and_no_one_elses() {
+        let balancer: SocketAddr = "10.0.0.2:4000".parse().expect("addr");
+        let anyone: SocketAddr = "10.9.9.9:4000".parse().expect("addr");
+        let instance = Instance::new("i1")
+            .expect("an id")
+            .with_trusted_proxies([balancer.ip()]);
         let mut headers = HeaderMap::new();
-        assert_eq!(client_of(&headers, peer).to_string(), "127.0.0.1");
+        assert_eq!(
+            client_of(&instance, &headers, balancer).to_string(),
+            "10.0.0.2"
+        );
         headers.insert(
             "x-forwarded-for",
             "203.0.113.9, 198.51.100.7".parse().expect("value"),
         );
-        assert_eq!(client_of(&headers, peer).to_string(), "198.51.100.7");
+        assert_eq!(
+            client_of(&instance, &headers, balancer).to_string(),
+            "198.51.100.7",
+            "the entry the balancer appended"
+        );
+        assert_eq!(
+            client_of(&instance, &headers, anyone).to_string(),
+            "10.9.9.9",
+            "a header from anyone else is theirs to make up"
+        );
     }
 
     #[test]
