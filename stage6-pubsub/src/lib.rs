@@ -21,9 +21,10 @@
 //! stock atomically ([`live`]); each instance has a [`hub`] (which socket
 //! watches what, one Redis subscription per topic, [`subscriptions`]) and
 //! a [`bus`] (how updates arrive from Redis); each socket has an
-//! allowance of messages a page may send (`allowance`). The balancer proxies the
-//! WebSockets and balances by open sockets (`least-conn`), or sends a room
-//! to one instance (`hash-param` on `?room=`, for `room-sticky`).
+//! allowance of messages its page may send (`allowance`). The balancer
+//! proxies the WebSockets and balances by open sockets (`least-conn`), or
+//! sends a room to one instance (`hash-param` on `?room=`, for
+//! `room-sticky`).
 //!
 //! **Run it:** `cargo run -p stage6` (`-- --fanout local` to see the
 //! break), open <http://127.0.0.1:8080> in two windows, and buy in one; or

@@ -65,6 +65,10 @@ const LAGS_ALLOWED: u32 = 3;
 /// that fell behind in four flash sales, hours apart, would be closed as a
 /// page that cannot keep up.
 const LAGS_REMEMBERED_FOR: Duration = Duration::from_secs(60);
+/// The most SKUs one page may watch.
+const MAX_WATCHED: usize = 300;
+/// The longest message a shopper may say, in bytes.
+pub(crate) const MAX_SAY: usize = 4096;
 
 /// A page's lags that still count against it.
 #[derive(Debug, Default)]
@@ -88,10 +92,6 @@ impl RecentLags {
         self.count
     }
 }
-/// The most SKUs one page may watch.
-const MAX_WATCHED: usize = 300;
-/// The longest message a shopper may say, in bytes.
-pub(crate) const MAX_SAY: usize = 4096;
 
 /// `?room=tees&name=Ada&since=1733-2`: join a room as the socket opens
 /// (resuming after stream id `since`). The room is in the URL, not only in
