@@ -589,12 +589,10 @@ async fn lb_proxies_websocket_upgrade() {
     );
     socket.close(None).await.expect("close");
     drop(socket);
-    for _ in 0..100 {
-        if backend.tunnels() == 0 && backend.in_flight() == 0 && lb.balancer.clients_open() == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(|| {
+        backend.tunnels() == 0 && backend.in_flight() == 0 && lb.balancer.clients_open() == 0
+    })
+    .await;
     assert_eq!(
         (
             backend.tunnels(),
@@ -623,12 +621,7 @@ async fn a_websocket_quiet_both_ways_is_closed_at_the_idle_timeout() {
         "no message, only the end: {after:?}"
     );
     let backend = lb.balancer.backends().get("b1").expect("b1");
-    for _ in 0..100 {
-        if backend.tunnels() == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(|| backend.tunnels() == 0).await;
     assert_eq!(backend.tunnels(), 0, "the tunnel is let go");
 }
 
