@@ -295,12 +295,20 @@ pub(crate) async fn login<S: DataStage>(
     };
     state.attempts.account_succeeded(&email).await;
     let id: i64 = row.try_get("id").map_err(DataError::from)?;
+    // The new session starts at the primary's WAL position now, as a signup
+    // does. Without it, a shopper who changed their profile on a phone and
+    // logs in on a laptop a moment later reads the lagging replica and sees
+    // the old profile (or, for an account made seconds ago, none: 404).
+    // One more primary round trip per login buys read-your-writes across
+    // devices; the rejected alternative, a position kept per account, is a
+    // write on every profile change for what a login can ask once.
+    let lsn = db.wal_position().await?;
     let cookie = shop
         .carts
         .rotate(
             &request_jar(&headers),
             &id.to_string(),
-            &[(USER, &id.to_string())],
+            &[(USER, &id.to_string()), (LSN, &lsn.to_stored())],
         )
         .await?;
     tracing::info!(user = id, "logged in");
@@ -352,7 +360,8 @@ pub(crate) async fn get_me<S: DataStage>(
         .await
 }
 
-/// `PUT /api/me`: writes the primary, commits, then drops the cached copy.
+/// `PUT /api/me`: writes the primary, commits, then marks the cached copy
+/// out of date (see [`crate::cache`]).
 pub(crate) async fn put_me<S: DataStage>(
     State(shop): State<Arc<Shop<S>>>,
     headers: HeaderMap,
@@ -397,7 +406,7 @@ pub(crate) async fn put_me<S: DataStage>(
     data.db.count_write();
     let mut path = vec![Step::Primary];
     // Remember how far the primary was, so this shopper's next read waits
-    // for a replica that has it; then drop the stale cached copy.
+    // for a replica that has it; then mark the cached copy out of date.
     let lsn = data.db.wal_position().await?;
     if let Some(session) = shop.carts.session(&request_jar(&headers), &[]).await? {
         // A session that ended meanwhile stays ended: no next read to guard.
@@ -406,7 +415,7 @@ pub(crate) async fn put_me<S: DataStage>(
             .await?;
     }
     data.cache
-        .invalidate(&format!("profile:{user}"), &mut path)
+        .invalidate(&format!("profile:{user}"), &lsn, &mut path)
         .await;
     let mut response = Json(Profile {
         email,

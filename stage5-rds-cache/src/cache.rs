@@ -3,12 +3,25 @@
 //! * **Read**: look in the cache; on a miss, read the database and store
 //!   the answer with a TTL (plus up to 10% jitter, so keys filled together
 //!   do not all expire together and stampede the database).
-//! * **Write**: write the primary, commit, *then* delete the key. Deleting
-//!   rather than updating it means a concurrent writer cannot leave its
-//!   older value in the cache; deleting after the commit means the next
-//!   reader cannot refill the cache from before the write. (One race is
-//!   left: a reader that read the old row just before the commit may store
-//!   it just after the delete. The TTL bounds how long that lasts.)
+//! * **Write**: write the primary, commit, *then* replace the cached copy
+//!   with the write's *mark*: where the write ended in the primary's WAL.
+//!   Dropping the copy rather than writing the new value means two writers
+//!   cannot leave the older value in the cache; doing it after the commit
+//!   means the next reader cannot refill it from before the write.
+//! * **A fill cannot put back what a write replaced.** A plain `DEL` would
+//!   leave two races. A reader that read the old row just before the
+//!   commit could store it just after the delete; and a reader on a
+//!   replica that has not replayed the write yet (another shopper, or the
+//!   same shopper on another device, whose session knows nothing of it)
+//!   would read the old row and cache it for everyone, the writer
+//!   included, for a whole TTL. So a miss remembers what it found under
+//!   the key (nothing, or a mark), a reader that found a mark reads no
+//!   older than the write it marks (the replica only once it has replayed
+//!   that far), and the fill is a script (`cache_fill.lua`) that stores
+//!   the answer only if the key still holds what the miss found. The
+//!   rejected alternative, a version number per cached value as stage 4's
+//!   `dynamodb-cached` keeps, needs a counter the database does not have;
+//!   the WAL position is that counter, for free.
 //! * **Down**: the cache is an optimisation, so a cache that does not
 //!   answer is logged and counted, and the request is served from the
 //!   database: slower, never an error.
@@ -19,13 +32,18 @@
 //! Why a separate Redis from the sessions? A cache should evict when full
 //! (`allkeys-lru`); a session store must never evict, or carts vanish.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
+use redis::Script;
 use redis::aio::ConnectionManager;
 
 use crate::data_path::Step;
+use crate::db::WalPosition;
+
+static FILL_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("cache_fill.lua")));
 
 /// What the cache counts, for `/metrics` and the benchmarks.
 #[derive(Debug, Default)]
@@ -40,7 +58,11 @@ pub struct CacheStats {
 #[derive(Debug)]
 pub enum Lookup {
     Hit(Vec<u8>),
-    Miss,
+    /// Nothing cached. `mark` is the last write's, if the key holds one:
+    /// read no older than it, and fill only while the key still holds it.
+    Miss {
+        mark: Option<Mark>,
+    },
     /// The cache did not answer (or caching is off): go to the database,
     /// and do not try to fill the cache.
     Unavailable,
@@ -66,6 +88,40 @@ impl std::fmt::Debug for Cache {
 
 /// Every cache key starts with this.
 pub const CACHE_KEY_PREFIX: &str = "myclothes:cache:";
+
+/// How a write's mark starts. No cached value (a JSON body) starts so.
+const MARK_PREFIX: &[u8] = b"written-at ";
+
+/// A write's mark, as a miss found it under the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mark {
+    /// The bytes under the key, which a fill must still find there.
+    held: Vec<u8>,
+    /// Where the write ended in the primary's WAL.
+    pub written_at: WalPosition,
+}
+
+impl Mark {
+    fn of(written_at: &WalPosition) -> Self {
+        let mut held = MARK_PREFIX.to_vec();
+        held.extend_from_slice(written_at.to_stored().as_bytes());
+        Self {
+            held,
+            written_at: written_at.clone(),
+        }
+    }
+
+    /// The mark in `held`, if it is one (else a cached value).
+    fn read(held: Vec<u8>) -> Result<Self, Vec<u8>> {
+        match held.strip_prefix(MARK_PREFIX).map(std::str::from_utf8) {
+            Some(Ok(stored)) => Ok(Self {
+                written_at: WalPosition::from_stored(stored),
+                held,
+            }),
+            _ => Err(held),
+        }
+    }
+}
 
 impl Cache {
     /// A cache in the Redis at `url` (`None`: caching off), through the
@@ -106,35 +162,43 @@ impl Cache {
         command.arg(Self::key(name));
         let call = command.query_async::<Option<Vec<u8>>>(&mut redis);
         match tokio::time::timeout(self.timeout, call).await {
-            Ok(Ok(Some(bytes))) => {
-                count(&self.stats.hits);
-                path.push(Step::CacheHit);
-                Lookup::Hit(bytes)
-            }
+            Ok(Ok(Some(held))) => match Mark::read(held) {
+                Err(bytes) => {
+                    count(&self.stats.hits);
+                    path.push(Step::CacheHit);
+                    Lookup::Hit(bytes)
+                }
+                Ok(mark) => {
+                    count(&self.stats.misses);
+                    path.push(Step::CacheMiss);
+                    Lookup::Miss { mark: Some(mark) }
+                }
+            },
             Ok(Ok(None)) => {
                 count(&self.stats.misses);
                 path.push(Step::CacheMiss);
-                Lookup::Miss
+                Lookup::Miss { mark: None }
             }
             Ok(Err(error)) => self.down(&error.to_string(), path),
             Err(_) => self.down("timed out", path),
         }
     }
 
-    /// Stores `bytes` under `name` with the TTL plus jitter.
-    pub async fn put(&self, name: &str, bytes: &[u8], path: &mut Vec<Step>) {
+    /// Stores `bytes` under `name` with the TTL plus jitter, if the key
+    /// still holds what the miss found there (`mark`, or nothing): a write
+    /// that landed since has marked it, and this answer may be older.
+    pub async fn put(&self, name: &str, bytes: &[u8], mark: Option<&Mark>, path: &mut Vec<Step>) {
         let Some(redis) = &self.redis else { return };
         let mut redis = redis.clone();
-        let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
-        let mut command = redis::cmd("SET");
-        command
-            .arg(Self::key(name))
+        let ttl_ms = self.ttl_ms();
+        let mut fill = FILL_SCRIPT.key(Self::key(name));
+        fill.arg(mark.map_or(&[][..], |mark| &mark.held))
             .arg(bytes)
-            .arg("PX")
             .arg(ttl_ms.saturating_add(jitter(ttl_ms / 10)));
-        let call = command.query_async::<()>(&mut redis);
+        let call = fill.invoke_async::<bool>(&mut redis);
         match tokio::time::timeout(self.timeout, call).await {
-            Ok(Ok(())) => path.push(Step::Cached),
+            Ok(Ok(true)) => path.push(Step::Cached),
+            Ok(Ok(false)) => path.push(Step::NotCached),
             Ok(Err(error)) => {
                 count(&self.stats.errors);
                 tracing::warn!(%error, "could not fill the cache");
@@ -143,13 +207,19 @@ impl Cache {
         }
     }
 
-    /// Deletes `name` after a write.
-    pub async fn invalidate(&self, name: &str, path: &mut Vec<Step>) {
+    /// Replaces the cached copy of `name` with the mark of a write that
+    /// ended at `written_at`. The mark lives as long as a cached copy would:
+    /// past that, a replica that far behind is the lesson's outage.
+    pub async fn invalidate(&self, name: &str, written_at: &WalPosition, path: &mut Vec<Step>) {
         let Some(redis) = &self.redis else { return };
         let mut redis = redis.clone();
-        let mut command = redis::cmd("DEL");
-        command.arg(Self::key(name));
-        let call = command.query_async::<i64>(&mut redis);
+        let mut command = redis::cmd("SET");
+        command
+            .arg(Self::key(name))
+            .arg(Mark::of(written_at).held)
+            .arg("PX")
+            .arg(self.ttl_ms());
+        let call = command.query_async::<()>(&mut redis);
         match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(_)) => path.push(Step::Invalidated),
             outcome => {
@@ -162,6 +232,10 @@ impl Cache {
                 path.push(Step::InvalidateFailed);
             }
         }
+    }
+
+    fn ttl_ms(&self) -> u64 {
+        u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX)
     }
 
     fn down(&self, reason: &str, path: &mut Vec<Step>) -> Lookup {
@@ -183,4 +257,75 @@ fn jitter(max: u64) -> u64 {
         return 0;
     }
     u64::from_le_bytes(bytes) % (max + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shop::services::redis::{RedisRole, RedisServer};
+
+    fn cache_in(server: &RedisServer) -> Cache {
+        Cache::connect(
+            Some(&server.url()),
+            Duration::from_secs(60),
+            Duration::from_secs(5),
+        )
+        .expect("a cache client")
+    }
+
+    async fn cache_server() -> RedisServer {
+        RedisServer::start_as(RedisRole::Cache)
+            .await
+            .unwrap_or_else(|e| panic!("a private redis-server is needed: {e}"))
+    }
+
+    fn mark_of(lookup: Lookup) -> Option<Mark> {
+        match lookup {
+            Lookup::Miss { mark } => mark,
+            other => panic!("expected a miss, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_fill_of_a_read_made_before_a_write_is_refused() {
+        let server = cache_server().await;
+        let cache = cache_in(&server);
+        let mut path = Vec::new();
+        // A reader misses and goes to the database for the old row...
+        let found = mark_of(cache.get("profile:1", &mut path).await);
+        assert_eq!(found, None);
+        // ...a writer commits and marks the key...
+        let written_at = WalPosition::from_stored("1:0/3000148");
+        cache.invalidate("profile:1", &written_at, &mut path).await;
+        // ...and the reader's fill, of the row from before, comes too late.
+        cache
+            .put("profile:1", br#"{"name":"old"}"#, found.as_ref(), &mut path)
+            .await;
+        assert_eq!(path.last(), Some(&Step::NotCached));
+        let mark = mark_of(cache.get("profile:1", &mut path).await).expect("the write's mark");
+        assert_eq!(mark.written_at, written_at);
+    }
+
+    #[tokio::test]
+    async fn a_fill_of_a_read_made_after_the_write_it_found_is_kept() {
+        let server = cache_server().await;
+        let cache = cache_in(&server);
+        let mut path = Vec::new();
+        let written_at = WalPosition::from_stored("1:0/3000148");
+        cache.invalidate("profile:1", &written_at, &mut path).await;
+        let found = mark_of(cache.get("profile:1", &mut path).await);
+        assert_eq!(
+            found.as_ref().map(|mark| &mark.written_at),
+            Some(&written_at),
+            "the reader learns how new its answer must be"
+        );
+        cache
+            .put("profile:1", br#"{"name":"new"}"#, found.as_ref(), &mut path)
+            .await;
+        assert_eq!(path.last(), Some(&Step::Cached));
+        match cache.get("profile:1", &mut path).await {
+            Lookup::Hit(bytes) => assert_eq!(bytes, br#"{"name":"new"}"#),
+            other => panic!("expected a hit, got {other:?}"),
+        }
+    }
 }

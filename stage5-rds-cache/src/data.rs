@@ -38,7 +38,14 @@ impl Data {
         let lookup = self.cache.get(name, &mut path).await;
         let body = match lookup {
             Lookup::Hit(bytes) => bytes,
-            Lookup::Miss | Lookup::Unavailable => {
+            Lookup::Miss { .. } | Lookup::Unavailable => {
+                // A write's mark says how new the answer must be, as the
+                // shopper's own last write does: the later of the two.
+                let mark = match &lookup {
+                    Lookup::Miss { mark } => mark.as_ref(),
+                    _ => None,
+                };
+                let min_lsn = WalPosition::later(min_lsn, mark.map(|mark| &mark.written_at));
                 let value = self
                     .db
                     .read(min_lsn, &mut path, query)
@@ -51,8 +58,8 @@ impl Data {
                 // Only a plain miss fills the cache: after a timeout the
                 // cache is likely still unwell, and the request should not
                 // wait on it twice.
-                if matches!(lookup, Lookup::Miss) {
-                    self.cache.put(name, &bytes, &mut path).await;
+                if let Lookup::Miss { mark } = &lookup {
+                    self.cache.put(name, &bytes, mark.as_ref(), &mut path).await;
                 }
                 bytes
             }

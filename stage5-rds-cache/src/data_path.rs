@@ -28,6 +28,9 @@ pub enum Step {
     CacheOff,
     /// Stored in the cache after the read, with a TTL.
     Cached,
+    /// Not stored: a write landed while the database was read, so this
+    /// answer may be older than it (the next read fills the cache).
+    NotCached,
     /// Read from the replica.
     Replica,
     /// The replica has not replayed this shopper's last write yet.
@@ -36,7 +39,7 @@ pub enum Step {
     ReplicaDown,
     /// Read from, or written to, the primary.
     Primary,
-    /// The cached copy was deleted after the write committed.
+    /// The cached copy was replaced by the write's mark after the commit.
     Invalidated,
     /// Deleting the cached copy failed (it expires with its TTL).
     InvalidateFailed,
@@ -50,6 +53,7 @@ impl Step {
             Self::CacheDown => "cache-down",
             Self::CacheOff => "cache-off",
             Self::Cached => "cached",
+            Self::NotCached => "not-cached",
             Self::Replica => "replica",
             Self::ReplicaBehind => "replica-behind",
             Self::ReplicaDown => "replica-down",

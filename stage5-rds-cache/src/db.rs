@@ -93,6 +93,35 @@ impl WalPosition {
         }
     }
 
+    /// The later of two positions, either of which may be missing: the
+    /// one on the later timeline (a failover's primary is newer than the
+    /// one it replaced), else the one further along the WAL.
+    pub fn later<'a>(a: Option<&'a Self>, b: Option<&'a Self>) -> Option<&'a Self> {
+        match (a, b) {
+            (Some(a), Some(b)) => {
+                let a_first = match (a.timeline, b.timeline) {
+                    (Some(ta), Some(tb)) if ta != tb => ta > tb,
+                    _ => a.offset() >= b.offset(),
+                };
+                Some(if a_first { a } else { b })
+            }
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The LSN as the byte offset it names (`0/3000148` is 0x3000148);
+    /// 0 for text that is no LSN, so any real position is later.
+    fn offset(&self) -> u64 {
+        self.lsn
+            .split_once('/')
+            .and_then(|(high, low)| {
+                let high = u64::from_str_radix(high, 16).ok()?;
+                let low = u64::from_str_radix(low, 16).ok()?;
+                Some(high << 32 | low)
+            })
+            .unwrap_or(0)
+    }
+
     /// How it is stored: `timeline:lsn`.
     pub fn to_stored(&self) -> String {
         match self.timeline {
@@ -382,5 +411,30 @@ mod tests {
         let position = WalPosition::from_stored("0/3000148");
         assert_eq!(position.timeline, None);
         assert_eq!(position.to_stored(), "0/3000148");
+    }
+
+    fn later_of(a: &str, b: &str) -> String {
+        let (a, b) = (WalPosition::from_stored(a), WalPosition::from_stored(b));
+        let later = WalPosition::later(Some(&a), Some(&b)).map(WalPosition::to_stored);
+        assert_eq!(
+            WalPosition::later(Some(&b), Some(&a)).map(WalPosition::to_stored),
+            later,
+            "the order asked in does not matter"
+        );
+        later.unwrap_or_default()
+    }
+
+    #[test]
+    fn the_later_position_is_further_along_the_wal_or_on_a_later_timeline() {
+        // Compared as numbers, not text: "0/A000000" is past "0/3000148".
+        assert_eq!(later_of("1:0/3000148", "1:0/A000000"), "1:0/A000000");
+        assert_eq!(later_of("1:0/FFFFFFFF", "1:1/0"), "1:1/0");
+        // A failover's new timeline is later, though it forked further back.
+        assert_eq!(later_of("1:0/5000000", "2:0/4000000"), "2:0/4000000");
+        assert_eq!(later_of("0/3000148", "1:0/3000200"), "1:0/3000200");
+        let one = WalPosition::from_stored("1:0/3000148");
+        assert_eq!(WalPosition::later(None, Some(&one)), Some(&one));
+        assert_eq!(WalPosition::later(Some(&one), None), Some(&one));
+        assert_eq!(WalPosition::later(None, None), None);
     }
 }

@@ -64,12 +64,7 @@ async fn read_your_writes_right_after_update() {
     let ada = signed_up(&shop, "ada@example.com").await;
     shop.replica_caught_up().await;
 
-    // Hold the replica back: it keeps answering, with old data.
-    let replica = shop.replica().await;
-    sqlx::query("SELECT pg_wal_replay_pause()")
-        .execute(&replica)
-        .await
-        .expect("pause replay");
+    shop.hold_replica_back().await;
 
     assert_eq!(
         update_me(&ada, "Countess of Lovelace").await.status,
@@ -77,7 +72,7 @@ async fn read_your_writes_right_after_update() {
     );
     let stale: String = sqlx::query_scalar("SELECT name FROM users WHERE email = $1")
         .bind("ada@example.com")
-        .fetch_one(&replica)
+        .fetch_one(&shop.replica().await)
         .await
         .expect("replica row");
     assert_eq!(stale, "Ada Lovelace", "the replica is behind");
@@ -93,10 +88,7 @@ async fn read_your_writes_right_after_update() {
         "read from the primary because the replica had not replayed the write"
     );
 
-    sqlx::query("SELECT pg_wal_replay_resume()")
-        .execute(&replica)
-        .await
-        .expect("resume replay");
+    shop.let_replica_replay().await;
     shop.stop().await;
 }
 
@@ -152,7 +144,15 @@ async fn update_invalidates_the_cache() {
         .query_async(&mut cache)
         .await
         .expect("KEYS");
-    assert!(cached.is_empty(), "the stale copy is deleted: {cached:?}");
+    let held: Vec<String> = redis::cmd("MGET")
+        .arg(&cached)
+        .query_async(&mut cache)
+        .await
+        .expect("MGET");
+    assert!(
+        held.len() == 1 && held[0].starts_with("written-at "),
+        "the stale copy is replaced by the write's mark: {held:?}"
+    );
 
     let read = me(&ada).await;
     assert_eq!(name_of(&read), "A. A. Lovelace");
@@ -196,6 +196,69 @@ async fn login_rotates_session_id_and_keeps_the_cart() {
     ))
     .await;
     assert_eq!(old_cart.body["lines"], serde_json::json!([]));
+    shop.stop().await;
+}
+
+#[tokio::test]
+async fn a_login_on_a_new_device_finds_an_account_made_a_moment_ago() {
+    let shop = spawn_shop().await;
+    // The replica falls behind; the shopper signs up on their phone.
+    shop.hold_replica_back().await;
+    let _phone = signed_up(&shop, "ada@example.com").await;
+
+    // A moment later they log in on a laptop: a session of its own, with
+    // no write of its own. Its reads must not come from before the login.
+    let laptop = shop.shopper();
+    let logged_in = login(&laptop, "ada@example.com", PASSWORD).await;
+    assert_eq!(logged_in.status, StatusCode::OK, "{logged_in:?}");
+    let read = me(&laptop).await;
+    assert_eq!(
+        read.status,
+        StatusCode::OK,
+        "the account the laptop just logged in to: {read:?}"
+    );
+    assert_eq!(
+        read.data_path, "profile=cache-miss,replica-behind,primary,cached",
+        "the replica has not replayed the signup, so the primary answered"
+    );
+
+    shop.let_replica_replay().await;
+    shop.stop().await;
+}
+
+#[tokio::test]
+async fn a_lagging_replica_cannot_put_an_old_profile_back_in_the_cache() {
+    let shop = spawn_shop().await;
+    let phone = signed_up(&shop, "ada@example.com").await;
+    let laptop = shop.shopper();
+    assert_eq!(
+        login(&laptop, "ada@example.com", PASSWORD).await.status,
+        StatusCode::OK
+    );
+    shop.replica_caught_up().await;
+
+    // The replica falls behind; the phone changes the name.
+    shop.hold_replica_back().await;
+    assert_eq!(
+        update_me(&phone, "Countess of Lovelace").await.status,
+        StatusCode::OK
+    );
+
+    // The laptop's session knows nothing of that write, and the replica
+    // still has the old name. The write's mark in the cache sends the read
+    // to the primary; had it read the replica, it would have cached the old
+    // name for everyone, the phone included, for the whole TTL.
+    let read = me(&laptop).await;
+    assert_eq!(name_of(&read), "Countess of Lovelace", "{read:?}");
+    assert_eq!(
+        read.data_path,
+        "profile=cache-miss,replica-behind,primary,cached"
+    );
+    let again = me(&phone).await;
+    assert_eq!(again.data_path, "profile=cache-hit");
+    assert_eq!(name_of(&again), "Countess of Lovelace");
+
+    shop.let_replica_replay().await;
     shop.stop().await;
 }
 

@@ -106,6 +106,22 @@ impl TestShop {
         panic!("the replica did not catch up");
     }
 
+    /// Holds the replica back: it keeps answering, from before every
+    /// write made from now on, until [`TestShop::let_replica_replay`].
+    pub async fn hold_replica_back(&self) {
+        sqlx::query("SELECT pg_wal_replay_pause()")
+            .execute(&self.replica().await)
+            .await
+            .expect("pause replay");
+    }
+
+    pub async fn let_replica_replay(&self) {
+        sqlx::query("SELECT pg_wal_replay_resume()")
+            .execute(&self.replica().await)
+            .await
+            .expect("resume replay");
+    }
+
     /// A plain connection to the cache Redis.
     pub async fn cache_connection(&self) -> redis::aio::MultiplexedConnection {
         self.cache.connection().await.expect("the cache redis")
