@@ -13,7 +13,7 @@ use reqwest::StatusCode;
 use shop::Catalog;
 use shop::cart::MAX_LINES;
 use shop::shopper::{CartSeen, Shopper};
-use stage4::sessions::{SESSION_HEADER, STORE_HEADER};
+use stage4::sessions::{REMEMBERED_KEYS, SESSION_HEADER, STORE_HEADER};
 use stage4::stores::StoreKind;
 use stage4::testing::{StoreShop, metric};
 
@@ -303,6 +303,57 @@ async fn dynamodb_expired_session_is_refused_before_deletion() {
     let again = alice.add("SOCK-GREY-L", 1).await.expect("a new session");
     assert_eq!(again.qty_of("TEE-RED-M"), 0, "not resurrected");
     assert_eq!(shop.store.dynamodb_items().await.len(), 2, "a new item");
+    shop.stop().await;
+}
+
+#[tokio::test]
+async fn dynamodb_remembers_only_the_newest_idempotency_keys() {
+    let shop = StoreShop::start(STAGE4, StoreKind::Dynamodb, PATIENT).await;
+    let alice = shop.shopper();
+    let add = shop::cart::CartOp::Add(
+        shop::cart::KnownSku::new("SOCK-GREY-L").expect("a SKU"),
+        shop::cart::Quantity::new(1).expect("a quantity"),
+    );
+    // A long-lived session's changes, each with its own key: past a bound
+    // the item forgets the oldest, or it would grow to the 400 KB limit.
+    let changes = 3 * REMEMBERED_KEYS;
+    for n in 0..changes {
+        alice
+            .apply(add, Some(&format!("change-{n}")))
+            .await
+            .expect("a change");
+    }
+    let mut remembered = usize::MAX;
+    for _ in 0..100 {
+        let items = shop.store.dynamodb_items().await;
+        remembered = items[0]["applied"]
+            .as_m()
+            .map_or(0, |applied| applied.len());
+        if remembered < 2 * REMEMBERED_KEYS {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        (REMEMBERED_KEYS..2 * REMEMBERED_KEYS).contains(&remembered),
+        "{remembered} records after {changes} changes"
+    );
+    // The newest change is still remembered: sent again, it is a replay.
+    let again = alice
+        .apply(add, Some(&format!("change-{}", changes - 1)))
+        .await
+        .expect("a retry");
+    assert_eq!(
+        again
+            .headers
+            .get("idempotent-replayed")
+            .map(|v| v.as_bytes()),
+        Some(&b"true"[..])
+    );
+    assert_eq!(
+        again.qty_of("SOCK-GREY-L"),
+        u8::try_from(changes).expect("a count")
+    );
     shop.stop().await;
 }
 

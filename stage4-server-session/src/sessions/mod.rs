@@ -73,6 +73,14 @@ pub const RENEW_AFTER: Duration = Duration::from_secs(60);
 /// nothing here.
 pub const APPLIED_FOR: Duration = Duration::from_secs(10 * 60);
 
+/// How many idempotency keys a store that keeps them inside the session's
+/// own record (Memcached, DynamoDB) remembers at least: the newest, each
+/// for [`APPLIED_FOR`]. Without a bound the record would grow with every
+/// change of a long-lived session (a bot's, or a tab left adding) until
+/// the store's size limit refused every change. A retry comes right after
+/// its first try, sixteen changes later is long past it.
+pub const REMEMBERED_KEYS: usize = 16;
+
 /// How sessions behave, in every store.
 #[derive(Clone, Debug)]
 pub struct SessionSettings {

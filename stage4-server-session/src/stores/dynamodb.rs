@@ -23,8 +23,13 @@
 //! * **Idempotency**: a change with a key also sets `applied.#key`, on the
 //!   condition that it is not set yet: the change and its record are one
 //!   write. A retry finds the key and gets the cart as it is now, marked
-//!   as a replay. The keys stay in the item while the session lives (a
-//!   cart changed hundreds of times stays far below the 400 KB item limit).
+//!   as a replay. Once the item holds twice [`REMEMBERED_KEYS`] records, a
+//!   second `UpdateItem`, sent in the background, removes those past their
+//!   time and all but the newest [`REMEMBERED_KEYS`]: without it a long-
+//!   lived session's item would grow with every change, until DynamoDB's
+//!   400 KB item limit refused them all. (No expression can remove map
+//!   entries by their value, so the keys to remove are read from the
+//!   change's own answer; one extra write per sixteen changes.)
 //! * **Expiry**: DynamoDB's TTL is *not* a read guard. AWS deletes expired
 //!   items lazily (typically within two days), and dynalite does not do
 //!   TTL at all. So every read and every condition checks `expires_ms >
@@ -49,7 +54,8 @@ use shop::{ApiError, CartReply, CartRequest, CartStore, IdempotencyKey};
 
 use crate::error::SessionError;
 use crate::sessions::{
-    self, APPLIED_FOR, Answer, Mode, Purpose, SessionSettings, SessionStore, digest,
+    self, APPLIED_FOR, Answer, Mode, Purpose, REMEMBERED_KEYS, SessionSettings, SessionStore,
+    digest,
 };
 
 /// The sessions' table.
@@ -359,6 +365,9 @@ impl DynamoSessions {
         match request.send().await {
             Ok(output) => {
                 let item = output.attributes();
+                if key.is_some() {
+                    self.forget_old_keys(session, item, now_ms);
+                }
                 let version = number_of(item.and_then(|item| item.get("v")));
                 Ok(Some((cart_of(item), version)))
             }
@@ -372,6 +381,59 @@ impl DynamoSessions {
             }
             Err(error) => Err(DisplayErrorContext(&error).to_string()),
         }
+    }
+
+    /// Removes the idempotency records of `item` past their time and all
+    /// but the newest [`REMEMBERED_KEYS`], once it holds twice that many;
+    /// in the background, since the change it follows is made and answered.
+    /// A removal that fails is tried again after the next change.
+    fn forget_old_keys(
+        &self,
+        session: &str,
+        item: Option<&HashMap<String, AttributeValue>>,
+        now_ms: u64,
+    ) {
+        let Some(applied) = map_of(item.and_then(|item| item.get("applied"))) else {
+            return;
+        };
+        if applied.len() < 2 * REMEMBERED_KEYS {
+            return;
+        }
+        let mut newest_first: Vec<(u64, &String)> = applied
+            .iter()
+            .map(|(key, kept_until)| (number_of(Some(kept_until)), key))
+            .collect();
+        newest_first.sort_unstable_by(|a, b| b.cmp(a));
+        let mut request = self
+            .client
+            .update_item()
+            .table_name(TABLE)
+            .set_key(Some(Self::key(session)))
+            // Never create an item for a session deleted meanwhile.
+            .condition_expression("attribute_exists(applied)");
+        let mut removed = Vec::new();
+        let forgotten = newest_first
+            .iter()
+            .enumerate()
+            .filter(|&(rank, &(kept_until, _))| rank >= REMEMBERED_KEYS || kept_until <= now_ms);
+        for (n, (_, (_, key))) in forgotten.enumerate() {
+            let placeholder = format!("#old{n}");
+            removed.push(format!("applied.{placeholder}"));
+            request = request.expression_attribute_names(placeholder, key.as_str());
+        }
+        let request = request.update_expression(format!("REMOVE {}", removed.join(", ")));
+        let timeout = self.settings.timeout;
+        tokio::spawn(async move {
+            sessions::round_trip();
+            match tokio::time::timeout(timeout, request.send()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => tracing::debug!(
+                    error = %DisplayErrorContext(&error),
+                    "old idempotency records not removed; the next change tries again"
+                ),
+                Err(_) => tracing::debug!("old idempotency records not removed in time"),
+            }
+        });
     }
 
     /// The session's item, read consistently (an eventually consistent

@@ -35,7 +35,8 @@ use shop::{ApiError, CartReply, CartRequest, CartStore, IdempotencyKey};
 
 use crate::error::SessionError;
 use crate::sessions::{
-    self, APPLIED_FOR, Answer, Mode, Purpose, SessionSettings, SessionStore, digest,
+    self, APPLIED_FOR, Answer, Mode, Purpose, REMEMBERED_KEYS, SessionSettings, SessionStore,
+    digest,
 };
 use protocol::{Client, Outcome};
 
@@ -46,10 +47,6 @@ pub const KEY_PREFIX: &str = "myclothes:session:";
 /// keep winning the `cas` race. Fifty shoppers' tabs adding at the same
 /// instant need up to fifty; a cart that busy is a bot.
 pub const MAX_ATTEMPTS: u32 = 100;
-
-/// How many idempotency keys a session remembers (the newest), each for
-/// [`APPLIED_FOR`]: the record stays small however many changes are made.
-const REMEMBERED_KEYS: usize = 16;
 
 /// The record a session's item holds, as JSON.
 #[derive(Debug, Serialize, Deserialize)]
