@@ -17,6 +17,9 @@
 //! * [`FromClient`], which notes when a *client's* request body breaks
 //!   (an invalid chunk size, a connection cut mid-upload), so that the
 //!   failure is answered as the client's fault (400), not the backend's;
+//!   and when a piece of it last went through ([`Upload`]), so that the
+//!   wait for the backend's answer counts from there: a long upload that
+//!   keeps moving is not cut at the request timeout, a stalled one is;
 //!   and which, if the answer comes before the upload is done (a backend's
 //!   early 413), keeps reading and dropping the rest for a while
 //!   ([`linger`]). Closing a connection with unread data in it makes the
@@ -25,9 +28,11 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::BodyExt as _;
@@ -197,23 +202,61 @@ pub fn linger(mut body: Incoming) {
     });
 }
 
+/// What the proxy learns of a client's request body on its way to a
+/// backend: whether it broke, and when a piece of it last went through.
+#[derive(Debug)]
+pub struct Upload {
+    broken: AtomicBool,
+    started: Instant,
+    /// Milliseconds after `started`.
+    last_moved_ms: AtomicU64,
+}
+
+impl Upload {
+    /// A body that has not moved yet (or is held whole, and never will).
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            broken: AtomicBool::new(false),
+            started: Instant::now(),
+            last_moved_ms: AtomicU64::new(0),
+        })
+    }
+
+    /// Whether reading the client's body failed (its fault, not the
+    /// backend's).
+    pub fn broke(&self) -> bool {
+        self.broken.load(Ordering::Acquire)
+    }
+
+    /// When a piece of the body last went through (or the upload began).
+    pub fn last_moved(&self) -> Instant {
+        self.started + Duration::from_millis(self.last_moved_ms.load(Ordering::Relaxed))
+    }
+
+    fn moved(&self) {
+        let since = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_moved_ms.store(since, Ordering::Relaxed);
+    }
+}
+
 /// A client's request body on its way to a backend, which remembers whether
-/// it was the client's side that failed, and lingers if dropped unfinished.
+/// it was the client's side that failed and when it last moved, and
+/// lingers if dropped unfinished.
 pub struct FromClient {
     /// Always `Some` until dropped.
     inner: Option<Incoming>,
-    broken: Arc<AtomicBool>,
+    upload: Arc<Upload>,
 }
 
 impl FromClient {
-    /// Wraps `inner`; the flag turns true if reading it fails.
-    pub fn new(inner: Incoming) -> (Self, Arc<AtomicBool>) {
-        let broken = Arc::new(AtomicBool::new(false));
+    /// Wraps `inner`, reporting on it in the [`Upload`] returned.
+    pub fn new(inner: Incoming) -> (Self, Arc<Upload>) {
+        let upload = Upload::new();
         let body = Self {
             inner: Some(inner),
-            broken: Arc::clone(&broken),
+            upload: Arc::clone(&upload),
         };
-        (body, broken)
+        (body, upload)
     }
 }
 
@@ -229,8 +272,10 @@ impl Body for FromClient {
             return Poll::Ready(None);
         };
         let polled = Pin::new(inner).poll_frame(cx);
-        if let Poll::Ready(Some(Err(_))) = &polled {
-            self.broken.store(true, Ordering::Release);
+        match &polled {
+            Poll::Ready(Some(Ok(_))) => self.upload.moved(),
+            Poll::Ready(Some(Err(_))) => self.upload.broken.store(true, Ordering::Release),
+            _ => {}
         }
         polled.map(|frame| frame.map(|result| result.map_err(Into::into)))
     }
@@ -249,7 +294,7 @@ impl Body for FromClient {
 impl Drop for FromClient {
     fn drop(&mut self) {
         if let Some(inner) = self.inner.take()
-            && !self.broken.load(Ordering::Acquire)
+            && !self.upload.broke()
         {
             linger(inner);
         }

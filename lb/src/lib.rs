@@ -88,8 +88,10 @@ pub struct Config {
     /// How long to wait for a TCP connection to a backend.
     pub connect_timeout: Duration,
     /// How long to wait for a backend's response head once the request is
-    /// sent, and then for each next piece of its body (nginx's
-    /// `proxy_read_timeout`: a backend frozen half-way is given up); also
+    /// sent (a streamed upload: once its last piece went through, so one
+    /// that keeps moving is never cut), and then for each next piece of its
+    /// body (nginx's `proxy_read_timeout`: a backend frozen half-way is
+    /// given up); also
     /// how long a small idempotent request's body, held whole so that it
     /// can be sent again, may take to arrive (then 408).
     pub request_timeout: Duration,
@@ -178,8 +180,9 @@ pub struct Args {
     /// Time allowed to connect to a backend (e.g. 500ms, 2s).
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub connect_timeout: Duration,
-    /// Time allowed for a backend's response head, and then between two
-    /// pieces of its body (e.g. 30s).
+    /// Time allowed for a backend's response head after the last piece of
+    /// the request went through, and then between two pieces of its body
+    /// (e.g. 30s).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
     /// Time an open WebSocket may carry nothing either way before it is

@@ -20,8 +20,10 @@
 //!    are busy (a full queue → 503 with `Retry-After`; see
 //!    [`crate::backend::Limits`]);
 //! 6. send with the request body streaming through; wait for the response
-//!    head at most `request_timeout` (→ 504), and as long for each next
-//!    piece of its body (a backend frozen half-way: the response is cut);
+//!    head at most `request_timeout` after the body's last piece went
+//!    through (→ 504; a long upload that keeps moving is not cut), and as
+//!    long for each next piece of the response body (a backend frozen
+//!    half-way: the response is cut);
 //! 7. if nothing reached the backend (its connection failed), send the
 //!    request, still whole, to one other backend. If the request went out
 //!    and the exchange failed before any of the response arrived, send it
@@ -48,7 +50,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -69,7 +71,7 @@ use crate::Config;
 use crate::admin;
 use crate::admin::AdminAccess;
 use crate::backend::{Backend, BackendSet, BackendSetError, HealthChange, Limits, Refused};
-use crate::body::{FromClient, ProxyBody, Tracked, linger};
+use crate::body::{FromClient, ProxyBody, Tracked, Upload, linger};
 use crate::client::{ClientIo, Place};
 use crate::dial::Dial;
 use crate::errors::{LbError, json_response};
@@ -584,21 +586,23 @@ impl Balancer {
             return self.open_tunnel(&route, client, upstream, proto).await;
         }
         let prepared = upstream_request(parts, body, self.request_timeout).await;
-        let (upstream, replay, client_broke) = match prepared {
+        let (upstream, replay, upload) = match prepared {
             Ok(prepared) => prepared,
             Err(error) => return error.into_response(),
         };
         let replay = replay.as_ref();
 
-        let first = self.forward(&route.backend, upstream, replay).await;
+        let first = self
+            .forward(&route.backend, upstream, replay, &upload)
+            .await;
         let (response, backend, pin) = match first {
             Attempt::Done(response) => (response, route.backend, route.pin),
-            Attempt::Failed(error) => return self.failure(&route.backend, error, &client_broke),
+            Attempt::Failed(error) => return self.failure(&route.backend, error, &upload),
             Attempt::Retry(upstream, error) => {
                 // One retry, elsewhere. The shopper is re-pinned there.
                 let Some(second) = self.route(None, Some(&route.backend), key.as_deref(), false)
                 else {
-                    return self.failure(&route.backend, error, &client_broke);
+                    return self.failure(&route.backend, error, &upload);
                 };
                 Counters::bump(&self.counters.retries);
                 // The shopper will not see this failure, but the operator
@@ -612,10 +616,10 @@ impl Balancer {
                     to = second.backend.name(),
                     "retrying on another backend"
                 );
-                match self.forward(&second.backend, upstream, None).await {
+                match self.forward(&second.backend, upstream, None, &upload).await {
                     Attempt::Done(response) => (response, second.backend, true),
                     Attempt::Failed(error) | Attempt::Retry(_, error) => {
-                        return self.failure(&second.backend, error, &client_broke);
+                        return self.failure(&second.backend, error, &upload);
                     }
                 }
             }
@@ -652,7 +656,7 @@ impl Balancer {
                     backend: backend.name().to_owned(),
                     why: "its queue is full",
                 };
-                return self.failure(backend, error, &AtomicBool::new(false));
+                return self.failure(backend, error, &Upload::new());
             }
         };
         let opened = tunnel::open(
@@ -667,7 +671,7 @@ impl Balancer {
         .await;
         match opened {
             Ok(response) => self.finish(response, backend, route.pin, proto),
-            Err(error) => self.failure(backend, error, &AtomicBool::new(false)),
+            Err(error) => self.failure(backend, error, &Upload::new()),
         }
     }
 
@@ -729,6 +733,7 @@ impl Balancer {
         backend: &Arc<Backend>,
         mut upstream: Request<ProxyBody>,
         replay: Option<&Replay>,
+        upload: &Upload,
     ) -> Attempt {
         if !upstream.headers().contains_key(HOST) {
             // HTTP/1.0 clients may send no Host; HTTP/1.1 backends need one.
@@ -752,8 +757,12 @@ impl Balancer {
             balancer: self.id,
             address: backend.address().to_owned(),
         };
-        let sent =
-            tokio::time::timeout(self.request_timeout, pool::send(key, self.dial, upstream)).await;
+        let sent = answered_within(
+            self.request_timeout,
+            upload,
+            pool::send(key, self.dial, upstream),
+        )
+        .await;
         let bad_gateway = |reason: String| LbError::BadGateway {
             backend: backend.name().to_owned(),
             reason,
@@ -843,13 +852,8 @@ impl Balancer {
 
     /// Answers a failed exchange: the client's fault when its own body
     /// broke (400), else the error as it came.
-    fn failure(
-        &self,
-        backend: &Backend,
-        error: LbError,
-        client_broke: &AtomicBool,
-    ) -> Response<ProxyBody> {
-        let error = if client_broke.load(Ordering::Acquire) {
+    fn failure(&self, backend: &Backend, error: LbError, upload: &Upload) -> Response<ProxyBody> {
+        let error = if upload.broke() {
             LbError::BadRequest(
                 "the request body could not be read (a malformed chunk, or the client went away)"
                     .to_owned(),
@@ -867,6 +871,34 @@ impl Balancer {
     }
 }
 
+/// Waits for `exchange` (sending a request, then its answer's head) until
+/// `timeout` has passed with neither the answer nor a piece of the
+/// request body going through. Counting from the start instead would cut
+/// a long upload that never stopped moving (a 100 MB file at 2 MB/s takes
+/// 50 s); a stalled one is still cut, one timeout after its last piece.
+/// nginx's `proxy_send_timeout` and `proxy_read_timeout`, and HAProxy's
+/// `timeout server`, are limits on silence in the same way.
+async fn answered_within<T>(
+    timeout: Duration,
+    upload: &Upload,
+    exchange: impl Future<Output = T>,
+) -> Result<T, tokio::time::error::Elapsed> {
+    let mut exchange = std::pin::pin!(exchange);
+    let mut deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, exchange.as_mut()).await {
+            Err(elapsed) => {
+                let moved_since = upload.last_moved() + timeout;
+                if moved_since <= deadline {
+                    return Err(elapsed);
+                }
+                deadline = moved_since;
+            }
+            answered => return answered,
+        }
+    }
+}
+
 /// The request to send upstream, with what is needed to send it again (an
 /// idempotent request with an empty or small body: the body is read first
 /// and held) and a flag that says whether the client's body broke.
@@ -874,14 +906,13 @@ async fn upstream_request(
     parts: Parts,
     body: Incoming,
     body_deadline: Duration,
-) -> Result<(Request<ProxyBody>, Option<Replay>, Arc<AtomicBool>), LbError> {
-    let unbroken = || Arc::new(AtomicBool::new(false));
+) -> Result<(Request<ProxyBody>, Option<Replay>, Arc<Upload>), LbError> {
     if body.is_end_stream() {
         let replay = is_idempotent(&parts.method).then(|| Replay::of(&parts, Bytes::new()));
         return Ok((
             Request::from_parts(parts, full(Bytes::new())),
             replay,
-            unbroken(),
+            Upload::new(),
         ));
     }
     let declared = parts
@@ -914,11 +945,11 @@ async fn upstream_request(
         return Ok((
             Request::from_parts(parts, full(bytes)),
             Some(replay),
-            unbroken(),
+            Upload::new(),
         ));
     }
-    let (body, broken) = FromClient::new(body);
-    Ok((Request::from_parts(parts, body.boxed()), None, broken))
+    let (body, upload) = FromClient::new(body);
+    Ok((Request::from_parts(parts, body.boxed()), None, upload))
 }
 
 /// Counts a client connection as closed when dropped, however its task

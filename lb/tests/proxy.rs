@@ -195,6 +195,76 @@ async fn request_body_streams_through_without_buffering() {
     assert_eq!(&body[..], b"18");
 }
 
+/// Posts to `/count` through `lb` a body of `pieces` of 64 KiB, one every
+/// `every`; the body then ends, or (`stalls`) is held open, sending nothing
+/// more, until the answer comes.
+async fn post_in_pieces(
+    lb: &support::TestLb,
+    pieces: usize,
+    every: Duration,
+    stalls: bool,
+) -> hyper::Response<hyper::body::Incoming> {
+    let (mut tx, body) = Channel::<Bytes, Infallible>::new(1);
+    let client = Client::builder(TokioExecutor::new()).build_http::<Channel<Bytes, Infallible>>();
+    let request = hyper::Request::post(lb.url("/count"))
+        .body(body)
+        .expect("request");
+    let sent = tokio::spawn(client.request(request));
+    for _ in 0..pieces {
+        tokio::time::sleep(every).await;
+        tx.send_data(Bytes::from(vec![7u8; 64 * 1024]))
+            .await
+            .expect("send");
+    }
+    let open = stalls.then_some(tx);
+    let response = tokio::time::timeout(STREAM_STEP, sent)
+        .await
+        .expect("an answer in time")
+        .expect("task")
+        .expect("response");
+    drop(open);
+    response
+}
+
+#[tokio::test]
+async fn a_slow_upload_that_keeps_moving_is_not_cut_at_the_request_timeout() {
+    let b = backend("b1").await;
+    let lb = balancer_with(
+        vec![b.spec()],
+        Policy::RoundRobin,
+        Duration::from_millis(400),
+    )
+    .await;
+    // Twelve pieces, 150 ms apart: 1.8 s in all, four request timeouts,
+    // and never 400 ms without a piece.
+    let response = post_in_pieces(&lb, 12, Duration::from_millis(150), false).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let counted = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    assert_eq!(&counted[..], (12 * 64 * 1024).to_string().as_bytes());
+}
+
+#[tokio::test]
+async fn an_upload_that_stalls_is_given_up_a_request_timeout_after_its_last_piece() {
+    let b = backend("b1").await;
+    let lb = balancer_with(
+        vec![b.spec()],
+        Policy::RoundRobin,
+        Duration::from_millis(400),
+    )
+    .await;
+    // Three pieces, then nothing, the body still open: the backend waits
+    // for the rest, and the balancer gives up on the exchange.
+    let response = post_in_pieces(&lb, 3, Duration::from_millis(150), true).await;
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    let backend = lb.balancer.backends().get("b1").expect("b1");
+    assert_eq!(backend.in_flight(), 0, "its request slot is free again");
+}
+
 #[tokio::test]
 async fn large_bodies_pass_through_intact() {
     let b = backend("b1").await;
