@@ -186,13 +186,30 @@ async fn request_body_streams_through_without_buffering() {
         .expect("send");
     drop(tx);
     let response = sent.await.expect("task").expect("response");
-    let body = response
+    let body = body_of(response).await;
+    assert_eq!(&body[..], b"18");
+}
+
+/// The whole body of `response`.
+async fn body_of(response: hyper::Response<hyper::body::Incoming>) -> Bytes {
+    response
         .into_body()
         .collect()
         .await
         .expect("body")
-        .to_bytes();
-    assert_eq!(&body[..], b"18");
+        .to_bytes()
+}
+
+/// A balancer over one test backend that gives up after 400 ms of silence.
+async fn impatient_balancer() -> (support::TestBackend, support::TestLb) {
+    let b = backend("b1").await;
+    let lb = balancer_with(
+        vec![b.spec()],
+        Policy::RoundRobin,
+        Duration::from_millis(400),
+    )
+    .await;
+    (b, lb)
 }
 
 /// Posts to `/count` through `lb` a body of `pieces` of 64 KiB, one every
@@ -228,35 +245,18 @@ async fn post_in_pieces(
 
 #[tokio::test]
 async fn a_slow_upload_that_keeps_moving_is_not_cut_at_the_request_timeout() {
-    let b = backend("b1").await;
-    let lb = balancer_with(
-        vec![b.spec()],
-        Policy::RoundRobin,
-        Duration::from_millis(400),
-    )
-    .await;
+    let (_b, lb) = impatient_balancer().await;
     // Twelve pieces, 150 ms apart: 1.8 s in all, four request timeouts,
     // and never 400 ms without a piece.
     let response = post_in_pieces(&lb, 12, Duration::from_millis(150), false).await;
     assert_eq!(response.status(), StatusCode::OK);
-    let counted = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
+    let counted = body_of(response).await;
     assert_eq!(&counted[..], (12 * 64 * 1024).to_string().as_bytes());
 }
 
 #[tokio::test]
 async fn an_upload_that_stalls_is_given_up_a_request_timeout_after_its_last_piece() {
-    let b = backend("b1").await;
-    let lb = balancer_with(
-        vec![b.spec()],
-        Policy::RoundRobin,
-        Duration::from_millis(400),
-    )
-    .await;
+    let (_b, lb) = impatient_balancer().await;
     // Three pieces, then nothing, the body still open: the backend waits
     // for the rest, and the balancer gives up on the exchange.
     let response = post_in_pieces(&lb, 3, Duration::from_millis(150), true).await;
@@ -279,12 +279,7 @@ async fn large_bodies_pass_through_intact() {
         )
         .await
         .expect("response");
-    let counted = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
+    let counted = body_of(response).await;
     assert_eq!(&counted[..], (32 * 1024 * 1024).to_string().as_bytes());
 
     let download = reqwest::get(lb.url("/big?mib=64")).await.expect("response");
