@@ -420,6 +420,7 @@ async fn read_streams(
             },
         };
         // `$` only means "after the newest" when read: pin it to an id now.
+        let mut pinning_failed = None;
         for (topic, id) in last.iter_mut().filter(|(_, id)| *id == "$") {
             let mut newest = redis::cmd("XREVRANGE");
             newest
@@ -440,8 +441,20 @@ async fn read_streams(
                         hub.confirm(topic, number);
                     }
                 }
-                Err(_) => break,
+                Err(error) => {
+                    pinning_failed = Some(error);
+                    break;
+                }
             }
+        }
+        if let Some(error) = pinning_failed {
+            // A Redis still loading its data after a restart answers every
+            // command with an error at once: without this pause the
+            // reader would ask again, and again, as fast as it could.
+            tracing::warn!(%error, "cannot find where streams end; trying again");
+            connection = None;
+            tokio::time::sleep(HEARTBEAT).await;
+            continue;
         }
         let (keys, ids): (Vec<String>, Vec<String>) = last
             .iter()
@@ -490,5 +503,60 @@ async fn read_streams(
                 tokio::time::sleep(HEARTBEAT).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shop::services::redis::RedisServer;
+
+    /// How many times Redis has run `command`, from `INFO commandstats`.
+    async fn calls_of(redis: &mut MultiplexedConnection, command: &str) -> u64 {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(redis)
+            .await
+            .expect("INFO");
+        let prefix = format!("cmdstat_{command}:calls=");
+        info.lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |calls| calls.parse().expect("a count"))
+    }
+
+    #[tokio::test]
+    async fn a_redis_that_fails_every_stream_command_is_asked_again_at_the_heartbeat() {
+        let server = RedisServer::start()
+            .await
+            .unwrap_or_else(|e| panic!("a private redis-server is needed: {e}"));
+        let mut redis = server.connection().await.expect("a connection");
+        let topic = Topic::parse("room:tees").expect("a topic");
+        // A key of another type makes every stream command on it fail at
+        // once, as every command does while a restarted Redis loads its
+        // data (`LOADING`).
+        redis::cmd("SET")
+            .arg(topic.channel())
+            .arg("not a stream")
+            .query_async::<()>(&mut redis)
+            .await
+            .expect("SET");
+        let (changes, orders) = mpsc::unbounded_channel();
+        changes
+            .send((Change::Subscribe(topic), 1))
+            .expect("the reader listens");
+        let reader = tokio::spawn(read_streams(
+            redis::Client::open(server.url()).expect("a client"),
+            Duration::from_secs(1),
+            Arc::new(Hub::new(None)),
+            orders,
+        ));
+        tokio::time::sleep(HEARTBEAT * 4).await;
+        reader.abort();
+        let calls = calls_of(&mut redis, "xrevrange").await;
+        assert!(
+            (2..=8).contains(&calls),
+            "asked {calls} times in four heartbeats: once each, not as fast as it can"
+        );
     }
 }
