@@ -27,6 +27,9 @@ pub(crate) const STREAM_LENGTH: usize = 1000;
 const RECEIPT_KEPT: Duration = Duration::from_secs(600);
 /// How long a room member stays present without a refresh.
 pub(crate) const PRESENCE_FOR: Duration = Duration::from_secs(30);
+/// The most names a presence update carries (with the count of everyone):
+/// the most recently seen first. See `lua/presence.lua` for why not all.
+pub const PRESENCE_NAMES: usize = 20;
 
 const SEQS: &str = "myclothes:live:seq";
 const STOCK: &str = "myclothes:stock";
@@ -362,7 +365,8 @@ impl Live {
             .arg(member)
             .arg(what)
             .arg(now_ms)
-            .arg(u64::try_from(PRESENCE_FOR.as_millis()).unwrap_or(u64::MAX));
+            .arg(u64::try_from(PRESENCE_FOR.as_millis()).unwrap_or(u64::MAX))
+            .arg(PRESENCE_NAMES);
         let mut redis = self.redis.clone();
         let json: Option<String> = self.within(invocation.invoke_async(&mut redis)).await?;
         self.published(json);

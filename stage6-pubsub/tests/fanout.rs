@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use stage6::client::{ClientError, LiveClient, Tally};
 use stage6::fanout::Fanout;
+use stage6::live::PRESENCE_NAMES;
 use support::{QUIET, SOON, page, receive, spawn_live};
 
 const TEE: &str = "TEE-NAVY-M";
@@ -271,6 +272,47 @@ async fn streams_catch_up_after_reconnect() {
         (15, 0, 0),
         "the ten it missed were replayed from the stream, in order"
     );
+}
+
+#[tokio::test]
+async fn a_crowded_rooms_presence_counts_everyone_and_names_only_the_latest_few() {
+    let shop = spawn_live(Fanout::Streams, 1, &[]).await;
+    let crowd = PRESENCE_NAMES + 5;
+    let mut members = Vec::new();
+    for n in 0..crowd {
+        let member = LiveClient::connect(&shop.url(), &format!("?room=tees&name=m{n}"))
+            .await
+            .expect("joined");
+        members.push(member);
+    }
+    // The first member hears every join; the last says how many are there.
+    let mut tally = Tally::default();
+    let last = loop {
+        let presence = members[0]
+            .until("presence", &mut tally, SOON)
+            .await
+            .expect("open")
+            .expect("a presence update for each join");
+        if presence["count"] == crowd {
+            break presence;
+        }
+    };
+    let who: Vec<&str> = last["who"]
+        .as_array()
+        .expect("names")
+        .iter()
+        .filter_map(|name| name.as_str())
+        .collect();
+    // Every join goes to everyone in the room: with every name in each,
+    // a room of N would cost N * N names per join.
+    assert_eq!(who.len(), PRESENCE_NAMES, "{last}");
+    let newest = format!("m{}", crowd - 1);
+    assert!(
+        who.contains(&newest.as_str()),
+        "the newest is named: {who:?}"
+    );
+    assert!(!who.contains(&"m0"), "the first to come is not: {who:?}");
+    shop.stop().await;
 }
 
 #[tokio::test]

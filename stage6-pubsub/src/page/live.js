@@ -105,7 +105,12 @@
     if (message.type === "stock") drawStock(message.sku, message.stock, message.price_cents);
     else if (message.type === "say") line([Object.assign(document.createElement("b"), { textContent: message.from }), ": " + message.text]);
     else if (message.type === "presence") {
-      $("#presence").textContent = message.count ? `${message.count} here: ${(message.who || []).join(", ")}` : "nobody here";
+      // A crowded room's update names only the latest few; the count is everyone.
+      const who = message.who || [];
+      const others = message.count - who.length;
+      $("#presence").textContent = message.count
+        ? `${message.count} here: ${who.join(", ")}${others > 0 ? ` and ${others} more` : ""}`
+        : "nobody here";
     }
     drawCounter();
   }
