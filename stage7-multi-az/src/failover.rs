@@ -47,6 +47,17 @@ const MAX_EVENTS: usize = 200;
 /// How often the primary is asked, and how long an answer may take.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 
+/// How an attempt to fail over ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Failover {
+    /// The standby is the primary now, behind the writer endpoint.
+    Promoted,
+    /// The old primary is fenced and the standby could not be promoted.
+    NotPromoted,
+    /// Nothing done: the primary was started again since the failed checks.
+    Overtaken,
+}
+
 /// What the manager decided and when: the timeline of a failover.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Event {
@@ -141,14 +152,25 @@ impl FailoverManager {
         let mut last_seen = StandbySeen::default();
         let mut refused = false;
         let mut ticker = tokio::time::interval(PROBE_EVERY);
+        // After a stall (the tier's lock held through a long rejoin), the
+        // next checks come a second apart, not all at once: three instant
+        // failures would be no evidence of a dead zone.
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
                 _ = shutdown.wait_for(|stop| *stop) => return,
             }
-            let (primary, url, replication) = {
+            let (primary, url, address, replication, primary_starts) = {
                 let pg = self.postgres.lock().await;
-                (pg.primary(), pg.url_of(pg.primary()), pg.replication())
+                let (host, port) = pg.address_of(pg.primary());
+                (
+                    pg.primary(),
+                    pg.url_of(pg.primary()),
+                    SocketAddr::from((host, port)),
+                    pg.replication(),
+                    pg.primary_starts(),
+                )
             };
             let probe = tokio::time::timeout(PROBE_EVERY, check(&url)).await;
             let Ok(Ok(seen)) = probe else {
@@ -178,16 +200,27 @@ impl FailoverManager {
                     }
                     continue;
                 }
-                if self.fail_over(primary).await {
-                    primary_failures = 0;
-                    standby_missing = 0;
-                    last_seen = StandbySeen::default();
+                match self.fail_over(primary, primary_starts).await {
+                    Failover::Promoted => {
+                        primary_failures = 0;
+                        standby_missing = 0;
+                        last_seen = StandbySeen::default();
+                    }
+                    // Tried again at the next check.
+                    Failover::NotPromoted => {}
+                    Failover::Overtaken => primary_failures = 0,
                 }
                 continue;
             };
             primary_failures = 0;
             refused = false;
             last_seen = seen;
+            // The primary answers, so the writer endpoint leads to it. This
+            // changes nothing, except after a promotion that failed: the
+            // endpoint was shut when the old primary was fenced, and when
+            // that server is brought back (still the primary: nobody else
+            // was promoted), writes must reach it again.
+            self.writer.point_at(Some(address));
             if replication == Replication::Synchronous && !self.policy.strict {
                 standby_missing = if seen.streaming {
                     0
@@ -200,12 +233,24 @@ impl FailoverManager {
         }
     }
 
-    /// Fences `old`, promotes the standby, re-points the writer endpoint.
-    /// Returns whether a new primary now takes writes.
-    async fn fail_over(&self, old: NodeName) -> bool {
+    /// Fences `old`, promotes the standby, re-points the writer endpoint;
+    /// unless the primary was started again since the checks that decided
+    /// it (`starts_seen`), when it does nothing.
+    async fn fail_over(&self, old: NodeName, starts_seen: u64) -> Failover {
         // Held from fencing to promotion: a zone brought back meanwhile
         // must not restart the old primary as a primary.
         let mut pg = self.postgres.lock().await;
+        if pg.primary_starts() != starts_seen {
+            // The zone came back between the last check and this lock, and
+            // `old` was started again as the primary: fencing it now would
+            // kill a server that just came back for nothing.
+            drop(pg);
+            self.record(format!(
+                "not failing over: {} was started again since it last failed to answer",
+                old.as_str()
+            ));
+            return Failover::Overtaken;
+        }
         self.writer.point_at(None);
         pg.kill(old);
         let standby = pg.standby();
@@ -225,7 +270,7 @@ impl FailoverManager {
                 "cannot promote {}: {error}; writes stay down until a server is back",
                 standby.as_str()
             ));
-            return false;
+            return Failover::NotPromoted;
         }
         pg.promoted(standby);
         drop(pg);
@@ -243,7 +288,7 @@ impl FailoverManager {
             // Its standby was the old primary, which is gone.
             self.set_sync(&standby_url, false).await;
         }
-        true
+        Failover::Promoted
     }
 
     /// Degrades when the standby has been missing too long; restores

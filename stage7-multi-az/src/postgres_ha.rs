@@ -120,6 +120,10 @@ pub struct PostgresHa {
     nodes: Vec<Node>,
     /// Which of `A` and `B` is the primary now.
     primary: NodeName,
+    /// How often the primary's server has been started: a failover
+    /// decided before it was started again must not go ahead (see
+    /// [`Self::primary_starts`]).
+    primary_starts: u64,
     replication: Replication,
     bindir: PathBuf,
     user: Option<String>,
@@ -163,6 +167,7 @@ impl PostgresHa {
         let mut ha = Self {
             nodes,
             primary: NodeName::A,
+            primary_starts: 0,
             replication,
             bindir,
             user,
@@ -229,6 +234,14 @@ impl PostgresHa {
             let _ = process.signal_tree(Signal::SIGKILL);
             process.kill();
         }
+    }
+
+    /// How often the primary's server has been started. The failover
+    /// manager decides on what it saw before it takes this tier's lock; if
+    /// the primary was started meanwhile (its zone brought back), what it
+    /// saw is out of date.
+    pub fn primary_starts(&self) -> u64 {
+        self.primary_starts
     }
 
     /// Records that `name` has been promoted (the failover manager did it).
@@ -437,6 +450,10 @@ impl PostgresHa {
         if node.process.is_some() {
             return Ok(());
         }
+        if name == self.primary {
+            self.primary_starts += 1;
+        }
+        let node = self.node_mut(name);
         let mut settings = vec![
             format!("listen_addresses = '{}'", node.address()),
             format!("port = {}", node.port),

@@ -44,19 +44,26 @@ async fn data_tier() -> (DataTier, Machine) {
 async fn lose_zone_a(tier: &DataTier, client: &Machine) -> Duration {
     let killed = tier.take_zone_down(Zone::A).await.expect("zone a down");
     assert!(killed >= 1, "the primary's processes were in zone a");
-    let lost_at = Instant::now();
-    let mut id = 1000;
+    writes_accepted_again(tier, client, 1000).await
+}
+
+/// Writes rows from `first_id` on through the writer endpoint, one every
+/// 200 ms, until one is acknowledged (a minute at most); returns how long
+/// that took.
+async fn writes_accepted_again(tier: &DataTier, client: &Machine, first_id: i32) -> Duration {
+    let began = Instant::now();
+    let mut id = first_id;
     loop {
         id += 1;
         if sql::commit_each(client, &tier.writer_url(), id..=id, DEADLINE)
             .await
             .contains(&id)
         {
-            return lost_at.elapsed();
+            return began.elapsed();
         }
         assert!(
-            lost_at.elapsed() < Duration::from_secs(60),
-            "no write accepted a minute after the zone went: {:?}",
+            began.elapsed() < Duration::from_secs(60),
+            "no write accepted for a minute: {:?}",
             tier.status()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -262,4 +269,65 @@ async fn a_standby_out_of_sync_is_not_promoted() {
         assert!(Instant::now() < deadline, "no refusal: {status:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Waits until the manager has recorded an event that contains `what`.
+async fn event_seen(tier: &DataTier, what: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    while !tier.status().events.iter().any(|e| e.what.contains(what)) {
+        assert!(
+            Instant::now() < deadline,
+            "no event with {what:?}: {:?}",
+            tier.status()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_zone_back_before_the_failover_keeps_its_primary() {
+    let (tier, _b1) = data_tier().await;
+    tier.take_zone_down(Zone::A).await.expect("zone a down");
+    // The second failed check; the third is already under way, and will
+    // fail too (it began while the zone was dark). The zone returns now,
+    // before the manager acts on that third failure.
+    event_seen(&tier, "did not answer (2/3)", Duration::from_secs(30)).await;
+    let done = tier.bring_zone_back(Zone::A).await.expect("zone a back");
+    assert!(
+        done.iter()
+            .any(|d| d.starts_with("pg_a: restarted as the primary")),
+        "{done:?}"
+    );
+    // What the manager saw is out of date: it must not fence the primary
+    // that was just started again.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let status = tier.status();
+    assert_eq!(status.failovers, 0, "{status:?}");
+    assert!(
+        !status.events.iter().any(|e| e.what.starts_with("fenced")),
+        "{status:?}"
+    );
+    assert!(
+        tier.postgres().lock().await.is_running(NodeName::A),
+        "pg_a still runs: {status:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_primary_back_after_a_failed_promotion_takes_writes_again() {
+    let (tier, _b1) = data_tier().await;
+    // The client: an instance in zone a, which comes back (zone b does not).
+    let a1 = tier.region().instance_machine(0).expect("a1");
+    // Zone b goes, and zone a right after it: the primary last said its
+    // standby was in sync, so the manager fences it and tries to promote
+    // the standby, which is gone too.
+    tier.take_zone_down(Zone::B).await.expect("zone b down");
+    tier.take_zone_down(Zone::A).await.expect("zone a down");
+    event_seen(&tier, "cannot promote", Duration::from_secs(60)).await;
+    // Zone a returns; nobody was promoted, so pg_a is still the primary,
+    // and the writer endpoint must lead to it again.
+    let done = tier.bring_zone_back(Zone::A).await;
+    let postgres_back = tier.postgres().lock().await.is_running(NodeName::A);
+    assert!(postgres_back, "pg_a restarted: {done:?}");
+    writes_accepted_again(&tier, &a1, 3000).await;
 }
