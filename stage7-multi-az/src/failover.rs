@@ -173,6 +173,17 @@ impl FailoverManager {
                 )
             };
             let probe = tokio::time::timeout(PROBE_EVERY, check(&url)).await;
+            if let Ok(Err(sqlx::Error::Database(error))) = &probe {
+                // The server answered, with a refusal: "too many clients"
+                // when the shop's pools have every connection, "starting
+                // up" just after a restart. A busy primary is not a dead
+                // one, and failing it over would throw away a working
+                // server (and, with an asynchronous standby, writes).
+                // What it says of its standby stays what it last said.
+                primary_failures = 0;
+                tracing::debug!(%error, "the primary answered the check with a refusal");
+                continue;
+            }
             let Ok(Ok(seen)) = probe else {
                 primary_failures += 1;
                 self.record(format!(

@@ -8,6 +8,7 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use sqlx::Connection;
 use stage7::data_tier::{DataTier, Options};
 use stage7::failover::Policy;
 use stage7::postgres_ha::{NodeName, Replication};
@@ -330,4 +331,49 @@ async fn a_primary_back_after_a_failed_promotion_takes_writes_again() {
     let postgres_back = tier.postgres().lock().await.is_running(NodeName::A);
     assert!(postgres_back, "pg_a restarted: {done:?}");
     writes_accepted_again(&tier, &a1, 3000).await;
+}
+
+#[tokio::test]
+async fn a_primary_with_every_connection_taken_is_busy_not_dead() {
+    let (tier, b1) = data_tier().await;
+    // A crowd of clients takes every connection the primary has: it
+    // answers the manager's check with "too many clients".
+    let url = tier.writer_url();
+    let netns = b1.netns.clone();
+    let crowd = tokio::spawn(async move {
+        stage7::netns::run(netns.as_deref(), move || {
+            Box::pin(async move {
+                let mut held = Vec::new();
+                let refusal = loop {
+                    match sqlx::PgConnection::connect(&url).await {
+                        Ok(connection) => held.push(connection),
+                        Err(error) => break error.to_string(),
+                    }
+                };
+                // Held for five checks, more than it takes to fail over.
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                Ok::<_, sqlx::Error>((held.len(), refusal))
+            })
+        })
+        .await
+    });
+    let (held, refusal) = crowd
+        .await
+        .expect("the crowd's task")
+        .expect("the crowd's thread")
+        .expect("the crowd");
+    assert!(
+        refusal.contains("too many clients"),
+        "the server was full after {held} connections: {refusal}"
+    );
+    let status = tier.status();
+    assert_eq!(status.failovers, 0, "{status:?}");
+    assert_eq!(status.primary, Some(NodeName::A), "{status:?}");
+    assert!(
+        !status
+            .events
+            .iter()
+            .any(|e| e.what.contains("did not answer")),
+        "a refusal is an answer: {status:?}"
+    );
 }
