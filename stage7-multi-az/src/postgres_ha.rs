@@ -113,6 +113,9 @@ impl Node {
     }
 }
 
+/// How long `pg_rewind` and `pg_basebackup` wait for a connection.
+const CONNECT_TIMEOUT_S: u32 = 10;
+
 /// The three servers, stopped and deleted when dropped.
 #[derive(Debug)]
 pub struct PostgresHa {
@@ -270,7 +273,15 @@ impl PostgresHa {
                 Err(error) => {
                     tracing::warn!(%error, "pg_rewind failed; taking a fresh base backup");
                     let data = self.node(name).data.clone();
-                    std::fs::remove_dir_all(&data)?;
+                    // Gone already when an earlier try failed half-way (its
+                    // base backup cleaned up after itself): this try makes
+                    // the copy the earlier one could not.
+                    match std::fs::remove_dir_all(&data) {
+                        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                            return Err(error.into());
+                        }
+                        _ => {}
+                    }
                     self.clone_from(name, self.primary)?;
                     "copied afresh from the primary (pg_rewind could not)".to_owned()
                 }
@@ -397,6 +408,8 @@ impl PostgresHa {
                 &port.to_string(),
                 "-U",
                 "postgres",
+                "-d",
+                &format!("connect_timeout={CONNECT_TIMEOUT_S}"),
                 "-D",
                 &data,
                 "-X",
@@ -412,12 +425,22 @@ impl PostgresHa {
         Ok(())
     }
 
+    /// The data folder of node `name` (a test may need to look inside).
+    pub fn data_dir(&self, name: NodeName) -> &std::path::Path {
+        &self.node(name).data
+    }
+
     /// `pg_rewind` of a former primary onto the current one.
     fn rewind(&self, name: NodeName) -> Result<(), ServiceError> {
         let (host, port) = self.address_of(self.primary);
         let node = self.node(name);
         let data = node.data.to_string_lossy().into_owned();
-        let source = format!("host={host} port={port} user=postgres dbname=postgres");
+        // A deadline on the connection: a primary whose zone is cut off
+        // again would otherwise hold this (and the tier's lock) for as long
+        // as TCP keeps trying.
+        let source = format!(
+            "host={host} port={port} user=postgres dbname=postgres connect_timeout={CONNECT_TIMEOUT_S}"
+        );
         run_to_end_in(
             "pg_rewind",
             &self.bin("pg_rewind"),

@@ -377,3 +377,33 @@ async fn a_primary_with_every_connection_taken_is_busy_not_dead() {
         "a refusal is an answer: {status:?}"
     );
 }
+
+#[tokio::test]
+async fn a_rejoin_that_lost_its_data_half_way_copies_it_afresh() {
+    let (tier, b1) = data_tier().await;
+    lose_zone_a(&tier, &b1).await;
+    // An earlier try to bring pg_a back failed half-way: its rewind and
+    // its base backup both failed, and the base backup cleaned up after
+    // itself, leaving no data folder at all.
+    let data = tier
+        .postgres()
+        .lock()
+        .await
+        .data_dir(NodeName::A)
+        .to_owned();
+    std::fs::remove_dir_all(&data).expect("pg_a's data folder");
+    let done = tier.bring_zone_back(Zone::A).await.expect("zone a back");
+    assert!(
+        done.iter().any(|d| d.starts_with("pg_a: copied afresh")),
+        "{done:?}"
+    );
+    let a_data = tier.region().machine("a-data").expect("a-data");
+    let pg_a = tier.postgres().lock().await.url_of(NodeName::A);
+    assert_eq!(
+        sql::text(&a_data, &pg_a, "SELECT pg_is_in_recovery()::text")
+            .await
+            .expect("ask pg_a"),
+        "true",
+        "pg_a follows the new primary"
+    );
+}
