@@ -385,10 +385,16 @@ async fn a_page_that_floods_its_room_is_refused_then_closed_and_the_room_hears_o
 async fn a_shopper_cannot_tell_an_instance_it_is_leaving() {
     let shop = spawn_live(Fanout::Pubsub, 1, &[]).await;
     // What the balancer's health check says to a draining instance, sent
-    // by a shopper through the balancer.
-    for _ in 0..3 {
-        let answer = reqwest::Client::new()
-            .get(format!("{}/healthz", shop.url()))
+    // by a shopper through the balancer (which strips it), and straight to
+    // the instance from an address it does not trust as a balancer (the
+    // instance trusts 127.0.0.1; this client comes from 127.0.0.2).
+    let untrusted = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .expect("a client");
+    for url in [shop.url(), shop.instance_url("i1")] {
+        let answer = untrusted
+            .get(format!("{url}/healthz"))
             .header(lb::STATE_HEADER, "removed")
             .send()
             .await

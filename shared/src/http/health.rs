@@ -10,12 +10,17 @@
 //! a balancer that picks by reported load), and a request marked
 //! `X-LB-Backend-State: draining` or `removed` tells the instance it is
 //! leaving, so it closes its long-lived sockets ("going away") and their
-//! pages reconnect to another instance.
+//! pages reconnect to another instance. That word is believed only from a
+//! balancer the instance trusts (`--trusted-proxy`, as `X-Forwarded-Proto`
+//! is): the balancers strip it from shoppers' requests, but anyone who can
+//! reach the instance directly could otherwise send it, and leaving is for
+//! good (every new WebSocket would be closed at once from then on).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
 use serde::Serialize;
 
@@ -39,10 +44,14 @@ const BALANCER_SAYS: &str = lb::STATE_HEADER;
 
 pub(super) async fn healthz<S: Stage>(
     State(shop): State<Arc<Shop<S>>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Json<Health> {
     let said = headers.get(BALANCER_SAYS).and_then(|v| v.to_str().ok());
-    if matches!(said, Some("draining" | "removed")) && !*shop.instance.leaving().borrow() {
+    if matches!(said, Some("draining" | "removed"))
+        && !*shop.instance.leaving().borrow()
+        && shop.instance.trusts_proxy(peer.ip())
+    {
         tracing::info!(state = said, "the balancer says this instance is leaving");
         shop.instance.leave();
     }
