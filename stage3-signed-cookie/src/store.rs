@@ -108,6 +108,7 @@ impl CartStore for CookieCarts {
         let now = unix_now();
         let read = self.read(cookies, now);
         let cookie_is_fine = matches!(read, Ok((_, KeyAge::Current)));
+        let rejected = matches!(&read, Err(reason) if *reason != Rejection::Missing);
         let mut headers = HeaderMap::new();
         let mut notices = Vec::new();
         let mut cart = match read {
@@ -134,7 +135,11 @@ impl CartStore for CookieCarts {
                 {
                     headers.insert(CART_COOKIE, value);
                 }
-                notices.push(format!("Your cart was reset: {}.", reason.explain()));
+                notices.push(if op.is_write() {
+                    format!("Your cart was reset: {}.", reason.explain())
+                } else {
+                    format!("Your cart could not be read: {}.", reason.explain())
+                });
                 Cart::new()
             }
         };
@@ -142,8 +147,14 @@ impl CartStore for CookieCarts {
         cart.apply(op)?;
 
         // Write a new cookie when something changed, when the old one must
-        // be replaced (rejected, or under a retired key), or on first contact.
-        let rewrite = op.is_write() || !cookie_is_fine;
+        // be re-signed (under a retired key), or on first contact. Never on
+        // a mere view of a cookie this instance rejected: the view shows an
+        // empty cart, but the cookie stays as the browser has it. Overwriting
+        // it would destroy a cart that another instance may read well: in a
+        // fleet part-way through a key change, or with one machine's secret
+        // mistyped, round-robin would empty a shopper's cart on a page load.
+        // (A change replaces it: the shopper acts on the cart they see.)
+        let rewrite = op.is_write() || (!cookie_is_fine && !rejected);
         let (value, send) = match (rewrite, cookies.get(&self.name)) {
             (false, Some(existing)) => (existing.value().to_owned(), false),
             _ => (self.codec.sign(&self.name, &cart, now), true),

@@ -164,9 +164,13 @@ fn rejected_because(seen: &Seen, reasons: &[&str]) {
     assert!(
         seen.body["notices"][0]
             .as_str()
-            .is_some_and(|n| n.contains("reset")),
+            .is_some_and(|n| n.contains("could not be read")),
         "the page is told in plain words: {}",
         seen.body
+    );
+    assert_eq!(
+        seen.cookie, None,
+        "a view leaves the rejected cookie as the browser has it"
     );
 }
 
@@ -265,6 +269,42 @@ async fn cookie_signed_with_another_secret_is_rejected() {
         &view(&base, Some(&parts.join("."))).await,
         &["bad-signature"],
     );
+}
+
+#[tokio::test]
+async fn a_fleet_half_way_through_a_key_change_loses_no_cart() {
+    // Machine "old" has not been given the new key yet; machine "new" signs
+    // with it and still accepts the old one.
+    let old = stage3(1, &[]).await;
+    let new = stage3(
+        1,
+        &[
+            ("SHOP_COOKIE_SECRET", OTHER_SECRET),
+            ("SHOP_COOKIE_OLD_SECRETS", SECRET),
+        ],
+    )
+    .await;
+    let mut cookie = add(&old.url(), None, "TEE-RED-M", 2)
+        .await
+        .cookie
+        .expect("a cart cookie");
+    // Page loads take turns between the machines, as round-robin would; the
+    // browser keeps whatever cookie each answer sets.
+    for base in [new.url(), old.url(), new.url(), old.url(), new.url()] {
+        let seen = view(&base, Some(&cookie)).await;
+        if let Some(set) = seen.cookie.clone() {
+            cookie = set;
+        }
+        if base == new.url() {
+            assert_eq!(
+                seen.skus(),
+                [("TEE-RED-M".to_owned(), 2)],
+                "the machine with both keys reads the cart"
+            );
+        } else {
+            assert_eq!(seen.status, StatusCode::OK);
+        }
+    }
 }
 
 #[tokio::test]
