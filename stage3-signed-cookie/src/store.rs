@@ -22,7 +22,7 @@ use shop::cookies::shop_cookie;
 use shop::{ApiError, CartReply, CartRequest, CartStore, StageError};
 
 use crate::keys::KeyAge;
-use crate::token::{Codec, Rejection};
+use crate::token::{Codec, Rejection, Verified};
 
 /// The size of the cart's `Set-Cookie` header, in bytes.
 pub(crate) const CART_COOKIE_BYTES: HeaderName = HeaderName::from_static("x-cart-cookie-bytes");
@@ -86,10 +86,9 @@ impl CookieCarts {
 
     /// Reads the cart out of the request's cookie: the cart and which key
     /// signed it, or why it was not accepted (`Missing` when there was none).
-    fn read(&self, cookies: &CookieJar, now: u64) -> Result<(Cart, KeyAge), Rejection> {
+    fn read(&self, cookies: &CookieJar, now: u64) -> Result<Verified, Rejection> {
         let cookie = cookies.get(&self.name).ok_or(Rejection::Missing)?;
-        let verified = self.codec.verify(&self.name, cookie.value(), now)?;
-        Ok((verified.cart, verified.key))
+        self.codec.verify(&self.name, cookie.value(), now)
     }
 }
 
@@ -107,13 +106,33 @@ impl CartStore for CookieCarts {
         let (cookies, op) = (request.cookies, request.op);
         let now = unix_now();
         let read = self.read(cookies, now);
-        let cookie_is_fine = matches!(read, Ok((_, KeyAge::Current)));
+        // Fine as it is: signed with the current key, every line still sold.
+        let cookie_is_fine = matches!(
+            &read,
+            Ok(verified) if verified.key == KeyAge::Current && verified.dropped.is_empty()
+        );
         let rejected = matches!(&read, Err(reason) if *reason != Rejection::Missing);
         let mut headers = HeaderMap::new();
         let mut notices = Vec::new();
+        if let Ok(verified) = &read
+            && !verified.dropped.is_empty()
+        {
+            notices.push(format!(
+                "No longer sold, so taken out of your cart: {}.",
+                verified.dropped.join(", ")
+            ));
+        }
         let mut cart = match read {
-            Ok((cart, KeyAge::Current)) => cart,
-            Ok((cart, KeyAge::Retired)) => {
+            Ok(Verified {
+                cart,
+                key: KeyAge::Current,
+                ..
+            }) => cart,
+            Ok(Verified {
+                cart,
+                key: KeyAge::Retired,
+                ..
+            }) => {
                 headers.insert(
                     CART_COOKIE,
                     HeaderValue::from_static("resigned; reason=old-key"),
@@ -147,7 +166,8 @@ impl CartStore for CookieCarts {
         cart.apply(op)?;
 
         // Write a new cookie when something changed, when the old one must
-        // be re-signed (under a retired key), or on first contact. Never on
+        // be re-signed (under a retired key, or holding lines no longer
+        // sold), or on first contact. Never on
         // a mere view of a cookie this instance rejected: the view shows an
         // empty cart, but the cookie stays as the browser has it. Overwriting
         // it would destroy a cart that another instance may read well: in a

@@ -32,7 +32,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
-use shop::cart::{Cart, CartLine};
+use shop::cart::{Cart, CartLine, KnownSku, Quantity};
 
 use crate::keys::{Key, KeyAge, Keys};
 
@@ -102,6 +102,9 @@ pub struct Verified {
     pub cart: Cart,
     /// Which key signed it: a retired one's cookie is re-signed.
     pub key: KeyAge,
+    /// The SKUs of lines left out: the catalog no longer sells them (or no
+    /// longer allows their quantity) since the cookie was signed.
+    pub dropped: Vec<String>,
 }
 
 /// Signs carts into tokens and verifies tokens back into carts.
@@ -140,15 +143,7 @@ impl Codec {
             iat,
             exp,
         };
-        // Serialising plain strings and numbers cannot fail.
-        let json = serde_json::to_vec(&payload).unwrap_or_default();
-        let payload_b64 = URL_SAFE_NO_PAD.encode(json);
-        let mac = mac(key, name, &payload_b64).finalize().into_bytes();
-        format!(
-            "{VERSION}.{}.{payload_b64}.{}",
-            key.id(),
-            URL_SAFE_NO_PAD.encode(mac)
-        )
+        sign_payload(key, &payload)
     }
 
     /// The cart in token `value`, read from cookie `name`, at time `now`.
@@ -184,14 +179,22 @@ impl Codec {
         if now >= payload.exp {
             return Err(Rejection::Expired);
         }
-        let lines = payload
+        // Signed by this shop, so it followed the rules when signed; the
+        // catalog may have changed since. A line it no longer sells is left
+        // out (and named), not the whole cart with it.
+        let (kept, dropped): (Vec<CartLine>, Vec<CartLine>) = payload
             .l
             .into_iter()
-            .map(|(sku, qty)| CartLine { sku, qty });
-        // Signed by this shop, so it followed the rules when signed; the
-        // catalog may have changed since.
-        let cart = Cart::from_lines(lines).map_err(|_| Rejection::Malformed)?;
-        Ok(Verified { cart, key: age })
+            .map(|(sku, qty)| CartLine { sku, qty })
+            .partition(|line| {
+                KnownSku::new(&line.sku).is_ok() && Quantity::new(i64::from(line.qty)).is_ok()
+            });
+        let cart = Cart::from_lines(kept).map_err(|_| Rejection::Malformed)?;
+        Ok(Verified {
+            cart,
+            key: age,
+            dropped: dropped.into_iter().map(|line| line.sku).collect(),
+        })
     }
 
     /// A MAC failed: was it a value signed for another cookie, or altered?
@@ -210,6 +213,19 @@ impl Codec {
             _ => Rejection::BadSignature,
         }
     }
+}
+
+/// The token for `payload`, signed with `key`.
+fn sign_payload(key: &Key, payload: &Payload) -> String {
+    // Serialising plain strings and numbers cannot fail.
+    let json = serde_json::to_vec(payload).unwrap_or_default();
+    let payload_b64 = URL_SAFE_NO_PAD.encode(json);
+    let mac = mac(key, &payload.n, &payload_b64).finalize().into_bytes();
+    format!(
+        "{VERSION}.{}.{payload_b64}.{}",
+        key.id(),
+        URL_SAFE_NO_PAD.encode(mac)
+    )
 }
 
 fn mac(key: &Key, name: &str, payload_b64: &str) -> Hmac<Sha256> {
@@ -243,6 +259,21 @@ mod tests {
         );
         cart.apply(op).expect("add");
         cart
+    }
+
+    #[test]
+    fn a_line_the_catalog_no_longer_sells_is_left_out_and_the_rest_kept() {
+        let codec = codec();
+        let payload = Payload {
+            n: "cart".to_owned(),
+            l: vec![("TEE-RED-M".to_owned(), 2), ("TEE-PINK-M".to_owned(), 1)],
+            iat: 1_000,
+            exp: 5_000,
+        };
+        let token = sign_payload(codec.keys.current(), &payload);
+        let verified = codec.verify("cart", &token, 1_001).expect("valid");
+        assert_eq!(verified.cart, cart(), "the line still sold is kept");
+        assert_eq!(verified.dropped, ["TEE-PINK-M"]);
     }
 
     #[test]
