@@ -62,6 +62,9 @@ pub static INFO: StageInfo = StageInfo {
     sticky: false,
 };
 
+/// The shortest `--cart-ttl` accepted.
+pub const MIN_CART_TTL: Duration = Duration::from_secs(60);
+
 /// Stage 3's flags. Each has an environment fallback, which is also how
 /// `up` hands them to its instances.
 #[derive(Clone, Debug, clap::Args, Serialize)]
@@ -70,7 +73,8 @@ pub struct CookieArgs {
     #[arg(long, env = "SHOP_CART_COOKIE", default_value = "cart")]
     pub cart_cookie: String,
     /// How long a cart cookie stays valid after its last change (enforced by
-    /// the server through `exp`, not only by the browser's `Max-Age`).
+    /// the server through `exp` and the cookie's age, not only by the
+    /// browser's `Max-Age`); at least a minute.
     #[arg(long, env = "SHOP_CART_TTL", default_value = "7days", value_parser = humantime::parse_duration)]
     #[serde(serialize_with = "shop::flags::duration")]
     pub cart_ttl: Duration,
@@ -109,6 +113,16 @@ impl Stage for Stage3 {
     }
 
     async fn start(args: &CookieArgs) -> Result<(CookieCarts, ()), BoxError> {
+        // A lifetime shorter than a page load would expire every cart as it
+        // is made (`--cart-ttl 0s` did): refuse it rather than empty carts.
+        if args.cart_ttl < MIN_CART_TTL {
+            return Err(format!(
+                "--cart-ttl {} is too short: a cart must outlive a page load (at least {} s)",
+                humantime::format_duration(args.cart_ttl),
+                MIN_CART_TTL.as_secs()
+            )
+            .into());
+        }
         // No secret, or a short one: refuse to start rather than sign with
         // something guessable.
         let keys = Keys::from_secrets(

@@ -122,6 +122,11 @@ impl CartStore for CookieCarts {
                 verified.dropped.join(", ")
             ));
         }
+        // A re-signing keeps the old token's times (see below).
+        let times = read
+            .as_ref()
+            .ok()
+            .map(|verified| (verified.iat, verified.exp));
         let mut cart = match read {
             Ok(Verified {
                 cart,
@@ -175,8 +180,14 @@ impl CartStore for CookieCarts {
         // mistyped, round-robin would empty a shopper's cart on a page load.
         // (A change replaces it: the shopper acts on the cart they see.)
         let rewrite = op.is_write() || (!cookie_is_fine && !rejected);
-        let (value, send) = match (rewrite, cookies.get(&self.name)) {
-            (false, Some(existing)) => (existing.value().to_owned(), false),
+        let (value, send) = match (rewrite, cookies.get(&self.name), times) {
+            (false, Some(existing), _) => (existing.value().to_owned(), false),
+            // Re-signed on a view (old key, or lines no longer sold): the
+            // same lifetime, or a replayed old cookie would come back as a
+            // fresh one, valid for another whole `--cart-ttl`.
+            (true, Some(_), Some((iat, exp))) if !op.is_write() => {
+                (self.codec.resign(&self.name, &cart, iat, exp), true)
+            }
             _ => (self.codec.sign(&self.name, &cart, now), true),
         };
         let cookie = self.cookie(value);

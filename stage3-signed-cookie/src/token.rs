@@ -105,9 +105,17 @@ pub struct Verified {
     /// The SKUs of lines left out: the catalog no longer sells them (or no
     /// longer allows their quantity) since the cookie was signed.
     pub dropped: Vec<String>,
+    /// When it was signed and when it expires (unix seconds): a cookie only
+    /// re-signed (under the current key) keeps both, so re-signing never
+    /// makes a cart live longer than its last change allows.
+    pub iat: u64,
+    pub exp: u64,
 }
 
 /// Signs carts into tokens and verifies tokens back into carts.
+/// How far ahead of this instance's clock another instance's may be.
+const CLOCK_SKEW_S: u64 = 60;
+
 #[derive(Clone, Debug)]
 pub struct Codec {
     keys: Keys,
@@ -128,6 +136,12 @@ impl Codec {
             now,
             now.saturating_add(self.ttl_s),
         )
+    }
+
+    /// The token for `cart` signed now with the current key, with the
+    /// times of the token it replaces (a re-signing, not a change).
+    pub fn resign(&self, name: &str, cart: &Cart, iat: u64, exp: u64) -> String {
+        self.sign_with(self.keys.current(), name, cart, iat, exp)
     }
 
     /// The token with explicit key and times (tests use it to make expired
@@ -176,7 +190,14 @@ impl Codec {
         if payload.n != name {
             return Err(Rejection::Malformed);
         }
-        if now >= payload.exp {
+        // Past its own `exp`, or older than this shop's lifetime allows now:
+        // an operator who shortens `--cart-ttl` (to narrow replays) shortens
+        // it for the cookies already out there too. One signed in the future
+        // was not signed by this shop's clocks.
+        if now >= payload.exp
+            || now >= payload.iat.saturating_add(self.ttl_s)
+            || payload.iat > now.saturating_add(CLOCK_SKEW_S)
+        {
             return Err(Rejection::Expired);
         }
         // Signed by this shop, so it followed the rules when signed; the
@@ -194,6 +215,8 @@ impl Codec {
             cart,
             key: age,
             dropped: dropped.into_iter().map(|line| line.sku).collect(),
+            iat: payload.iat,
+            exp: payload.exp,
         })
     }
 
@@ -274,6 +297,26 @@ mod tests {
         let verified = codec.verify("cart", &token, 1_001).expect("valid");
         assert_eq!(verified.cart, cart(), "the line still sold is kept");
         assert_eq!(verified.dropped, ["TEE-PINK-M"]);
+    }
+
+    #[test]
+    fn a_shorter_lifetime_applies_to_cookies_already_signed() {
+        let week = 7 * 24 * 3_600;
+        let long_lived = Codec::new(codec().keys, week);
+        let token = long_lived.sign("cart", &cart(), 1_000);
+        // The operator shortens the lifetime to an hour: a cookie signed two
+        // hours ago no longer verifies, whatever its own `exp` says.
+        assert!(codec().verify("cart", &token, 1_000 + 3_599).is_ok());
+        assert_eq!(
+            codec().verify("cart", &token, 1_000 + 3_600).err(),
+            Some(Rejection::Expired)
+        );
+        // Nor does one claiming to be signed in the future.
+        let ahead = long_lived.sign("cart", &cart(), 10_000);
+        assert_eq!(
+            codec().verify("cart", &ahead, 1_000).err(),
+            Some(Rejection::Expired)
+        );
     }
 
     #[test]

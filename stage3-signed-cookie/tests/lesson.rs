@@ -421,9 +421,28 @@ async fn old_secret_still_verifies_and_is_resigned() {
         Some(new_kid.as_str()),
         "signed with the new key"
     );
+    assert_eq!(
+        times_of(&resigned),
+        times_of(&cookie),
+        "re-signed, not renewed: a replayed old cookie gets no new lifetime"
+    );
     let again = view(&after_rotation.url(), Some(&resigned)).await;
     assert_eq!(again.skus(), [("POLO-GREEN-S".to_owned(), 3)]);
     assert_eq!(again.verdict, None);
+}
+
+/// A token's `iat` and `exp`, read from its (readable, signed) payload.
+fn times_of(token: &str) -> (u64, u64) {
+    use base64::Engine;
+    let payload = token.split('.').nth(2).expect("a payload");
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("base64");
+    let payload: Value = serde_json::from_slice(&json).expect("JSON");
+    (
+        payload["iat"].as_u64().expect("iat"),
+        payload["exp"].as_u64().expect("exp"),
+    )
 }
 
 #[tokio::test]
@@ -510,6 +529,15 @@ fn short_secret_refuses_to_start() {
     assert!(!short.status.success(), "16 bytes is too short");
     let stderr = String::from_utf8_lossy(&short.stderr);
     assert!(stderr.contains("at least 32 bytes"), "{stderr}");
+
+    let mut instant = std::process::Command::new(env!("CARGO_BIN_EXE_stage3"));
+    instant
+        .args(["serve", "--port", "0", "--id", "x", "--cart-ttl", "0s"])
+        .env("SHOP_COOKIE_SECRET", SECRET);
+    let instant = instant.output().expect("runs");
+    assert!(!instant.status.success(), "a cart that expires at once");
+    let stderr = String::from_utf8_lossy(&instant.stderr);
+    assert!(stderr.contains("--cart-ttl 0s is too short"), "{stderr}");
 
     let missing = run(None);
     assert!(!missing.status.success());
