@@ -54,7 +54,7 @@ pub static INFO: StageInfo = StageInfo {
     lesson: "Your cart travels in a signed cookie: any instance serves you, tampering is caught, and the cart must fit in 4 KB.",
     try_this: &[
         "open {url}, add items and watch the cookie meter under the cart; round-robin moves you and nothing is lost",
-        "fill the cart (a few dozen lines) until the shop refuses with 413 cart_too_large_for_cookie",
+        "fill the cart (about 150 lines) until the shop refuses with 413 cart_too_large_for_cookie",
         "curl -s -c jar -b jar {url}/api/cart ; edit one character of the cart cookie in jar ; curl -si -b jar {url}/api/cart | grep -i x-cart-cookie",
         "cargo run -p stage3 -- demo   (tampering, the 4 KB wall, replay and the last-writer-wins race, narrated)",
     ],
