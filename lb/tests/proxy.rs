@@ -214,33 +214,42 @@ async fn impatient_balancer() -> (support::TestBackend, support::TestLb) {
 
 /// Posts to `/count` through `lb` a body of `pieces` of 64 KiB, one every
 /// `every`; the body then ends, or (`stalls`) is held open, sending nothing
-/// more, until the answer comes.
+/// more, until the answer comes. Returns the answer, and how long after the
+/// request began it came.
 async fn post_in_pieces(
     lb: &support::TestLb,
     pieces: usize,
     every: Duration,
     stalls: bool,
-) -> hyper::Response<hyper::body::Incoming> {
+) -> (hyper::Response<hyper::body::Incoming>, Duration) {
     let (mut tx, body) = Channel::<Bytes, Infallible>::new(1);
     let client = Client::builder(TokioExecutor::new()).build_http::<Channel<Bytes, Infallible>>();
     let request = hyper::Request::post(lb.url("/count"))
         .body(body)
         .expect("request");
-    let sent = tokio::spawn(client.request(request));
+    let began = std::time::Instant::now();
+    let sent = tokio::spawn(async move {
+        let response = client.request(request).await;
+        (response, began.elapsed())
+    });
     for _ in 0..pieces {
         tokio::time::sleep(every).await;
-        tx.send_data(Bytes::from(vec![7u8; 64 * 1024]))
+        // A send that fails means the exchange already ended: the answer says how.
+        if tx
+            .send_data(Bytes::from(vec![7u8; 64 * 1024]))
             .await
-            .expect("send");
+            .is_err()
+        {
+            break;
+        }
     }
     let open = stalls.then_some(tx);
-    let response = tokio::time::timeout(STREAM_STEP, sent)
+    let (response, after) = tokio::time::timeout(STREAM_STEP, sent)
         .await
         .expect("an answer in time")
-        .expect("task")
-        .expect("response");
+        .expect("task");
     drop(open);
-    response
+    (response.expect("response"), after)
 }
 
 #[tokio::test]
@@ -248,7 +257,7 @@ async fn a_slow_upload_that_keeps_moving_is_not_cut_at_the_request_timeout() {
     let (_b, lb) = impatient_balancer().await;
     // Twelve pieces, 150 ms apart: 1.8 s in all, four request timeouts,
     // and never 400 ms without a piece.
-    let response = post_in_pieces(&lb, 12, Duration::from_millis(150), false).await;
+    let (response, _) = post_in_pieces(&lb, 12, Duration::from_millis(150), false).await;
     assert_eq!(response.status(), StatusCode::OK);
     let counted = body_of(response).await;
     assert_eq!(&counted[..], (12 * 64 * 1024).to_string().as_bytes());
@@ -257,10 +266,17 @@ async fn a_slow_upload_that_keeps_moving_is_not_cut_at_the_request_timeout() {
 #[tokio::test]
 async fn an_upload_that_stalls_is_given_up_a_request_timeout_after_its_last_piece() {
     let (_b, lb) = impatient_balancer().await;
-    // Three pieces, then nothing, the body still open: the backend waits
-    // for the rest, and the balancer gives up on the exchange.
-    let response = post_in_pieces(&lb, 3, Duration::from_millis(150), true).await;
+    // Five pieces, then nothing, the body still open: the backend waits
+    // for the rest, and the balancer gives up on the exchange, but only
+    // once the last piece (at 750 ms, past one 400 ms timeout) has been
+    // followed by 400 ms of silence.
+    let every = Duration::from_millis(150);
+    let (response, after) = post_in_pieces(&lb, 5, every, true).await;
     assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert!(
+        after >= every * 5,
+        "given up while the upload still moved: after {after:?}"
+    );
     let backend = lb.balancer.backends().get("b1").expect("b1");
     assert_eq!(backend.in_flight(), 0, "its request slot is free again");
 }

@@ -112,11 +112,12 @@ struct ServeArgs<A: Args> {
     /// two cores all got faster with one thread each).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     threads: u16,
-    /// A balancer whose X-Forwarded-Proto and X-Forwarded-For are
-    /// believed: its address, or a network of balancers (10.0.0.0/16);
-    /// repeat for each. When it says the shopper came over HTTPS, every
-    /// cookie this instance sets is marked Secure. The headers from any
-    /// other peer are ignored: anyone can send them. Default: none.
+    /// A balancer whose X-Forwarded-Proto and X-Forwarded-For, and whose
+    /// health checks' X-LB-Backend-State (draining), are believed: its
+    /// address, or a network of balancers (10.0.0.0/16); repeat for each.
+    /// When it says the shopper came over HTTPS, every cookie this instance
+    /// sets is marked Secure. The headers from any other peer are ignored:
+    /// anyone can send them. Default: none.
     #[arg(long = "trusted-proxy", value_name = "IP[/PREFIX]", value_parser = crate::instance::parse_trusted_proxy)]
     trusted_proxies: Vec<ipnet::IpNet>,
     #[command(flatten)]

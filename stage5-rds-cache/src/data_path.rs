@@ -41,7 +41,7 @@ pub enum Step {
     Primary,
     /// The cached copy was replaced by the write's mark after the commit.
     Invalidated,
-    /// Deleting the cached copy failed (it expires with its TTL).
+    /// Marking the cached copy out of date failed (it expires with its TTL).
     InvalidateFailed,
 }
 

@@ -151,6 +151,9 @@ impl FailoverManager {
         // standby that was not in sync then may lack acknowledged writes.
         let mut last_seen = StandbySeen::default();
         let mut refused = false;
+        // The primary's start count at the last check: failures counted
+        // before it was started again say nothing of the server now.
+        let mut starts_seen = None;
         let mut ticker = tokio::time::interval(PROBE_EVERY);
         // After a stall (the tier's lock held through a long rejoin), the
         // next checks come a second apart, not all at once: three instant
@@ -172,8 +175,14 @@ impl FailoverManager {
                     pg.primary_starts(),
                 )
             };
+            if starts_seen.replace(primary_starts) != Some(primary_starts) {
+                primary_failures = 0;
+                refused = false;
+            }
             let probe = tokio::time::timeout(PROBE_EVERY, check(&url)).await;
-            if let Ok(Err(sqlx::Error::Database(error))) = &probe {
+            if let Ok(Err(sqlx::Error::Database(error))) = &probe
+                && is_busy(error.code().as_deref())
+            {
                 // The server answered, with a refusal: "too many clients"
                 // when the shop's pools have every connection, "starting
                 // up" just after a restart. A busy primary is not a dead
@@ -181,7 +190,7 @@ impl FailoverManager {
                 // server (and, with an asynchronous standby, writes).
                 // What it says of its standby stays what it last said.
                 primary_failures = 0;
-                tracing::debug!(%error, "the primary answered the check with a refusal");
+                tracing::warn!(%error, "the primary refused the check: busy, not dead");
                 continue;
             }
             let Ok(Ok(seen)) = probe else {
@@ -367,6 +376,13 @@ struct StandbySeen {
     /// ... and the primary waits for it (`sync_state` sync or quorum):
     /// every commit acknowledged is on it.
     synchronous: bool,
+}
+
+/// Whether a refusal (its SQLSTATE) means "alive, but busy": too many
+/// connections (53300), or starting up (57P03). Any other error, such as a
+/// server stuck in recovery or refusing logins, is no answer.
+fn is_busy(sqlstate: Option<&str>) -> bool {
+    matches!(sqlstate, Some("53300" | "57P03"))
 }
 
 /// Asks the primary whether it answers, and what it says of its standby.

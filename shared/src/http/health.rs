@@ -48,10 +48,18 @@ pub(super) async fn healthz<S: Stage>(
     headers: HeaderMap,
 ) -> Json<Health> {
     let said = headers.get(BALANCER_SAYS).and_then(|v| v.to_str().ok());
-    if matches!(said, Some("draining" | "removed"))
-        && !*shop.instance.leaving().borrow()
-        && shop.instance.trusts_proxy(peer.ip())
-    {
+    let leaving = matches!(said, Some("draining" | "removed"));
+    if leaving && !shop.instance.trusts_proxy(peer.ip()) {
+        // Said again on every health check: once is enough to explain why
+        // a draining instance keeps its sockets.
+        static TOLD: std::sync::Once = std::sync::Once::new();
+        TOLD.call_once(|| {
+            tracing::warn!(
+                peer = %peer.ip(),
+                "ignoring X-LB-Backend-State from a peer that is not a --trusted-proxy"
+            );
+        });
+    } else if leaving && !*shop.instance.leaving().borrow() {
         tracing::info!(state = said, "the balancer says this instance is leaving");
         shop.instance.leave();
     }

@@ -61,6 +61,10 @@ use crate::sessions::{
 /// The sessions' table.
 pub const TABLE: &str = "myclothes_sessions";
 
+/// The most idempotency records one pruning removes (see
+/// `forget_old_keys`): their names fit well inside an expression's 4 KB.
+const FORGET_AT_ONCE: usize = 100;
+
 /// How often a change is tried again when the cart changed between its
 /// refused condition and the read that explains the refusal.
 const MAX_ATTEMPTS: u32 = 5;
@@ -412,10 +416,15 @@ impl DynamoSessions {
             // Never create an item for a session deleted meanwhile.
             .condition_expression("attribute_exists(applied)");
         let mut removed = Vec::new();
+        // At most FORGET_AT_ONCE per call, oldest first: an expression is
+        // limited to 4 KB, and an item that grew large before this pruning
+        // existed shrinks over a few changes instead of failing every time.
         let forgotten = newest_first
             .iter()
             .enumerate()
-            .filter(|&(rank, &(kept_until, _))| rank >= REMEMBERED_KEYS || kept_until <= now_ms);
+            .filter(|&(rank, &(kept_until, _))| rank >= REMEMBERED_KEYS || kept_until <= now_ms)
+            .rev()
+            .take(FORGET_AT_ONCE);
         for (n, (_, (_, key))) in forgotten.enumerate() {
             let placeholder = format!("#old{n}");
             removed.push(format!("applied.{placeholder}"));
@@ -427,7 +436,7 @@ impl DynamoSessions {
             sessions::round_trip();
             match tokio::time::timeout(timeout, request.send()).await {
                 Ok(Ok(_)) => {}
-                Ok(Err(error)) => tracing::debug!(
+                Ok(Err(error)) => tracing::warn!(
                     error = %DisplayErrorContext(&error),
                     "old idempotency records not removed; the next change tries again"
                 ),
