@@ -7,7 +7,12 @@
 //!   with the write's *mark*: where the write ended in the primary's WAL.
 //!   Dropping the copy rather than writing the new value means two writers
 //!   cannot leave the older value in the cache; doing it after the commit
-//!   means the next reader cannot refill it from before the write.
+//!   means the next reader cannot refill it from before the write. Two
+//!   writes' marks can reach Redis in either order, so the later write's
+//!   mark is the one kept: an earlier one replacing it would let a replica
+//!   that has replayed only the earlier write fill the entry. (A mark held
+//!   up until a later write's mark was *and a fill after it* came still
+//!   replaces that fill: a cached answer does not say how new it is.)
 //! * **A fill cannot put back what a write replaced.** A plain `DEL` would
 //!   leave two races. A reader that read the old row just before the
 //!   commit could store it just after the delete; and a reader on a
@@ -17,7 +22,7 @@
 //!   included, for a whole TTL. So a miss remembers what it found under
 //!   the key (nothing, or a mark), a reader that found a mark reads no
 //!   older than the write it marks (the replica only once it has replayed
-//!   that far), and the fill is a script (`cache_fill.lua`) that stores
+//!   that far), and the fill is a script (`cache_swap.lua`) that stores
 //!   the answer only if the key still holds what the miss found. The
 //!   rejected alternative, a version number per cached value as stage 4's
 //!   `dynamodb-cached` keeps, needs a counter the database does not have;
@@ -42,8 +47,16 @@ use redis::aio::ConnectionManager;
 use crate::data_path::Step;
 use crate::db::WalPosition;
 
-static FILL_SCRIPT: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("cache_fill.lua")));
+/// Replace an entry only if it still holds what was found there: how a
+/// fill and a write's mark each avoid replacing something newer.
+static SWAP_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("cache_swap.lua")));
+
+/// How many times a write looks again when the entry changed between its
+/// look and its mark (a fill or another write landed in between). Each
+/// such change needs another client's round trip in that gap, so a few
+/// tries are plenty; past them the mark is reported as failed.
+const MARK_ATTEMPTS: usize = 5;
 
 /// What the cache counts, for `/metrics` and the benchmarks.
 #[derive(Debug, Default)]
@@ -191,7 +204,7 @@ impl Cache {
         let Some(redis) = &self.redis else { return };
         let mut redis = redis.clone();
         let ttl_ms = self.ttl_ms();
-        let mut fill = FILL_SCRIPT.key(Self::key(name));
+        let mut fill = SWAP_SCRIPT.key(Self::key(name));
         fill.arg(mark.map_or(&[][..], |mark| &mark.held))
             .arg(bytes)
             .arg(ttl_ms.saturating_add(jitter(ttl_ms / 10)));
@@ -208,30 +221,70 @@ impl Cache {
     }
 
     /// Replaces the cached copy of `name` with the mark of a write that
-    /// ended at `written_at`. The mark lives as long as a cached copy would:
-    /// past that, a replica that far behind is the lesson's outage.
+    /// ended at `written_at`, unless a later write's mark is there already.
+    /// The mark lives as long as a cached copy would: past that, a replica
+    /// that far behind is the lesson's outage.
     pub async fn invalidate(&self, name: &str, written_at: &WalPosition, path: &mut Vec<Step>) {
         let Some(redis) = &self.redis else { return };
-        let mut redis = redis.clone();
-        let mut command = redis::cmd("SET");
-        command
-            .arg(Self::key(name))
-            .arg(Mark::of(written_at).held)
-            .arg("PX")
-            .arg(self.ttl_ms());
-        let call = command.query_async::<()>(&mut redis);
+        let (key, mark) = (Self::key(name), Mark::of(written_at));
+        let call = self.place(redis.clone(), &key, &mark);
         match tokio::time::timeout(self.timeout, call).await {
-            Ok(Ok(_)) => path.push(Step::Invalidated),
+            Ok(Ok(true)) => path.push(Step::Invalidated),
             outcome => {
                 count(&self.stats.errors);
+                let reason = match outcome {
+                    Ok(Ok(_)) => "the entry kept changing".to_owned(),
+                    Ok(Err(error)) => error.to_string(),
+                    Err(_) => "timed out".to_owned(),
+                };
                 tracing::warn!(
-                    ok = outcome.is_ok(),
+                    reason,
                     key = name,
                     "could not invalidate; the stale copy lives until its TTL"
                 );
                 path.push(Step::InvalidateFailed);
             }
         }
+    }
+
+    /// Leaves `mark` under `key` unless a mark at least as late is there.
+    /// Looks, then swaps only what it saw (`cache_swap.lua`); when the
+    /// entry changed in between, looks again. `Ok(false)`: it kept changing.
+    ///
+    /// The rejected alternative, comparing WAL positions inside a script,
+    /// is one round trip instead of two, but it would be a second copy of
+    /// [`WalPosition::later`] written in Lua; a write goes to the primary
+    /// and waits for its commit anyway, so the extra round trip is small.
+    async fn place(
+        &self,
+        mut redis: ConnectionManager,
+        key: &str,
+        mark: &Mark,
+    ) -> redis::RedisResult<bool> {
+        for _ in 0..MARK_ATTEMPTS {
+            let held: Option<Vec<u8>> = redis::cmd("GET").arg(key).query_async(&mut redis).await?;
+            let held = match Mark::read(held.unwrap_or_default()) {
+                Ok(found) => {
+                    let later = WalPosition::later(Some(&found.written_at), Some(&mark.written_at));
+                    if later == Some(&found.written_at) {
+                        return Ok(true);
+                    }
+                    found.held
+                }
+                Err(answer) => answer,
+            };
+            let placed = SWAP_SCRIPT
+                .key(key)
+                .arg(held)
+                .arg(&mark.held)
+                .arg(self.ttl_ms())
+                .invoke_async::<bool>(&mut redis)
+                .await?;
+            if placed {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     fn ttl_ms(&self) -> u64 {
@@ -327,5 +380,29 @@ mod tests {
             Lookup::Hit(bytes) => assert_eq!(bytes, br#"{"name":"new"}"#),
             other => panic!("expected a hit, got {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn an_earlier_writes_mark_landing_late_keeps_the_later_one() {
+        let server = cache_server().await;
+        let cache = cache_in(&server);
+        let mut path = Vec::new();
+        // Two writes commit, the second further along the WAL, but their
+        // marks reach Redis in the other order...
+        let first = WalPosition::from_stored("1:0/3000148");
+        let second = WalPosition::from_stored("1:0/A000000");
+        cache.invalidate("profile:1", &second, &mut path).await;
+        cache.invalidate("profile:1", &first, &mut path).await;
+        assert_eq!(path, [Step::Invalidated, Step::Invalidated]);
+        // ...and a reader still learns that it must read past the second:
+        // a replica that has replayed only the first has the old profile.
+        let found = mark_of(cache.get("profile:1", &mut path).await).expect("a mark");
+        assert_eq!(found.written_at, second);
+        // A later write (here, after a failover: a new timeline) still
+        // replaces it.
+        let after_failover = WalPosition::from_stored("2:0/5000000");
+        cache.invalidate("profile:1", &after_failover, &mut path).await;
+        let found = mark_of(cache.get("profile:1", &mut path).await).expect("a mark");
+        assert_eq!(found.written_at, after_failover);
     }
 }
