@@ -19,7 +19,8 @@
 //!   failure is answered as the client's fault (400), not the backend's;
 //!   and when a piece of it last went through ([`Upload`]), so that the
 //!   wait for the backend's answer counts from there: a long upload that
-//!   keeps moving is not cut at the request timeout, a stalled one is;
+//!   keeps moving is not cut at the request timeout, a stalled one is, and
+//!   so is one that trickles in below [`MIN_UPLOAD_RATE`];
 //!   and which, if the answer comes before the upload is done (a backend's
 //!   early 413), keeps reading and dropping the rest for a while
 //!   ([`linger`]). Closing a connection with unread data in it makes the
@@ -202,23 +203,49 @@ pub fn linger(mut body: Incoming) {
     });
 }
 
+/// The slowest a request body may come in, in bytes per second, once the
+/// request timeout has passed: an upload may take the timeout plus one
+/// second for every this many bytes it has sent. Without a floor, a client
+/// sending a byte just inside every timeout (the "slow POST" attack)
+/// holds a backend's request slot for as long as it likes, and a few
+/// hundred such clients hold them all. Apache's `mod_reqtimeout` has the
+/// same rule (`MinRate=500`); a phone on a poor line still sends tens of
+/// kilobytes a second.
+pub const MIN_UPLOAD_RATE: u64 = 500;
+
 /// What the proxy learns of a client's request body on its way to a
-/// backend: whether it broke, and when a piece of it last went through.
+/// backend: whether it broke, how much of it went through, and when.
 #[derive(Debug)]
 pub struct Upload {
     broken: AtomicBool,
     started: Instant,
     /// Milliseconds after `started`.
     last_moved_ms: AtomicU64,
+    /// Bytes that went through.
+    received: AtomicU64,
+    /// Whether the whole body went through.
+    finished: AtomicBool,
 }
 
 impl Upload {
-    /// A body that has not moved yet (or is held whole, and never will).
+    /// A body already whole (empty, or held before it is sent): nothing of
+    /// it will move, and no rate applies.
     pub fn new() -> Arc<Self> {
+        Self::with(true)
+    }
+
+    /// A body streamed from the client as it comes.
+    fn streaming() -> Arc<Self> {
+        Self::with(false)
+    }
+
+    fn with(finished: bool) -> Arc<Self> {
         Arc::new(Self {
             broken: AtomicBool::new(false),
             started: Instant::now(),
             last_moved_ms: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            finished: AtomicBool::new(finished),
         })
     }
 
@@ -233,9 +260,24 @@ impl Upload {
         self.started + Duration::from_millis(self.last_moved_ms.load(Ordering::Relaxed))
     }
 
-    fn moved(&self) {
+    /// Until when the upload may go on at [`MIN_UPLOAD_RATE`], given a
+    /// `grace` (the request timeout) before the rate counts; `None` once
+    /// the whole body went through (or for a body held whole): a wait
+    /// after that is the backend's.
+    pub fn rate_allows_until(&self, grace: Duration) -> Option<Instant> {
+        if self.finished.load(Ordering::Acquire) {
+            return None;
+        }
+        let received = self.received.load(Ordering::Relaxed);
+        let earned = Duration::from_millis(received.saturating_mul(1000) / MIN_UPLOAD_RATE);
+        Some(self.started + grace + earned)
+    }
+
+    fn moved(&self, bytes: usize) {
         let since = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.last_moved_ms.store(since, Ordering::Relaxed);
+        let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
+        self.received.fetch_add(bytes, Ordering::Relaxed);
     }
 }
 
@@ -251,7 +293,7 @@ pub struct FromClient {
 impl FromClient {
     /// Wraps `inner`, reporting on it in the [`Upload`] returned.
     pub fn new(inner: Incoming) -> (Self, Arc<Upload>) {
-        let upload = Upload::new();
+        let upload = Upload::streaming();
         let body = Self {
             inner: Some(inner),
             upload: Arc::clone(&upload),
@@ -271,11 +313,17 @@ impl Body for FromClient {
         let Some(inner) = self.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        let polled = Pin::new(inner).poll_frame(cx);
+        let polled = Pin::new(&mut *inner).poll_frame(cx);
+        let done = inner.is_end_stream();
         match &polled {
-            Poll::Ready(Some(Ok(_))) => self.upload.moved(),
+            Poll::Ready(Some(Ok(frame))) => {
+                self.upload.moved(frame.data_ref().map_or(0, Bytes::len));
+            }
             Poll::Ready(Some(Err(_))) => self.upload.broken.store(true, Ordering::Release),
             _ => {}
+        }
+        if done || matches!(polled, Poll::Ready(None)) {
+            self.upload.finished.store(true, Ordering::Release);
         }
         polled.map(|frame| frame.map(|result| result.map_err(Into::into)))
     }

@@ -47,6 +47,12 @@ pub enum LbError {
     /// in time.
     #[error("the request body did not arrive within {timeout_ms} ms")]
     BodyTimeout { timeout_ms: u128 },
+    /// 408 `request_timeout`: the client sent its body slower than the
+    /// balancer allows, once the request timeout had passed.
+    #[error(
+        "the request body came in slower than {min_rate} bytes a second; send it faster, or in smaller requests"
+    )]
+    UploadTooSlow { min_rate: u64 },
 }
 
 impl LbError {
@@ -59,7 +65,7 @@ impl LbError {
             Self::GatewayTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            Self::BodyTimeout { .. } | Self::UploadTooSlow { .. } => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -82,7 +88,7 @@ impl LbError {
             Self::GatewayTimeout { .. } => "gateway_timeout",
             Self::BadRequest(_) => "bad_request",
             Self::MethodNotAllowed(_) => "method_not_allowed",
-            Self::BodyTimeout { .. } => "request_timeout",
+            Self::BodyTimeout { .. } | Self::UploadTooSlow { .. } => "request_timeout",
         }
     }
 

@@ -58,6 +58,7 @@ pub use admin::AdminTokenError;
 pub use backend::{
     Backend, BackendSet, BackendSetError, BackendSpec, BackendSpecError, BackendState, Limits,
 };
+pub use body::MIN_UPLOAD_RATE;
 pub use headers::origin_matches_host;
 pub use health::{HealthConfig, STATE_HEADER};
 pub use policy::Policy;
@@ -89,7 +90,8 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// How long to wait for a backend's response head once the request is
     /// sent (a streamed upload: once its last piece went through, so one
-    /// that keeps moving is never cut), and then for each next piece of its
+    /// that keeps moving is never cut, unless it trickles in below
+    /// [`MIN_UPLOAD_RATE`] past this timeout), and then for each next piece of its
     /// body (nginx's `proxy_read_timeout`: a backend frozen half-way is
     /// given up); also
     /// how long a small idempotent request's body, held whole so that it

@@ -71,7 +71,7 @@ use crate::Config;
 use crate::admin;
 use crate::admin::AdminAccess;
 use crate::backend::{Backend, BackendSet, BackendSetError, HealthChange, Limits, Refused};
-use crate::body::{FromClient, ProxyBody, Tracked, Upload, linger};
+use crate::body::{FromClient, MIN_UPLOAD_RATE, ProxyBody, Tracked, Upload, linger};
 use crate::client::{ClientIo, Place};
 use crate::dial::Dial;
 use crate::errors::{LbError, json_response};
@@ -818,9 +818,12 @@ impl Balancer {
                     None => Attempt::Failed(failed),
                 }
             }
-            Err(_elapsed) => Attempt::Failed(LbError::GatewayTimeout {
+            Err(GaveUp::Silent) => Attempt::Failed(LbError::GatewayTimeout {
                 backend: backend.name().to_owned(),
                 timeout_ms: self.request_timeout.as_millis(),
+            }),
+            Err(GaveUp::UploadTooSlow) => Attempt::Failed(LbError::UploadTooSlow {
+                min_rate: MIN_UPLOAD_RATE,
             }),
         }
     }
@@ -877,26 +880,42 @@ impl Balancer {
 /// a long upload that never stopped moving (a 100 MB file at 2 MB/s takes
 /// 50 s); a stalled one is still cut, one timeout after its last piece.
 /// nginx's `proxy_send_timeout` and `proxy_read_timeout`, and HAProxy's
-/// `timeout server`, are limits on silence in the same way.
+/// `timeout server`, are limits on silence in the same way. Silence alone
+/// is no limit on a body that trickles in, a byte just inside each
+/// timeout, so one that falls below [`MIN_UPLOAD_RATE`] is cut too.
 async fn answered_within<T>(
     timeout: Duration,
     upload: &Upload,
     exchange: impl Future<Output = T>,
-) -> Result<T, tokio::time::error::Elapsed> {
+) -> Result<T, GaveUp> {
     let mut exchange = std::pin::pin!(exchange);
     let mut deadline = tokio::time::Instant::now() + timeout;
     loop {
         match tokio::time::timeout_at(deadline, exchange.as_mut()).await {
-            Err(elapsed) => {
-                let moved_since = upload.last_moved() + timeout;
-                if moved_since <= deadline {
-                    return Err(elapsed);
+            Ok(answered) => return Ok(answered),
+            Err(_) => {
+                let silence_ends = upload.last_moved() + timeout;
+                match upload.rate_allows_until(timeout) {
+                    Some(rate_ends) if rate_ends <= deadline && rate_ends < silence_ends => {
+                        return Err(GaveUp::UploadTooSlow);
+                    }
+                    _ if silence_ends <= deadline => return Err(GaveUp::Silent),
+                    Some(rate_ends) => deadline = silence_ends.min(rate_ends),
+                    None => deadline = silence_ends,
                 }
-                deadline = moved_since;
             }
-            answered => return answered,
         }
     }
+}
+
+/// Why [`answered_within`] gave up.
+#[derive(Debug, PartialEq, Eq)]
+enum GaveUp {
+    /// Neither an answer nor a piece of the body for a whole timeout: the
+    /// backend's to answer for (504).
+    Silent,
+    /// The body came in below [`MIN_UPLOAD_RATE`]: the client's (408).
+    UploadTooSlow,
 }
 
 /// The request to send upstream, with what is needed to send it again (an

@@ -13,7 +13,7 @@ use http_body_util::channel::Channel;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use lb::{BackendSpec, Policy};
+use lb::{BackendSpec, MIN_UPLOAD_RATE, Policy};
 use reqwest::StatusCode;
 use serde_json::Value;
 use support::{backend, balancer, balancer_with, closed_port};
@@ -212,19 +212,20 @@ async fn impatient_balancer() -> (support::TestBackend, support::TestLb) {
     (b, lb)
 }
 
-/// Posts to `/count` through `lb` a body of `pieces` of 64 KiB, one every
+/// Posts to `path` through `lb` a body of `pieces` of `piece_bytes`, one every
 /// `every`; the body then ends, or (`stalls`) is held open, sending nothing
 /// more, until the answer comes. Returns the answer, and how long after the
 /// request began it came.
 async fn post_in_pieces(
     lb: &support::TestLb,
-    pieces: usize,
+    path: &str,
+    (pieces, piece_bytes): (usize, usize),
     every: Duration,
     stalls: bool,
 ) -> (hyper::Response<hyper::body::Incoming>, Duration) {
     let (mut tx, body) = Channel::<Bytes, Infallible>::new(1);
     let client = Client::builder(TokioExecutor::new()).build_http::<Channel<Bytes, Infallible>>();
-    let request = hyper::Request::post(lb.url("/count"))
+    let request = hyper::Request::post(lb.url(path))
         .body(body)
         .expect("request");
     let began = std::time::Instant::now();
@@ -236,7 +237,7 @@ async fn post_in_pieces(
         tokio::time::sleep(every).await;
         // A send that fails means the exchange already ended: the answer says how.
         if tx
-            .send_data(Bytes::from(vec![7u8; 64 * 1024]))
+            .send_data(Bytes::from(vec![7u8; piece_bytes]))
             .await
             .is_err()
         {
@@ -257,7 +258,14 @@ async fn a_slow_upload_that_keeps_moving_is_not_cut_at_the_request_timeout() {
     let (_b, lb) = impatient_balancer().await;
     // Twelve pieces, 150 ms apart: 1.8 s in all, four request timeouts,
     // and never 400 ms without a piece.
-    let (response, _) = post_in_pieces(&lb, 12, Duration::from_millis(150), false).await;
+    let (response, _) = post_in_pieces(
+        &lb,
+        "/count",
+        (12, 64 * 1024),
+        Duration::from_millis(150),
+        false,
+    )
+    .await;
     assert_eq!(response.status(), StatusCode::OK);
     let counted = body_of(response).await;
     assert_eq!(&counted[..], (12 * 64 * 1024).to_string().as_bytes());
@@ -271,7 +279,7 @@ async fn an_upload_that_stalls_is_given_up_a_request_timeout_after_its_last_piec
     // once the last piece (at 750 ms, past one 400 ms timeout) has been
     // followed by 400 ms of silence.
     let every = Duration::from_millis(150);
-    let (response, after) = post_in_pieces(&lb, 5, every, true).await;
+    let (response, after) = post_in_pieces(&lb, "/count", (5, 64 * 1024), every, true).await;
     assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
     assert!(
         after >= every * 5,
@@ -279,6 +287,54 @@ async fn an_upload_that_stalls_is_given_up_a_request_timeout_after_its_last_piec
     );
     let backend = lb.balancer.backends().get("b1").expect("b1");
     assert_eq!(backend.in_flight(), 0, "its request slot is free again");
+}
+
+#[tokio::test]
+async fn an_upload_that_trickles_in_is_cut_once_below_the_minimum_rate() {
+    let (_b, lb) = impatient_balancer().await;
+    // A byte every 150 ms, for 3 s: never 400 ms without a piece, so a
+    // limit on silence alone would let it hold its slot to the end (or,
+    // a byte just inside each timeout, for ever). Past the timeout the
+    // upload must come in at MIN_UPLOAD_RATE, and it is cut.
+    let every = Duration::from_millis(150);
+    let (response, after) = post_in_pieces(&lb, "/count", (20, 1), every, false).await;
+    assert!(
+        after < every * 20,
+        "cut before the trickle ended, not answered at its end: after {after:?}"
+    );
+    let status = response.status();
+    let body: Value = serde_json::from_slice(&body_of(response).await).expect("a JSON error");
+    assert_eq!(
+        status,
+        StatusCode::REQUEST_TIMEOUT,
+        "the client's fault: {body}"
+    );
+    assert_eq!(body["error"], "request_timeout");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&format!("{MIN_UPLOAD_RATE} bytes a second"))),
+        "{body}"
+    );
+    let backend = lb.balancer.backends().get("b1").expect("b1");
+    assert_eq!(backend.in_flight(), 0, "its request slot is free again");
+    assert_eq!(backend.errors(), 0, "not counted against the backend");
+}
+
+#[tokio::test]
+async fn a_slow_answer_to_a_finished_upload_is_the_backends_504_not_the_clients_408() {
+    let (b, lb) = impatient_balancer().await;
+    // Ten bytes, 200 ms after the headers, and the body ends: far below
+    // the minimum rate on average, but whole. The backend then holds its
+    // answer; the wait past the timeout is the backend's, not the client's.
+    let (response, after) =
+        post_in_pieces(&lb, "/hold", (1, 10), Duration::from_millis(200), false).await;
+    b.gates.release.notify_waiters();
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert!(
+        after >= Duration::from_millis(600),
+        "a timeout after the body's end: {after:?}"
+    );
 }
 
 #[tokio::test]

@@ -100,7 +100,7 @@ pub async fn backend(name: &str) -> TestBackend {
         .route("/echo", any(echo))
         .route("/count", post(count))
         .route("/upload-gated", post(upload_gated))
-        .route("/hold", get(hold))
+        .route("/hold", get(hold).post(hold))
         .route("/stream", get(stream))
         .route("/big", get(big))
         .route("/hop", get(hop))
