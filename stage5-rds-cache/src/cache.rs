@@ -401,7 +401,9 @@ mod tests {
         // A later write (here, after a failover: a new timeline) still
         // replaces it.
         let after_failover = WalPosition::from_stored("2:0/5000000");
-        cache.invalidate("profile:1", &after_failover, &mut path).await;
+        cache
+            .invalidate("profile:1", &after_failover, &mut path)
+            .await;
         let found = mark_of(cache.get("profile:1", &mut path).await).expect("a mark");
         assert_eq!(found.written_at, after_failover);
     }
