@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use shop::services::postgres::{find_bindir, hand_over, server_user};
-use shop::services::{ManagedProcess, ServiceError, private_dir, run_to_end_in};
+use shop::services::{ManagedProcess, ServiceError, private_dir, run_to_end_in, run_to_end_within};
 use tempfile::TempDir;
 
 use crate::region::Machine;
@@ -116,6 +116,14 @@ impl Node {
 /// How long `pg_rewind` and `pg_basebackup` wait for a connection.
 const CONNECT_TIMEOUT_S: u32 = 10;
 
+/// How long a rejoin's `pg_rewind` or `pg_basebackup` may run in all. The
+/// connect timeout covers a primary that is gone; one *frozen* half-way
+/// through the copy keeps the connection open, and without this the copy
+/// (and the tier's lock, which the failover manager needs to act on that
+/// very primary) would wait for as long as the freeze lasts. A teaching
+/// cluster's data copies in seconds; a real one's would need far more.
+const COPY_WITHIN: Duration = Duration::from_secs(60);
+
 /// The three servers, stopped and deleted when dropped.
 #[derive(Debug)]
 pub struct PostgresHa {
@@ -178,9 +186,9 @@ impl PostgresHa {
         };
         ha.init_primary()?;
         ha.start_node(NodeName::A).await?;
-        ha.clone_from(NodeName::B, NodeName::A)?;
+        ha.clone_from(NodeName::B, NodeName::A).await?;
         ha.start_node(NodeName::B).await?;
-        ha.clone_from(NodeName::Replica, NodeName::B)?;
+        ha.clone_from(NodeName::Replica, NodeName::B).await?;
         ha.start_node(NodeName::Replica).await?;
         Ok(ha)
     }
@@ -265,7 +273,7 @@ impl PostgresHa {
         } else if name == NodeName::Replica {
             "restarted; catches up from the standby".to_owned()
         } else if self.was_a_primary(name) {
-            match self.rewind(name) {
+            match self.rewind(name).await {
                 Ok(()) => format!(
                     "rewound with pg_rewind onto {}'s timeline",
                     self.primary.as_str()
@@ -282,7 +290,7 @@ impl PostgresHa {
                         }
                         _ => {}
                     }
-                    self.clone_from(name, self.primary)?;
+                    self.clone_from(name, self.primary).await?;
                     "copied afresh from the primary (pg_rewind could not)".to_owned()
                 }
             }
@@ -394,11 +402,11 @@ impl PostgresHa {
 
     /// A base backup of `source` into `target`'s folder, streamed from
     /// inside `target`'s machine (so it crosses the zones' network).
-    fn clone_from(&self, target: NodeName, source: NodeName) -> Result<(), ServiceError> {
+    async fn clone_from(&self, target: NodeName, source: NodeName) -> Result<(), ServiceError> {
         let (host, port) = self.address_of(source);
         let node = self.node(target);
         let data = node.data.to_string_lossy().into_owned();
-        run_to_end_in(
+        run_to_end_within(
             "pg_basebackup",
             &self.bin("pg_basebackup"),
             [
@@ -418,9 +426,10 @@ impl PostgresHa {
                 "--no-sync",
             ],
             &self.log(&format!("{}-basebackup", target.as_str())),
-            self.user.as_deref(),
-            node.machine.netns.as_deref(),
-        )?;
+            (self.user.as_deref(), node.machine.netns.as_deref()),
+            COPY_WITHIN,
+        )
+        .await?;
         std::fs::write(node.data.join("standby.signal"), "")?;
         Ok(())
     }
@@ -431,17 +440,17 @@ impl PostgresHa {
     }
 
     /// `pg_rewind` of a former primary onto the current one.
-    fn rewind(&self, name: NodeName) -> Result<(), ServiceError> {
+    async fn rewind(&self, name: NodeName) -> Result<(), ServiceError> {
         let (host, port) = self.address_of(self.primary);
         let node = self.node(name);
         let data = node.data.to_string_lossy().into_owned();
         // A deadline on the connection: a primary whose zone is cut off
         // again would otherwise hold this (and the tier's lock) for as long
-        // as TCP keeps trying.
+        // as TCP keeps trying. `COPY_WITHIN` covers one frozen half-way.
         let source = format!(
             "host={host} port={port} user=postgres dbname=postgres connect_timeout={CONNECT_TIMEOUT_S}"
         );
-        run_to_end_in(
+        run_to_end_within(
             "pg_rewind",
             &self.bin("pg_rewind"),
             [
@@ -452,9 +461,10 @@ impl PostgresHa {
                 "--no-sync",
             ],
             &self.log(&format!("{}-rewind", name.as_str())),
-            self.user.as_deref(),
-            node.machine.netns.as_deref(),
+            (self.user.as_deref(), node.machine.netns.as_deref()),
+            COPY_WITHIN,
         )
+        .await
     }
 
     /// Writes `node.conf` (what differs per server) and starts the server

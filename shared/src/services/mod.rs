@@ -637,14 +637,66 @@ where
     if status.success() {
         return Ok(());
     }
+    Err(failed(program, format!("it failed ({status})"), log))
+}
+
+/// [`run_to_end_in`] with a deadline, for a command that copies from
+/// another server while the caller holds something others wait for (a
+/// `pg_basebackup` or `pg_rewind` of a rejoining zone). A connect timeout
+/// covers a source that is gone, but one *frozen* half-way keeps its TCP
+/// connection open and the copy waits forever; so past `limit` the command
+/// is killed and this fails. Awaited, not blocking: the caller's runtime
+/// keeps serving everything else meanwhile.
+pub async fn run_to_end_within<I, S>(
+    program: &'static str,
+    binary: &Path,
+    args: I,
+    log: &Path,
+    (as_user, netns): (Option<&str>, Option<&str>),
+    limit: Duration,
+) -> Result<(), ServiceError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let command = logged_command(binary, args, log, as_user, netns)?;
+    // The process started is the program itself: `ip netns exec` and
+    // `setpriv` each exec the next, so killing it kills the copy.
+    let mut child = tokio::process::Command::from(command)
+        .kill_on_drop(true)
+        .spawn()?;
+    match tokio::time::timeout(limit, child.wait()).await {
+        Ok(status) => {
+            let status = status?;
+            if status.success() {
+                return Ok(());
+            }
+            Err(failed(program, format!("it failed ({status})"), log))
+        }
+        Err(_) => {
+            let _ = child.kill().await;
+            Err(failed(
+                program,
+                format!(
+                    "it did not finish within {}s and was killed",
+                    limit.as_secs()
+                ),
+                log,
+            ))
+        }
+    }
+}
+
+/// The error of a setup command that failed, with the end of its log.
+fn failed(program: &'static str, reason: String, log: &Path) -> ServiceError {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
-    Err(ServiceError::NotReady {
+    ServiceError::NotReady {
         program,
-        reason: format!("it failed ({status})"),
+        reason,
         log: log.display().to_string(),
         tail: lines[lines.len().saturating_sub(15)..].join("\n"),
-    })
+    }
 }
 
 impl Drop for ManagedProcess {
@@ -657,6 +709,46 @@ impl Drop for ManagedProcess {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[tokio::test]
+    async fn a_setup_command_that_hangs_is_killed_at_its_deadline() {
+        let dir = private_dir("test").expect("a private folder");
+        let log = dir.path().join("sleep.log");
+        let sleep = find_on_path("sleep").expect("sleep is on PATH");
+        // A length no other process has, to find it by afterwards.
+        let length = format!("30.{}", std::process::id());
+        let started = Instant::now();
+        let outcome = run_to_end_within(
+            "sleep",
+            &sleep,
+            [&length],
+            &log,
+            (None, None),
+            Duration::from_millis(300),
+        )
+        .await;
+        let error = outcome.expect_err("a command past its deadline fails");
+        assert!(
+            error.to_string().contains("did not finish within"),
+            "the error says why: {error}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "it was stopped at the deadline, not waited for"
+        );
+        // And it is gone: no process runs that command any more.
+        let left: Vec<String> = std::fs::read_dir("/proc")
+            .expect("/proc")
+            .flatten()
+            .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
+            .map(|line| String::from_utf8_lossy(&line).replace('\0', " "))
+            .filter(|line| line.contains("sleep") && line.contains(&length))
+            .collect();
+        assert!(
+            left.is_empty(),
+            "the command was killed, yet {left:?} remain"
+        );
+    }
 
     #[test]
     fn private_folders_are_private_and_a_dead_owners_are_removed() {
