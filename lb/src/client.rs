@@ -21,7 +21,12 @@
 //! through stops it, and if the timer fires first the write fails with
 //! `TimedOut`: hyper ends the connection, and dropping the response lets go
 //! of the backend. The timer only runs while a write waits, so the usual
-//! write, straight into the socket's buffer, costs one branch.
+//! write, straight into the socket's buffer, costs one branch. "Goes
+//! through" is coarse: Linux wakes a blocked writer only once about a third
+//! of the socket's send buffer has drained, and that buffer grows to a few
+//! megabytes on a fast download. A reader must take in that much within
+//! the limit: with the default 60 s, about 25 KB/s (nginx's `send_timeout`
+//! works the same way, and so has the same floor).
 //!
 //! Rejected alternatives: a deadline on the whole response would cut a
 //! slow but steady download of a large file; a check in the response body
