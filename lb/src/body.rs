@@ -225,6 +225,14 @@ pub struct Upload {
     received: AtomicU64,
     /// Whether the whole body went through.
     finished: AtomicBool,
+    /// Milliseconds after `started` when the backend's connection first
+    /// asked for the body (`u64::MAX`: not yet). The rate counts from
+    /// there: a wait for a backend's slot or connection is not the
+    /// client's, nor is one for `100 Continue`, which is sent only then.
+    first_asked_ms: AtomicU64,
+    /// Whether the backend's connection is waiting for the client's next
+    /// piece (rather than the client for the backend to read on).
+    waiting_for_client: AtomicBool,
 }
 
 impl Upload {
@@ -246,6 +254,8 @@ impl Upload {
             last_moved_ms: AtomicU64::new(0),
             received: AtomicU64::new(0),
             finished: AtomicBool::new(finished),
+            first_asked_ms: AtomicU64::new(u64::MAX),
+            waiting_for_client: AtomicBool::new(false),
         })
     }
 
@@ -265,12 +275,26 @@ impl Upload {
     /// the whole body went through (or for a body held whole): a wait
     /// after that is the backend's.
     pub fn rate_allows_until(&self, grace: Duration) -> Option<Instant> {
-        if self.finished.load(Ordering::Acquire) {
+        let first_asked = self.first_asked_ms.load(Ordering::Relaxed);
+        if self.finished.load(Ordering::Acquire) || first_asked == u64::MAX {
             return None;
         }
         let received = self.received.load(Ordering::Relaxed);
         let earned = Duration::from_millis(received.saturating_mul(1000) / MIN_UPLOAD_RATE);
-        Some(self.started + grace + earned)
+        Some(self.started + Duration::from_millis(first_asked) + grace + earned)
+    }
+
+    /// Whether the body is unfinished and the backend's connection waits
+    /// for the client's next piece of it: a stall is then the client's.
+    pub fn waiting_for_client(&self) -> bool {
+        !self.finished.load(Ordering::Acquire) && self.waiting_for_client.load(Ordering::Relaxed)
+    }
+
+    fn asked(&self) {
+        if self.first_asked_ms.load(Ordering::Relaxed) == u64::MAX {
+            let since = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+            self.first_asked_ms.store(since, Ordering::Relaxed);
+        }
     }
 
     fn moved(&self, bytes: usize) {
@@ -310,20 +334,24 @@ impl Body for FromClient {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let Some(inner) = self.inner.as_mut() else {
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
+        let upload = &this.upload;
+        upload.asked();
         let polled = Pin::new(&mut *inner).poll_frame(cx);
         let done = inner.is_end_stream();
+        upload
+            .waiting_for_client
+            .store(polled.is_pending(), Ordering::Relaxed);
         match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                self.upload.moved(frame.data_ref().map_or(0, Bytes::len));
-            }
-            Poll::Ready(Some(Err(_))) => self.upload.broken.store(true, Ordering::Release),
+            Poll::Ready(Some(Ok(frame))) => upload.moved(frame.data_ref().map_or(0, Bytes::len)),
+            Poll::Ready(Some(Err(_))) => upload.broken.store(true, Ordering::Release),
             _ => {}
         }
         if done || matches!(polled, Poll::Ready(None)) {
-            self.upload.finished.store(true, Ordering::Release);
+            upload.finished.store(true, Ordering::Release);
         }
         polled.map(|frame| frame.map(|result| result.map_err(Into::into)))
     }

@@ -47,6 +47,10 @@ pub enum LbError {
     /// in time.
     #[error("the request body did not arrive within {timeout_ms} ms")]
     BodyTimeout { timeout_ms: u128 },
+    /// 408 `request_timeout`: the client stopped sending its body half-way
+    /// while the backend waited for the rest.
+    #[error("the request body stopped coming in: nothing for {timeout_ms} ms")]
+    UploadStalled { timeout_ms: u128 },
     /// 408 `request_timeout`: the client sent its body slower than the
     /// balancer allows, once the request timeout had passed.
     #[error(
@@ -65,7 +69,9 @@ impl LbError {
             Self::GatewayTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            Self::BodyTimeout { .. } | Self::UploadTooSlow { .. } => StatusCode::REQUEST_TIMEOUT,
+            Self::BodyTimeout { .. } | Self::UploadStalled { .. } | Self::UploadTooSlow { .. } => {
+                StatusCode::REQUEST_TIMEOUT
+            }
         }
     }
 
@@ -88,7 +94,9 @@ impl LbError {
             Self::GatewayTimeout { .. } => "gateway_timeout",
             Self::BadRequest(_) => "bad_request",
             Self::MethodNotAllowed(_) => "method_not_allowed",
-            Self::BodyTimeout { .. } | Self::UploadTooSlow { .. } => "request_timeout",
+            Self::BodyTimeout { .. } | Self::UploadStalled { .. } | Self::UploadTooSlow { .. } => {
+                "request_timeout"
+            }
         }
     }
 

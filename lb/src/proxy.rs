@@ -21,9 +21,11 @@
 //!    [`crate::backend::Limits`]);
 //! 6. send with the request body streaming through; wait for the response
 //!    head at most `request_timeout` after the body's last piece went
-//!    through (→ 504; a long upload that keeps moving is not cut), and as
-//!    long for each next piece of the response body (a backend frozen
-//!    half-way: the response is cut);
+//!    through (→ 504 when the backend was the one silent, 408 when it was
+//!    waiting for the rest of the body; a long upload that keeps moving is
+//!    not cut, one that trickles in below [`MIN_UPLOAD_RATE`] is: 408),
+//!    and as long for each next piece of the response body (a backend
+//!    frozen half-way: the response is cut);
 //! 7. if nothing reached the backend (its connection failed), send the
 //!    request, still whole, to one other backend. If the request went out
 //!    and the exchange failed before any of the response arrived, send it
@@ -822,6 +824,9 @@ impl Balancer {
                 backend: backend.name().to_owned(),
                 timeout_ms: self.request_timeout.as_millis(),
             }),
+            Err(GaveUp::UploadStalled) => Attempt::Failed(LbError::UploadStalled {
+                timeout_ms: self.request_timeout.as_millis(),
+            }),
             Err(GaveUp::UploadTooSlow) => Attempt::Failed(LbError::UploadTooSlow {
                 min_rate: MIN_UPLOAD_RATE,
             }),
@@ -899,7 +904,13 @@ async fn answered_within<T>(
                     Some(rate_ends) if rate_ends <= deadline && rate_ends < silence_ends => {
                         return Err(GaveUp::UploadTooSlow);
                     }
-                    _ if silence_ends <= deadline => return Err(GaveUp::Silent),
+                    _ if silence_ends <= deadline => {
+                        return Err(if upload.waiting_for_client() {
+                            GaveUp::UploadStalled
+                        } else {
+                            GaveUp::Silent
+                        });
+                    }
                     Some(rate_ends) => deadline = silence_ends.min(rate_ends),
                     None => deadline = silence_ends,
                 }
@@ -911,9 +922,13 @@ async fn answered_within<T>(
 /// Why [`answered_within`] gave up.
 #[derive(Debug, PartialEq, Eq)]
 enum GaveUp {
-    /// Neither an answer nor a piece of the body for a whole timeout: the
+    /// Neither an answer nor a piece of the body for a whole timeout,
+    /// while the backend had the whole body or was not reading it: the
     /// backend's to answer for (504).
     Silent,
+    /// Nothing for a whole timeout while the backend waited for the rest
+    /// of the body: the client's (408, as nginx's `client_body_timeout`).
+    UploadStalled,
     /// The body came in below [`MIN_UPLOAD_RATE`]: the client's (408).
     UploadTooSlow,
 }
