@@ -10,9 +10,10 @@
 //!   means the next reader cannot refill it from before the write. Two
 //!   writes' marks can reach Redis in either order, so the later write's
 //!   mark is the one kept: an earlier one replacing it would let a replica
-//!   that has replayed only the earlier write fill the entry. (A mark held
-//!   up until a later write's mark was *and a fill after it* came still
-//!   replaces that fill: a cached answer does not say how new it is.)
+//!   that has replayed only the earlier write fill the entry. For the same
+//!   reason an answer filled over a mark keeps that mark's position
+//!   (`filled-after <position>`, ahead of the body): a late mark of an
+//!   earlier write leaves it be, as it holds that write already.
 //! * **A fill cannot put back what a write replaced.** A plain `DEL` would
 //!   leave two races. A reader that read the old row just before the
 //!   commit could store it just after the delete; and a reader on a
@@ -105,6 +106,10 @@ pub const CACHE_KEY_PREFIX: &str = "myclothes:cache:";
 /// How a write's mark starts. No cached value (a JSON body) starts so.
 const MARK_PREFIX: &[u8] = b"written-at ";
 
+/// How an answer filled over a mark starts: the mark's position, then a
+/// newline, then the body.
+const FILLED_AFTER_PREFIX: &[u8] = b"filled-after ";
+
 /// A write's mark, as a miss found it under the key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mark {
@@ -134,6 +139,30 @@ impl Mark {
             _ => Err(held),
         }
     }
+
+    /// What a fill over this mark stores: the mark's position, then `body`.
+    fn filled_with(&self, body: &[u8]) -> Vec<u8> {
+        let stored = self.written_at.to_stored();
+        let mut value =
+            Vec::with_capacity(FILLED_AFTER_PREFIX.len() + stored.len() + 1 + body.len());
+        value.extend_from_slice(FILLED_AFTER_PREFIX);
+        value.extend_from_slice(stored.as_bytes());
+        value.push(b'\n');
+        value.extend_from_slice(body);
+        value
+    }
+}
+
+/// A cached answer as stored: its body, and the position of the mark it
+/// was filled over, if any.
+fn read_answer(held: &[u8]) -> (Option<WalPosition>, &[u8]) {
+    held.strip_prefix(FILLED_AFTER_PREFIX)
+        .and_then(|rest| {
+            let end = rest.iter().position(|&byte| byte == b'\n')?;
+            let stored = std::str::from_utf8(&rest[..end]).ok()?;
+            Some((Some(WalPosition::from_stored(stored)), &rest[end + 1..]))
+        })
+        .unwrap_or((None, held))
 }
 
 impl Cache {
@@ -176,10 +205,14 @@ impl Cache {
         let call = command.query_async::<Option<Vec<u8>>>(&mut redis);
         match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(Some(held))) => match Mark::read(held) {
-                Err(bytes) => {
+                Err(held) => {
                     count(&self.stats.hits);
                     path.push(Step::CacheHit);
-                    Lookup::Hit(bytes)
+                    let body = match read_answer(&held) {
+                        (None, _) => held,
+                        (Some(_), body) => body.to_vec(),
+                    };
+                    Lookup::Hit(body)
                 }
                 Ok(mark) => {
                     count(&self.stats.misses);
@@ -205,9 +238,11 @@ impl Cache {
         let mut redis = redis.clone();
         let ttl_ms = self.ttl_ms();
         let mut fill = SWAP_SCRIPT.key(Self::key(name));
-        fill.arg(mark.map_or(&[][..], |mark| &mark.held))
-            .arg(bytes)
-            .arg(ttl_ms.saturating_add(jitter(ttl_ms / 10)));
+        match mark {
+            Some(mark) => fill.arg(&mark.held).arg(mark.filled_with(bytes)),
+            None => fill.arg(&[] as &[u8]).arg(bytes),
+        };
+        fill.arg(ttl_ms.saturating_add(jitter(ttl_ms / 10)));
         let call = fill.invoke_async::<bool>(&mut redis);
         match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(true)) => path.push(Step::Cached),
@@ -247,9 +282,10 @@ impl Cache {
         }
     }
 
-    /// Leaves `mark` under `key` unless a mark at least as late is there.
-    /// Looks, then swaps only what it saw (`cache_swap.lua`); when the
-    /// entry changed in between, looks again. `Ok(false)`: it kept changing.
+    /// Leaves `mark` under `key` unless the entry holds a write at least
+    /// as late: a mark, or an answer filled over one. Looks, then swaps
+    /// only what it saw (`cache_swap.lua`); when the entry changed in
+    /// between, looks again. `Ok(false)`: it kept changing.
     ///
     /// The rejected alternative, comparing WAL positions inside a script,
     /// is one round trip instead of two, but it would be a second copy of
@@ -263,16 +299,17 @@ impl Cache {
     ) -> redis::RedisResult<bool> {
         for _ in 0..MARK_ATTEMPTS {
             let held: Option<Vec<u8>> = redis::cmd("GET").arg(key).query_async(&mut redis).await?;
-            let held = match Mark::read(held.unwrap_or_default()) {
-                Ok(found) => {
-                    let later = WalPosition::later(Some(&found.written_at), Some(&mark.written_at));
-                    if later == Some(&found.written_at) {
-                        return Ok(true);
-                    }
-                    found.held
-                }
-                Err(answer) => answer,
+            let held = held.unwrap_or_default();
+            let holds = match Mark::read(held) {
+                Ok(found) => (Some(found.written_at), found.held),
+                Err(answer) => (read_answer(&answer).0, answer),
             };
+            let (newest, held) = holds;
+            if let Some(newest) = newest
+                && WalPosition::later(Some(&newest), Some(&mark.written_at)) == Some(&newest)
+            {
+                return Ok(true);
+            }
             let placed = SWAP_SCRIPT
                 .key(key)
                 .arg(held)
@@ -406,5 +443,39 @@ mod tests {
             .await;
         let found = mark_of(cache.get("profile:1", &mut path).await).expect("a mark");
         assert_eq!(found.written_at, after_failover);
+    }
+
+    #[tokio::test]
+    async fn an_earlier_writes_mark_landing_late_keeps_an_answer_read_after_a_later_write() {
+        let server = cache_server().await;
+        let cache = cache_in(&server);
+        let mut path = Vec::new();
+        let first = WalPosition::from_stored("1:0/3000148");
+        let second = WalPosition::from_stored("1:0/A000000");
+        // The second write marks the entry; a reader finds the mark, reads
+        // past it, and fills the entry with what it read...
+        cache.invalidate("profile:1", &second, &mut path).await;
+        let found = mark_of(cache.get("profile:1", &mut path).await);
+        cache
+            .put(
+                "profile:1",
+                br#"{"name":"second"}"#,
+                found.as_ref(),
+                &mut path,
+            )
+            .await;
+        assert_eq!(path.last(), Some(&Step::Cached));
+        // ...then the first write's mark, held up, lands. The answer holds
+        // that write already: it stays, and a reader gets the body alone.
+        cache.invalidate("profile:1", &first, &mut path).await;
+        match cache.get("profile:1", &mut path).await {
+            Lookup::Hit(bytes) => assert_eq!(bytes, br#"{"name":"second"}"#),
+            other => panic!("the answer read after the second write is kept: {other:?}"),
+        }
+        // A write after the one it was read past replaces it, as ever.
+        let third = WalPosition::from_stored("1:0/B000000");
+        cache.invalidate("profile:1", &third, &mut path).await;
+        let found = mark_of(cache.get("profile:1", &mut path).await).expect("a mark");
+        assert_eq!(found.written_at, third);
     }
 }

@@ -36,11 +36,12 @@
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use shop::services::postgres::{find_bindir, hand_over, server_user};
+use tokio::process::Command;
+
 use shop::services::{ManagedProcess, ServiceError, private_dir, run_to_end_in, run_to_end_within};
 use tempfile::TempDir;
 
@@ -278,13 +279,17 @@ impl PostgresHa {
                     "rewound with pg_rewind onto {}'s timeline",
                     self.primary.as_str()
                 ),
+                // The primary answered and then stopped (frozen): a base
+                // backup from it would wait out another deadline, under
+                // the same lock. The next rejoin tries again.
+                Err(error @ ServiceError::TimedOut { .. }) => return Err(error),
                 Err(error) => {
                     tracing::warn!(%error, "pg_rewind failed; taking a fresh base backup");
                     let data = self.node(name).data.clone();
-                    // Gone already when an earlier try failed half-way (its
-                    // base backup cleaned up after itself): this try makes
-                    // the copy the earlier one could not.
-                    match std::fs::remove_dir_all(&data) {
+                    // Gone already when an earlier try failed half-way (a
+                    // base backup that fails removes what it wrote): this
+                    // try makes the copy the earlier one could not.
+                    match tokio::fs::remove_dir_all(&data).await {
                         Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
                             return Err(error.into());
                         }
@@ -520,7 +525,7 @@ impl PostgresHa {
             if let Some(status) = process.exited() {
                 return Err(process.not_ready(format!("{} exited ({status})", name.as_str())));
             }
-            if is_ready(&isready, netns.as_deref(), &host, &port) {
+            if is_ready(&isready, netns.as_deref(), &host, &port).await {
                 node.process = Some(process);
                 return Ok(());
             }
@@ -537,8 +542,9 @@ impl PostgresHa {
 }
 
 /// `pg_isready`, from inside the server's own machine (the security
-/// groups would drop it from the host).
-fn is_ready(isready: &Path, netns: Option<&str>, host: &str, port: &str) -> bool {
+/// groups would drop it from the host). Awaited: a start waits on it up to
+/// a second at a time, and the tier's other work goes on meanwhile.
+async fn is_ready(isready: &Path, netns: Option<&str>, host: &str, port: &str) -> bool {
     let mut command = match (netns, shop::services::ip_binary()) {
         (Some(ns), Ok(ip)) => {
             let mut command = Command::new(ip);
@@ -549,7 +555,9 @@ fn is_ready(isready: &Path, netns: Option<&str>, host: &str, port: &str) -> bool
     };
     command
         .args(["-q", "-h", host, "-p", port, "-U", "postgres", "-t", "1"])
+        .kill_on_drop(true)
         .status()
+        .await
         .is_ok_and(|s| s.success())
 }
 

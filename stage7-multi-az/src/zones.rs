@@ -62,9 +62,13 @@ impl Placement for ZonePlacement {
         Box::pin(async move {
             let zone = zone.ok_or("the zones are a and b")?;
             let done = if up {
-                self.tier
-                    .bring_zone_back(zone)
+                // A task of its own: a rejoin copies a server's data, and
+                // the admin request that asked for it may be dropped (its
+                // client gone) half-way; the copy must not be.
+                let tier = Arc::clone(&self.tier);
+                tokio::spawn(async move { tier.bring_zone_back(zone).await })
                     .await
+                    .map_err(|error| format!("bringing zone back failed: {error}"))?
                     .map(|done| done.join("; "))
             } else {
                 self.tier

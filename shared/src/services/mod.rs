@@ -70,6 +70,12 @@ pub enum ServiceError {
         log: String,
         tail: String,
     },
+    /// A setup command ran past its deadline and was killed.
+    #[error("{program} did not finish within {limit_ms} ms and was killed")]
+    TimedOut {
+        program: &'static str,
+        limit_ms: u128,
+    },
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -645,8 +651,14 @@ where
 /// `pg_basebackup` or `pg_rewind` of a rejoining zone). A connect timeout
 /// covers a source that is gone, but one *frozen* half-way keeps its TCP
 /// connection open and the copy waits forever; so past `limit` the command
-/// is killed and this fails. Awaited, not blocking: the caller's runtime
-/// keeps serving everything else meanwhile.
+/// is killed and this fails with [`ServiceError::TimedOut`]. Awaited, not
+/// blocking: the caller's runtime keeps serving everything else meanwhile.
+///
+/// The command runs in a process group of its own, and the whole group is
+/// killed: `pg_basebackup -X stream` forks a second process that streams
+/// the WAL, and that one is stopped only by its parent's exit handler,
+/// which a SIGKILL skips. Killing the parent alone would leave it writing
+/// into the folder the next try removes.
 pub async fn run_to_end_within<I, S>(
     program: &'static str,
     binary: &Path,
@@ -659,30 +671,45 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let command = logged_command(binary, args, log, as_user, netns)?;
-    // The process started is the program itself: `ip netns exec` and
-    // `setpriv` each exec the next, so killing it kills the copy.
-    let mut child = tokio::process::Command::from(command)
-        .kill_on_drop(true)
-        .spawn()?;
+    let mut command = logged_command(binary, args, log, as_user, netns)?;
+    // `ip netns exec` and `setpriv` each exec the next, so the group is
+    // the program's own.
+    std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    let mut child = tokio::process::Command::from(command).spawn()?;
+    let group = child
+        .id()
+        .map(|pid| Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX)));
+    // Kills the group however this ends early: the deadline, or the
+    // caller dropping this future.
+    let mut guard = KillGroup(group);
     match tokio::time::timeout(limit, child.wait()).await {
         Ok(status) => {
             let status = status?;
+            // Exited by itself: its exit handler stopped what it started.
+            guard.0 = None;
             if status.success() {
                 return Ok(());
             }
             Err(failed(program, format!("it failed ({status})"), log))
         }
         Err(_) => {
-            let _ = child.kill().await;
-            Err(failed(
+            drop(guard);
+            let _ = child.wait().await;
+            Err(ServiceError::TimedOut {
                 program,
-                format!(
-                    "it did not finish within {}s and was killed",
-                    limit.as_secs()
-                ),
-                log,
-            ))
+                limit_ms: limit.as_millis(),
+            })
+        }
+    }
+}
+
+/// Kills a process group when dropped, unless emptied first.
+struct KillGroup(Option<Pid>);
+
+impl Drop for KillGroup {
+    fn drop(&mut self) {
+        if let Some(group) = self.0.take() {
+            let _ = nix::sys::signal::killpg(group, Signal::SIGKILL);
         }
     }
 }
@@ -715,13 +742,17 @@ mod tests {
         let dir = private_dir("test").expect("a private folder");
         let log = dir.path().join("sleep.log");
         let sleep = find_on_path("sleep").expect("sleep is on PATH");
-        // A length no other process has, to find it by afterwards.
+        // A length no other process has, to find it by afterwards; run by
+        // a child of the command, as `pg_basebackup -X stream` runs its
+        // WAL streamer, which a kill of the command alone leaves running.
         let length = format!("30.{}", std::process::id());
+        let shell = find_on_path("sh").expect("sh is on PATH");
+        let script = format!("{} {length} & wait", sleep.display());
         let started = Instant::now();
         let outcome = run_to_end_within(
-            "sleep",
-            &sleep,
-            [&length],
+            "sh",
+            &shell,
+            ["-c", &script],
             &log,
             (None, None),
             Duration::from_millis(300),
@@ -729,21 +760,32 @@ mod tests {
         .await;
         let error = outcome.expect_err("a command past its deadline fails");
         assert!(
-            error.to_string().contains("did not finish within"),
+            matches!(error, ServiceError::TimedOut { .. }),
             "the error says why: {error}"
         );
         assert!(
             started.elapsed() < Duration::from_secs(20),
             "it was stopped at the deadline, not waited for"
         );
-        // And it is gone: no process runs that command any more.
-        let left: Vec<String> = std::fs::read_dir("/proc")
-            .expect("/proc")
-            .flatten()
-            .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
-            .map(|line| String::from_utf8_lossy(&line).replace('\0', " "))
-            .filter(|line| line.contains("sleep") && line.contains(&length))
-            .collect();
+        // And it is gone, what it started too: soon no process runs that
+        // sleep (a killed process takes a moment to go).
+        let running = || -> Vec<String> {
+            std::fs::read_dir("/proc")
+                .expect("/proc")
+                .flatten()
+                .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
+                .map(|line| String::from_utf8_lossy(&line).replace('\0', " "))
+                .filter(|line| line.contains("sleep") && line.contains(&length))
+                .collect()
+        };
+        let mut left = running();
+        for _ in 0..100 {
+            if left.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            left = running();
+        }
         assert!(
             left.is_empty(),
             "the command was killed, yet {left:?} remain"
