@@ -273,7 +273,8 @@ impl Upload {
     /// Until when the upload may go on at [`MIN_UPLOAD_RATE`], given a
     /// `grace` (the request timeout) before the rate counts; `None` once
     /// the whole body went through (or for a body held whole): a wait
-    /// after that is the backend's.
+    /// after that is the backend's; and `None` before the backend first
+    /// asks for it: until then the client is not sending late.
     pub fn rate_allows_until(&self, grace: Duration) -> Option<Instant> {
         let first_asked = self.first_asked_ms.load(Ordering::Relaxed);
         if self.finished.load(Ordering::Acquire) || first_asked == u64::MAX {
@@ -290,10 +291,15 @@ impl Upload {
         !self.finished.load(Ordering::Acquire) && self.waiting_for_client.load(Ordering::Relaxed)
     }
 
+    /// The backend's connection asks for the body. The first time, the
+    /// clocks start: the rate's, and the silence's (as if a piece had just
+    /// gone through), so a client that waited for `100 Continue` has a
+    /// whole timeout from then.
     fn asked(&self) {
         if self.first_asked_ms.load(Ordering::Relaxed) == u64::MAX {
             let since = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
             self.first_asked_ms.store(since, Ordering::Relaxed);
+            self.last_moved_ms.store(since, Ordering::Relaxed);
         }
     }
 

@@ -340,6 +340,35 @@ async fn a_slow_answer_to_a_finished_upload_is_the_backends_504_not_the_clients_
 }
 
 #[tokio::test]
+async fn an_upload_the_backend_stops_reading_is_the_backends_504_not_the_clients_408() {
+    let (b, lb) = impatient_balancer().await;
+    // The client sends as fast as it can; the backend (`/hold`) reads none
+    // of it. Once the buffers between them are full, the balancer waits on
+    // the backend, not on the client: the silence is the backend's.
+    let (mut tx, body) = Channel::<Bytes, Infallible>::new(1);
+    let feeding = tokio::spawn(async move {
+        while tx
+            .send_data(Bytes::from(vec![7u8; 64 * 1024]))
+            .await
+            .is_ok()
+        {}
+    });
+    let client = Client::builder(TokioExecutor::new()).build_http::<Channel<Bytes, Infallible>>();
+    let request = hyper::Request::post(lb.url("/hold"))
+        .body(body)
+        .expect("request");
+    let response = tokio::time::timeout(STREAM_STEP, client.request(request))
+        .await
+        .expect("an answer in time")
+        .expect("response");
+    feeding.abort();
+    b.gates.release.notify_waiters();
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    let backend = lb.balancer.backends().get("b1").expect("b1");
+    assert_eq!(backend.errors(), 1, "counted against the backend");
+}
+
+#[tokio::test]
 async fn large_bodies_pass_through_intact() {
     let b = backend("b1").await;
     let lb = balancer(&[&b], Policy::RoundRobin).await;

@@ -281,14 +281,19 @@ impl PostgresHa {
                 ),
                 // The primary answered and then stopped (frozen): a base
                 // backup from it would wait out another deadline, under
-                // the same lock. The next rejoin tries again.
-                Err(error @ ServiceError::TimedOut { .. }) => return Err(error),
+                // the same lock. A rewind cut off half-way leaves a folder
+                // no later rewind can trust, so it goes: the next rejoin
+                // finds nothing to rewind and copies afresh.
+                Err(error @ ServiceError::TimedOut { .. }) => {
+                    let _ = tokio::fs::remove_dir_all(&self.node(name).data).await;
+                    return Err(error);
+                }
                 Err(error) => {
                     tracing::warn!(%error, "pg_rewind failed; taking a fresh base backup");
                     let data = self.node(name).data.clone();
                     // Gone already when an earlier try failed half-way (a
-                    // base backup that fails removes what it wrote): this
-                    // try makes the copy the earlier one could not.
+                    // rewind or base backup that fails leaves no folder):
+                    // this try makes the copy the earlier one could not.
                     match tokio::fs::remove_dir_all(&data).await {
                         Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
                             return Err(error.into());
@@ -407,11 +412,13 @@ impl PostgresHa {
 
     /// A base backup of `source` into `target`'s folder, streamed from
     /// inside `target`'s machine (so it crosses the zones' network).
+    /// A base backup that fails removes what it wrote (one killed at its
+    /// deadline cannot, so it is done here).
     async fn clone_from(&self, target: NodeName, source: NodeName) -> Result<(), ServiceError> {
         let (host, port) = self.address_of(source);
         let node = self.node(target);
         let data = node.data.to_string_lossy().into_owned();
-        run_to_end_within(
+        let copied = run_to_end_within(
             "pg_basebackup",
             &self.bin("pg_basebackup"),
             [
@@ -434,7 +441,11 @@ impl PostgresHa {
             (self.user.as_deref(), node.machine.netns.as_deref()),
             COPY_WITHIN,
         )
-        .await?;
+        .await;
+        if let Err(error) = copied {
+            let _ = tokio::fs::remove_dir_all(&node.data).await;
+            return Err(error);
+        }
         std::fs::write(node.data.join("standby.signal"), "")?;
         Ok(())
     }

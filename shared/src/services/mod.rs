@@ -685,8 +685,12 @@ where
     match tokio::time::timeout(limit, child.wait()).await {
         Ok(status) => {
             let status = status?;
-            // Exited by itself: its exit handler stopped what it started.
-            guard.0 = None;
+            if status.code().is_some() {
+                // Exited by itself: its exit handler stopped what it
+                // started. (Killed by a signal, it ran no handler, and the
+                // guard kills what is left.)
+                guard.0 = None;
+            }
             if status.success() {
                 return Ok(());
             }
@@ -695,6 +699,7 @@ where
         Err(_) => {
             drop(guard);
             let _ = child.wait().await;
+            tracing::warn!(program, log = %log.display(), "killed at its deadline; its log says how far it got");
             Err(ServiceError::TimedOut {
                 program,
                 limit_ms: limit.as_millis(),
