@@ -131,6 +131,22 @@ impl WalPosition {
     }
 }
 
+/// How long an instance's start keeps trying to prepare the primary.
+const PREPARE_WITHIN: Duration = Duration::from_secs(30);
+
+/// Whether `error` says the primary could not be reached (no connection in
+/// time, or a broken one) rather than that it refused the work.
+fn is_unreachable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) => true,
+        sqlx::Error::Migrate(migrate) => matches!(
+            &**migrate,
+            sqlx::migrate::MigrateError::Execute(inner) if is_unreachable(inner)
+        ),
+        _ => false,
+    }
+}
+
 fn count(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
@@ -208,8 +224,27 @@ impl Database {
         }
     }
 
-    /// Applies the migrations and seeds the catalog, on the primary.
+    /// Applies the migrations and seeds the catalog, on the primary; tries
+    /// again for up to [`PREPARE_WITHIN`] while the primary cannot be
+    /// reached in time. An instance starting beside others on a busy
+    /// machine may wait longer for its first connection than a shopper's
+    /// request may (`--db-timeout`, which the pool's deadline is); failing
+    /// its start for that would be the wrong lesson. Both steps are safe to
+    /// repeat: the migrations record what they applied, the seed upserts.
     pub async fn prepare(&self) -> Result<(), sqlx::Error> {
+        let deadline = Instant::now() + PREPARE_WITHIN;
+        loop {
+            match self.prepare_once().await {
+                Err(error) if is_unreachable(&error) && Instant::now() < deadline => {
+                    tracing::warn!(%error, "the primary is not reachable yet; preparing it again shortly");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    async fn prepare_once(&self) -> Result<(), sqlx::Error> {
         sqlx::migrate!("./migrations").run(&self.primary).await?;
         let products = Catalog::get().products();
         let column = |f: fn(&Product) -> String| products.iter().map(f).collect::<Vec<_>>();
@@ -397,7 +432,23 @@ impl Database {
 
 #[cfg(test)]
 mod tests {
-    use super::WalPosition;
+    use super::{WalPosition, is_unreachable};
+
+    #[test]
+    fn a_primary_out_of_reach_at_start_is_tried_again_and_a_refusal_is_not() {
+        // What the busy machine said: no connection within --db-timeout,
+        // while applying the migrations.
+        let migrating = sqlx::Error::Migrate(Box::new(sqlx::migrate::MigrateError::Execute(
+            sqlx::Error::PoolTimedOut,
+        )));
+        assert!(is_unreachable(&migrating));
+        assert!(is_unreachable(&sqlx::Error::PoolTimedOut));
+        // A server that answered no is not made to say it again.
+        assert!(!is_unreachable(&sqlx::Error::RowNotFound));
+        let bad_migration =
+            sqlx::Error::Migrate(Box::new(sqlx::migrate::MigrateError::VersionMissing(1)));
+        assert!(!is_unreachable(&bad_migration));
+    }
 
     #[test]
     fn a_position_is_stored_with_its_timeline() {
