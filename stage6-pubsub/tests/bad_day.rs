@@ -186,7 +186,12 @@ async fn slow_consumer_is_dropped_without_delaying_others() {
         .expect("open");
 
     // Messages of 4 KB, 50 at a time, until the shop gives up on the slow
-    // page (its kernel buffers hold a few MB; 40 MB at most).
+    // page. The pressure must last, not add up to a volume: once the slow
+    // page's kernel buffers are full (a few MB), its updates are dropped
+    // rather than queued, and what closes it is a send blocked for over a
+    // second. A fast machine says 10,000 messages in less time than that
+    // (and the check below, which reads the slow socket, would then unblock
+    // the send): so keep talking until it is closed, for 30 s at most.
     let text = "x".repeat(4000);
     let (total_tx, total_rx) = tokio::sync::oneshot::channel::<u64>();
     let reader = tokio::spawn(async move {
@@ -212,7 +217,8 @@ async fn slow_consumer_is_dropped_without_delaying_others() {
     // The speaker hears its own words too, and reads them as it goes.
     let mut speaker_tally = Tally::default();
     let mut said = 0;
-    while said < 10_000 && shop.stats("i1").await["closed_slow"] == 0 {
+    let talk_until = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::time::Instant::now() < talk_until && shop.stats("i1").await["closed_slow"] == 0 {
         for _ in 0..50 {
             speaker.say(&text).await.expect("said");
         }
