@@ -232,14 +232,40 @@ impl Database {
     /// its start for that would be the wrong lesson. Both steps are safe to
     /// repeat: the migrations record what they applied, the seed upserts.
     pub async fn prepare(&self) -> Result<(), sqlx::Error> {
-        let deadline = Instant::now() + PREPARE_WITHIN;
+        self.prepare_within(PREPARE_WITHIN).await
+    }
+
+    /// [`Self::prepare`], giving up after `within`, whatever the primary
+    /// does. The deadline bounds each attempt as well as the wait between
+    /// them: a primary frozen (SIGSTOP) after the pool took a connection
+    /// answers no statement and closes nothing, and neither the pool's
+    /// deadline (it bounds only the taking of a connection) nor
+    /// `statement_timeout` (the frozen server would have to enforce it)
+    /// would end the wait; the instance's start would hang for ever.
+    async fn prepare_within(&self, within: Duration) -> Result<(), sqlx::Error> {
+        let deadline = tokio::time::Instant::now() + within;
         loop {
-            match self.prepare_once().await {
-                Err(error) if is_unreachable(&error) && Instant::now() < deadline => {
+            let attempt = tokio::time::timeout_at(deadline, self.prepare_once()).await;
+            match attempt {
+                Ok(Err(error))
+                    if is_unreachable(&error) && tokio::time::Instant::now() < deadline =>
+                {
                     tracing::warn!(%error, "the primary is not reachable yet; preparing it again shortly");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
-                outcome => return outcome,
+                Ok(outcome) => return outcome,
+                // Safe to have stopped anywhere: the migrations run in
+                // transactions, the seed is one, and the server rolls back
+                // what a vanished client left open.
+                Err(_elapsed) => {
+                    return Err(sqlx::Error::Io(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!(
+                            "the primary did not finish the migrations and the catalog within {} s",
+                            within.as_secs()
+                        ),
+                    )));
+                }
             }
         }
     }
@@ -432,7 +458,46 @@ impl Database {
 
 #[cfg(test)]
 mod tests {
-    use super::{WalPosition, is_unreachable};
+    use std::time::Duration;
+
+    use shop::services::postgres::PostgresCluster;
+
+    use super::{Database, WalPosition, is_unreachable};
+
+    #[tokio::test]
+    async fn a_start_gives_up_on_a_primary_frozen_mid_preparation_instead_of_hanging() {
+        let postgres = PostgresCluster::start()
+            .await
+            .unwrap_or_else(|e| panic!("a private PostgreSQL primary + replica is needed: {e}"));
+        let db = Database::connect(
+            &postgres.primary_url(),
+            &postgres.replica_url(),
+            Duration::from_secs(5),
+        )
+        .expect("pools");
+        db.prepare()
+            .await
+            .expect("a first start prepares the primary");
+        // The pool now holds a connection to the primary; frozen, the
+        // primary keeps it open and answers nothing on it.
+        postgres.freeze_primary().expect("SIGSTOP the primary");
+        let second = tokio::time::timeout(
+            Duration::from_secs(30),
+            db.prepare_within(Duration::from_secs(3)),
+        )
+        .await;
+        postgres.thaw_primary().expect("SIGCONT the primary");
+        let outcome = second.expect("the start gave up by its own deadline, not the test's");
+        let error = outcome.expect_err("a frozen primary prepares nothing");
+        assert!(
+            error.to_string().contains("did not finish"),
+            "the error says what happened: {error}"
+        );
+        // Thawed, it is prepared again, as a restarted instance would.
+        db.prepare_within(Duration::from_secs(20))
+            .await
+            .expect("the thawed primary is prepared");
+    }
 
     #[test]
     fn a_primary_out_of_reach_at_start_is_tried_again_and_a_refusal_is_not() {
