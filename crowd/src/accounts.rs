@@ -96,11 +96,12 @@ impl Writer {
 }
 
 /// Signs the writers up through `url`, has them rename themselves until
-/// `until`, then reads back what survived.
-pub async fn run(url: String, seed: u64, until: Instant) -> Tally {
+/// the run is `closing`, then reads back what survived.
+pub async fn run(url: String, seed: u64, closing: crate::Closing) -> Tally {
     let mut tasks = Vec::new();
     for number in 1..=WRITERS {
         let url = url.clone();
+        let closing = closing.clone();
         tasks.push(tokio::spawn(async move {
             let Ok(shopper) = Shopper::new(&url) else {
                 return Tally::default();
@@ -130,7 +131,7 @@ pub async fn run(url: String, seed: u64, until: Instant) -> Tally {
             // read back what the database holds before going on. Later
             // renames would otherwise overwrite, and so hide, a lost one.
             let mut in_doubt = false;
-            while Instant::now() < until {
+            while !closing.is_closed() {
                 if in_doubt {
                     match writer.found(Instant::now() + EVERY).await {
                         Some(found) => {

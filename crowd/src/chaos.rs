@@ -283,6 +283,39 @@ impl<'z> Playback<'z> {
         }
     }
 
+    /// Whether some event of the schedule is still to be done.
+    pub fn is_pending(&self) -> bool {
+        self.events.len() > 0
+    }
+
+    /// Says in the log how far past `duration` the run went to finish the
+    /// schedule, if it did; and which events it gave up on, if any.
+    pub fn note_overtime(&mut self, duration: Duration) {
+        let elapsed = self.started.elapsed();
+        let undone: Vec<String> = self
+            .events
+            .by_ref()
+            .map(|e| format!("{:?}", e.action))
+            .collect();
+        if !undone.is_empty() {
+            self.log.push(format!(
+                "{:.1}s not done, the run's overtime was up: {}",
+                elapsed.as_secs_f64(),
+                undone.join(", ")
+            ));
+        } else {
+            // Ending a loop tick or an event late is not worth a line.
+            let past = elapsed.saturating_sub(duration);
+            if past > Duration::from_millis(500) {
+                self.log.push(format!(
+                    "{:.1}s the run went on {:.1}s past its duration to finish the chaos schedule",
+                    elapsed.as_secs_f64(),
+                    past.as_secs_f64()
+                ));
+            }
+        }
+    }
+
     /// Does the next event if it has come due; returns what was done.
     pub async fn due(&mut self, target: &impl Target) -> Option<String> {
         let elapsed = self.started.elapsed();

@@ -30,6 +30,7 @@ pub mod shopper;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -355,6 +356,32 @@ async fn run_stage<S: Stage>(
     report
 }
 
+/// How much longer than `--duration` a run may go on to finish its chaos
+/// schedule, at most: every wait has a deadline.
+const OVERTIME_AT_MOST: Duration = Duration::from_secs(60);
+
+/// When the shoppers (and stage 7's writers) go home. At `--duration`, as a
+/// rule; but the chaos schedule is what the run is for, and a fleet slower
+/// than the run (instances that take seconds to start on a busy machine)
+/// can leave its last events undone at that moment: the run then goes on,
+/// shoppers included, until they are done. (Ending on time and reporting
+/// the missing events was the alternative: a short run's table would then
+/// say "stage 4 lost no cart" of a run that never scaled in.)
+#[derive(Clone, Debug, Default)]
+pub struct Closing(Arc<AtomicBool>);
+
+impl Closing {
+    /// Tells everyone still shopping to finish.
+    fn close(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    /// Whether the run is over.
+    pub fn is_closed(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
 /// The crowd shops through `target` while the chaos schedule runs (with
 /// `zones`, stage 7's: zone a goes dark, then comes back).
 async fn shop_through(
@@ -368,9 +395,11 @@ async fn shop_through(
     let tally = Arc::new(Tally::default());
     let started = Instant::now();
     let deadline = started + cli.duration;
+    let closing = Closing::default();
 
     // Stage 7: account writers beside the shoppers.
-    let writers = zones.map(|_| tokio::spawn(accounts::run(url.clone(), cli.seed, deadline)));
+    let writers =
+        zones.map(|_| tokio::spawn(accounts::run(url.clone(), cli.seed, closing.clone())));
     let mut shoppers = Vec::new();
     for n in 0..cli.shoppers {
         let mut shopper = VirtualShopper::new(&url, cli.seed, n as u64)?;
@@ -379,10 +408,18 @@ async fn shop_through(
             true => ramp_window(n, cli.shoppers, cli.duration),
             false => (Duration::ZERO, cli.duration),
         };
-        let deadline = started + leaves;
+        // A ramp's shopper leaves at the end of its window (no chaos
+        // schedule runs beside an auto scaling group); the others stay
+        // until the run closes.
+        let leaves_at = cli.ramp.then_some(started + leaves);
+        let closing = closing.clone();
+        let stays = move || match leaves_at {
+            Some(at) => Instant::now() < at,
+            None => !closing.is_closed(),
+        };
         shoppers.push(tokio::spawn(async move {
             tokio::time::sleep_until((started + arrives).into()).await;
-            while Instant::now() < deadline {
+            while stays() {
                 shopper.step(&tally).await;
                 let pause = shopper.think_time();
                 tokio::time::sleep(pause).await;
@@ -425,7 +462,8 @@ async fn shop_through(
     let running_now = || (started.elapsed().as_secs_f64(), target.running());
     let mut instances = vec![running_now()];
     let mut next_sample = started + TIMELINE_STEP;
-    while Instant::now() < deadline {
+    let overtime_ends = deadline + OVERTIME_AT_MOST;
+    while Instant::now() < deadline || (chaos.is_pending() && Instant::now() < overtime_ends) {
         if Instant::now() >= next_sample {
             timeline.push(intact_now());
             instances.push(running_now());
@@ -449,6 +487,8 @@ async fn shop_through(
         ));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    closing.close();
+    chaos.note_overtime(cli.duration);
     progress.finish_and_clear();
 
     let mut latencies = Vec::new();

@@ -103,6 +103,44 @@ fn stateless_stages_answer_every_request_under_churn() {
     }
 }
 
+#[test]
+fn a_run_shorter_than_its_chaos_goes_on_until_every_event_is_done() {
+    // One second: a crash at 0.2 s, its restart at 0.35 s, a scale-out at
+    // 0.5 s, a scale-in at 0.65 s that drains for longer than the second
+    // crash (0.8 s) and restart (0.9 s) leave it; a busy machine's slow
+    // instance starts do the same to a longer run. The run is for the
+    // chaos: it goes on until all of it has happened, and the shoppers
+    // with it.
+    let report = run_crowd(&["--stage", "3", "--shoppers", "4", "--duration", "1s"]);
+    let chaos: Vec<&str> = report["chaos"]
+        .as_array()
+        .expect("chaos log")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for done in ["crashed", "restarted", "scaled out", "scaled in"] {
+        assert!(
+            chaos.iter().any(|line| line.contains(done)),
+            "{done}: {chaos:?}"
+        );
+    }
+    assert_eq!(
+        chaos.iter().filter(|line| line.contains("crashed")).count(),
+        2,
+        "both crashes: {chaos:?}"
+    );
+    assert!(
+        !chaos.iter().any(|line| line.contains("not done")),
+        "{chaos:?}"
+    );
+    // Every shopper checked its cart at the end, after the last event.
+    assert_eq!(
+        count(&report, "carts_lost") + count(&report, "carts_intact"),
+        4
+    );
+    assert_eq!(count(&report, "carts_lost"), 0, "stage 3: {report}");
+}
+
 /// Runs the live crowd (stage 6) in one fan-out mode, briefly.
 fn live_crowd(fanout: &str) -> Value {
     run_crowd(&[
