@@ -28,6 +28,11 @@ async fn local_fanout_misses_shoppers_on_other_instances() {
                 .is_success()
         );
     }
+    // i1's page hears all thirty (waited for, so a slow machine cannot cut
+    // it short); the quiet spell after them is the others' chance to hear
+    // anything.
+    let (on_i1, tally) = &mut pages[0];
+    receive(on_i1, tally, 30).await;
     let mut received = Vec::new();
     for (page, tally) in &mut pages {
         page.drain(tally, QUIET).await.expect("open");
