@@ -58,11 +58,11 @@ stop_started() {
 # the substitution's pipe open.)
 start_stage() {
   local stage=$1 args=() port i
-  INSTANCE_URLS=()
+  INSTANCE_URLS=() INSTANCE_PIDS=()
   for i in 1 2 3; do
     port=$(free_port)
     RUST_LOG=warn "$bin/$stage" serve --port "$port" --id "i$i" >/dev/null &
-    pids+=($!)
+    pids+=($!) INSTANCE_PIDS+=($!)
     wait_for "http://127.0.0.1:$port/healthz"
     args+=(--backend "i$i=http://127.0.0.1:$port")
     INSTANCE_URLS+=("http://127.0.0.1:$port")
