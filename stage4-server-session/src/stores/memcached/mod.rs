@@ -16,6 +16,8 @@
 //! * **Expiry**: every item has an expiry time; a read is `gat` (get and
 //!   touch), which renews it in the same round trip. Renewing on every
 //!   read is cheap here: Memcached has no log and no replica to tell.
+//! * **On the wire** each of these is one of Memcached's meta commands
+//!   (`mg`, `ms`, `md`: `protocol.rs` says why, and which is which).
 //! * **Durability: none.** Memcached keeps everything in memory only: a
 //!   restart forgets every cart, and when its memory is full it evicts the
 //!   least recently used items, silently. A shopper whose session is gone

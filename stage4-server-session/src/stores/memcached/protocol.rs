@@ -1,19 +1,28 @@
-//! Just enough of Memcached's text protocol for sessions, pipelined over
+//! Just enough of Memcached's meta protocol for sessions, pipelined over
 //! one connection.
 //!
 //! ```text
-//! gets <key>                          → VALUE <key> <flags> <bytes> <cas> / <data> / END
-//! gat <exptime> <key>                 → VALUE … / END         (get, and renew the expiry)
-//! add <key> 0 <exptime> <bytes>       → STORED | NOT_STORED   (only if absent)
-//! cas <key> 0 <exptime> <bytes> <cas> → STORED | EXISTS | NOT_FOUND
-//! delete <key>                        → DELETED | NOT_FOUND
-//! stats                               → STAT <name> <value> … / END
+//! mg <key> v c                          → VA <bytes> c<cas> / <data> | EN   (gets: the value and its cas)
+//! mg <key> v T<exptime>                 → VA <bytes> / <data> | EN          (gat: get, and renew the expiry)
+//! ms <key> <bytes> T<exptime> ME        → HD | NS                         (add: only if absent)
+//! ms <key> <bytes> T<exptime> C<cas>    → HD | EX | NF                    (cas: only if unchanged)
+//! md <key>                              → HD | NF                         (delete)
+//! stats                                 → STAT <name> <value> … / END
 //! ```
 //!
-//! Why write it here rather than take a client crate? These six commands
-//! are the lesson (the `cas` number *is* how Memcached keeps a change
-//! atomic), they fit on a page, and the async crates on crates.io either
-//! lack `gets`/`cas`/`gat` or bring a runtime of their own.
+//! Why the meta commands (Memcached 1.6 and later), not the classic
+//! `gets`, `gat`, `add`, `cas` and `delete`? They do the same things (the
+//! `cas` number is still how a change stays atomic), but Memcached answers
+//! a run of pipelined classic reads with one send per command, and a run
+//! of meta commands with one send for the lot. Counted with `perf stat` on
+//! this machine under the stage-4 read benchmark, the classic `gat` cost
+//! Memcached a `sendmsg` per read (161,526 for 164,787 reads); Redis, for
+//! the same reads, wrote once per four. The meta protocol is also the one
+//! Memcached's maintainers recommend for new clients.
+//!
+//! Why write it here rather than take a client crate? These five commands
+//! are the lesson, they fit on a page, and the async crates on crates.io
+//! either lack cas and touch or bring a runtime of their own.
 //!
 //! Memcached answers the commands of a connection in the order they came,
 //! so one connection carries every request of an instance, as the Redis
@@ -99,7 +108,7 @@ impl Client {
 
     /// `gets`: the value with its `cas` number.
     pub async fn gets(&self, key: &str) -> Result<Option<Item>, Error> {
-        self.call(format!("gets {key}\r\n").into_bytes(), read_one_value)
+        self.call(format!("mg {key} v c\r\n").into_bytes(), read_value)
             .await
     }
 
@@ -107,15 +116,15 @@ impl Client {
     /// one round trip.
     pub async fn gat(&self, exptime: u32, key: &str) -> Result<Option<Item>, Error> {
         self.call(
-            format!("gat {exptime} {key}\r\n").into_bytes(),
-            read_one_value,
+            format!("mg {key} v T{exptime}\r\n").into_bytes(),
+            read_value,
         )
         .await
     }
 
     /// `add`: stores the value only if the key does not exist.
     pub async fn add(&self, key: &str, exptime: u32, data: &[u8]) -> Result<Outcome, Error> {
-        let command = storage_command(&format!("add {key} 0 {exptime} {}", data.len()), data);
+        let command = storage_command(&format!("ms {key} {} T{exptime} ME", data.len()), data);
         self.call(command, read_stored).await
     }
 
@@ -128,13 +137,13 @@ impl Client {
         data: &[u8],
         cas: u64,
     ) -> Result<Outcome, Error> {
-        let command = storage_command(&format!("cas {key} 0 {exptime} {} {cas}", data.len()), data);
+        let command = storage_command(&format!("ms {key} {} T{exptime} C{cas}", data.len()), data);
         self.call(command, read_stored).await
     }
 
     /// `delete`: whether the key was there.
     pub async fn delete(&self, key: &str) -> Result<bool, Error> {
-        self.call(format!("delete {key}\r\n").into_bytes(), read_deleted)
+        self.call(format!("md {key}\r\n").into_bytes(), read_deleted)
             .await
     }
 
@@ -313,51 +322,55 @@ fn storage_command(header: &str, data: &[u8]) -> Vec<u8> {
     command
 }
 
+/// `HD` (stored), `NS` (not stored: `add` found the key), `EX` (`cas`:
+/// someone wrote it since), `NF` (`cas`: it is gone).
 fn read_stored(connection: &mut Replies) -> ReplyFuture<'_, Outcome> {
     Box::pin(async move {
         match read_line(connection).await?.as_str() {
-            "STORED" => Ok(Outcome::Stored),
-            "NOT_STORED" => Ok(Outcome::NotStored),
-            "EXISTS" => Ok(Outcome::Exists),
-            "NOT_FOUND" => Ok(Outcome::NotFound),
+            "HD" => Ok(Outcome::Stored),
+            "NS" => Ok(Outcome::NotStored),
+            "EX" => Ok(Outcome::Exists),
+            "NF" => Ok(Outcome::NotFound),
             other => Err(refused(other)),
         }
     })
 }
 
-/// `VALUE <key> <flags> <bytes> [<cas>]`, the data, `END`; or just `END`.
-/// (`gets` sends the `cas` number; `gat` does not, and it reads as 0.)
-fn read_one_value(connection: &mut Replies) -> ReplyFuture<'_, Option<Item>> {
+/// `VA <bytes> [c<cas>]` and the data; or `EN`, no such key. (The `cas`
+/// number comes only when asked for with `c`; without it, it reads as 0.)
+fn read_value(connection: &mut Replies) -> ReplyFuture<'_, Option<Item>> {
     Box::pin(async move {
         let line = read_line(connection).await?;
-        if line == "END" {
+        if line == "EN" {
             return Ok(None);
         }
-        let words: Vec<&str> = line.split(' ').collect();
-        let (Some(&"VALUE"), Some(bytes)) = (words.first(), words.get(3)) else {
+        let mut words = line.split(' ');
+        let (Some("VA"), Some(bytes)) = (words.next(), words.next()) else {
             return Err(refused(&line));
         };
-        let cas = words.get(4).map_or(Ok(0), |cas| cas.parse::<u64>());
+        let cas = words
+            .find_map(|flag| flag.strip_prefix('c'))
+            .map_or(Ok(0), str::parse::<u64>);
         let (Ok(bytes), Ok(cas)) = (bytes.parse::<usize>(), cas) else {
             return Err(refused(&line));
         };
         // The data and its own \r\n.
         let mut data = vec![0; bytes + 2];
         connection.read_exact(&mut data).await?;
-        data.truncate(bytes);
-        match read_line(connection).await?.as_str() {
-            "END" => Ok(Some(Item { data, cas })),
-            other => Err(refused(other)),
+        if !data.ends_with(b"\r\n") {
+            return Err(refused(&line));
         }
+        data.truncate(bytes);
+        Ok(Some(Item { data, cas }))
     })
 }
 
-/// `DELETED` or `NOT_FOUND`: whether the key was there.
+/// `HD` or `NF`: whether the key was there.
 fn read_deleted(connection: &mut Replies) -> ReplyFuture<'_, bool> {
     Box::pin(async move {
         match read_line(connection).await?.as_str() {
-            "DELETED" => Ok(true),
-            "NOT_FOUND" => Ok(false),
+            "HD" => Ok(true),
+            "NF" => Ok(false),
             other => Err(refused(other)),
         }
     })
