@@ -137,6 +137,15 @@ pub struct Stage4Args {
     /// Off: the SDK's default chain (environment, profile, instance role).
     #[arg(long, env = "SHOP_DYNAMODB_LOCAL_CREDENTIALS")]
     pub dynamodb_local_credentials: bool,
+    /// How long a request waits for the Redis in front of DynamoDB
+    /// (`--store dynamodb-cached`) before it reads the record instead.
+    ///
+    /// Far below the store timeout on purpose: a cache is worth asking
+    /// only while it is much faster than the record (a Redis read here
+    /// takes well under a millisecond, a DynamoDB read several).
+    #[arg(long, env = "SHOP_CACHE_TIMEOUT", default_value = "50ms", value_parser = humantime::parse_duration)]
+    #[serde(serialize_with = "shop::flags::duration")]
+    pub cache_timeout: Duration,
     #[command(flatten)]
     #[serde(flatten)]
     pub session: SessionArgs,
@@ -235,6 +244,7 @@ impl Stage4Args {
                 Store::DynamodbCached(CachedDynamoSessions::new(
                     self.connect_dynamodb().await?,
                     url,
+                    self.cache_timeout,
                 )?)
             }
         })

@@ -95,6 +95,7 @@ fn up_flags_reach_every_instance() {
             ("--dynamodb-local-credentials", ""),
             ("--session-ttl", "7m"),
             ("--store-timeout", "750ms"),
+            ("--cache-timeout", "80ms"),
             ("--secure-cookies", ""),
         ],
     );
