@@ -235,9 +235,14 @@ impl DataTier {
     /// former primary as the new primary's standby). Returns what was done
     /// to each server.
     pub async fn bring_zone_back(&self, zone: Zone) -> Result<Vec<String>, shop::BoxError> {
+        // The tier's lock first, the link second: a failover the manager
+        // decides on checks from the dark spell then waits for the servers
+        // to be back, and sees that the primary was started again (so it
+        // does not fence a server that just returned). Restoring the link
+        // first would leave it the time of a few `ip` commands to win.
+        let mut postgres = self.postgres.lock().await;
         self.region.set_zone_link(zone, true)?;
         let mut done = Vec::new();
-        let mut postgres = self.postgres.lock().await;
         for node in [NodeName::A, NodeName::B, NodeName::Replica] {
             if postgres.machine_of(node).zone == zone {
                 done.push(postgres.rejoin(node).await?);

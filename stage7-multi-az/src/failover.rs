@@ -151,6 +151,9 @@ impl FailoverManager {
         // standby that was not in sync then may lack acknowledged writes.
         let mut last_seen = StandbySeen::default();
         let mut refused = false;
+        // Whether this busy spell is in the timeline already (once per
+        // spell: a full server refuses every check).
+        let mut busy_told = false;
         // The primary's start count at the last check: failures counted
         // before it was started again say nothing of the server now.
         let mut starts_seen = None;
@@ -190,7 +193,14 @@ impl FailoverManager {
                 // server (and, with an asynchronous standby, writes).
                 // What it says of its standby stays what it last said.
                 primary_failures = 0;
-                tracing::warn!(%error, "the primary refused the check: busy, not dead");
+                if !busy_told {
+                    self.record(format!(
+                        "{} refused the check ({}): busy, not dead",
+                        primary.as_str(),
+                        error.message()
+                    ));
+                    busy_told = true;
+                }
                 continue;
             }
             let Ok(Ok(seen)) = probe else {
@@ -234,6 +244,7 @@ impl FailoverManager {
             };
             primary_failures = 0;
             refused = false;
+            busy_told = false;
             last_seen = seen;
             // The primary answers, so the writer endpoint leads to it. This
             // changes nothing, except after a promotion that failed: the

@@ -15,7 +15,12 @@ use stage7::postgres_ha::{NodeName, Replication};
 use stage7::region::{Machine, Zone};
 use support::{redis_in, region, sql};
 
-const DEADLINE: Duration = Duration::from_secs(2);
+/// How long one write waits while the zone may be dark, before the next
+/// try (a write to a zone that is gone hangs until then).
+const ATTEMPT: Duration = Duration::from_secs(2);
+/// How long writes that must all be acknowledged may take: generous, for a
+/// busy machine (they return as soon as they are).
+const ACKNOWLEDGED_WITHIN: Duration = Duration::from_secs(15);
 
 async fn data_tier() -> (DataTier, Machine) {
     let region = Arc::new(region());
@@ -56,7 +61,7 @@ async fn writes_accepted_again(tier: &DataTier, client: &Machine, first_id: i32)
     let mut id = first_id;
     loop {
         id += 1;
-        if sql::commit_each(client, &tier.writer_url(), id..=id, DEADLINE)
+        if sql::commit_each(client, &tier.writer_url(), id..=id, ATTEMPT)
             .await
             .contains(&id)
         {
@@ -74,7 +79,7 @@ async fn writes_accepted_again(tier: &DataTier, client: &Machine, first_id: i32)
 #[tokio::test]
 async fn losing_the_primary_zone_promotes_the_standby_behind_the_same_url() {
     let (tier, b1) = data_tier().await;
-    let acknowledged = sql::commit_each(&b1, &tier.writer_url(), 1..=20, DEADLINE).await;
+    let acknowledged = sql::commit_each(&b1, &tier.writer_url(), 1..=20, ACKNOWLEDGED_WITHIN).await;
     assert_eq!(acknowledged.len(), 20);
 
     let without_writes = lose_zone_a(&tier, &b1).await;
@@ -141,7 +146,8 @@ async fn zone_returns_as_standby() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let acknowledged = sql::commit_each(&b1, &tier.writer_url(), 2001..=2005, DEADLINE).await;
+    let acknowledged =
+        sql::commit_each(&b1, &tier.writer_url(), 2001..=2005, ACKNOWLEDGED_WITHIN).await;
     assert_eq!(acknowledged.len(), 5);
     // `synchronous_commit = on` waits for the standby's disk, not its
     // replay: the rows become visible there a moment later.
@@ -367,15 +373,18 @@ async fn a_primary_with_every_connection_taken_is_busy_not_dead() {
         "the server was full after {held} connections: {refusal}"
     );
     let status = tier.status();
-    assert_eq!(status.failovers, 0, "{status:?}");
-    assert_eq!(status.primary, Some(NodeName::A), "{status:?}");
     assert!(
-        !status
+        status
             .events
             .iter()
-            .any(|e| e.what.contains("did not answer")),
-        "a refusal is an answer: {status:?}"
+            .any(|e| e.what.contains("busy, not dead")),
+        "the manager heard the refusal: {status:?}"
     );
+    // Five checks refused, and three failures fail over: a refusal is an
+    // answer, not a failure. (A check that ran past its second on a busy
+    // machine may still count one: it is the run of three that matters.)
+    assert_eq!(status.failovers, 0, "{status:?}");
+    assert_eq!(status.primary, Some(NodeName::A), "{status:?}");
 }
 
 #[tokio::test]
