@@ -193,6 +193,24 @@ impl LiveClient {
         Ok(())
     }
 
+    /// Reads until `tally` has received `count` updates in all, or nothing
+    /// has arrived for `quiet`: a page that will hear everything stops as
+    /// soon as it has, and only one that will not waits out the quiet.
+    pub async fn drain_until(
+        &mut self,
+        tally: &mut Tally,
+        count: u64,
+        quiet: Duration,
+    ) -> Result<(), ClientError> {
+        while tally.received() < count {
+            let Some(message) = self.next(quiet).await? else {
+                break;
+            };
+            tally.absorb(&message);
+        }
+        Ok(())
+    }
+
     /// Closes the socket as a page does when it goes away.
     pub async fn close(mut self) {
         let _ = tokio::time::timeout(Duration::from_secs(1), self.socket.close(None)).await;

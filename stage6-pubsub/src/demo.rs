@@ -21,8 +21,12 @@ use crate::{LiveArgs, Stage6};
 
 const SKU: &str = "TEE-NAVY-M";
 const UPDATES: u32 = 30;
-/// How long a page may stay quiet before its updates count as all in.
-const QUIET: Duration = Duration::from_millis(400);
+/// Changes made while one page is away.
+const WHILE_AWAY: u32 = 10;
+/// How long a page that has not heard every update may stay quiet before
+/// what it heard counts as all it will (a page that has heard every one
+/// stops waiting at once). Long enough for a busy machine's pauses.
+const QUIET: Duration = Duration::from_secs(1);
 
 async fn start(args: &LiveArgs, exe: &PathBuf, fanout: Fanout) -> Result<Topology, BoxError> {
     let args = LiveArgs {
@@ -68,7 +72,7 @@ async fn pages(topology: &Topology) -> Result<Vec<(LiveClient, Tally)>, BoxError
 
 async fn show(say: &Narrator, pages: &mut [(LiveClient, Tally)]) -> Result<(), BoxError> {
     for (page, tally) in pages.iter_mut() {
-        page.drain(tally, QUIET).await?;
+        page.drain_until(tally, UPDATES.into(), QUIET).await?;
         // A snapshot tells the page the newest number, including the
         // updates it never heard of.
         page.ask_snapshot().await?;
@@ -150,10 +154,11 @@ pub async fn run(args: LiveArgs, exe: PathBuf, _services: Services) -> Result<()
             .map(|i| i.url.clone())
             .unwrap_or_default();
         away.close().await;
-        publish(&http, &topology, 10).await?;
+        publish(&http, &topology, WHILE_AWAY).await?;
         let mut back = LiveClient::connect(&base, "").await?;
         back.watch(&[SKU.to_owned()], &tally.since()).await?;
-        back.drain(&mut tally, QUIET).await?;
+        back.drain_until(&mut tally, (UPDATES + WHILE_AWAY).into(), QUIET)
+            .await?;
         say.note(&format!(
             "the page that was away: received {} of {} updates; {} never arrived",
             tally.received(),
