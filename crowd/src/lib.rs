@@ -463,7 +463,16 @@ async fn shop_through(
     let mut instances = vec![running_now()];
     let mut next_sample = started + TIMELINE_STEP;
     let overtime_ends = deadline + OVERTIME_AT_MOST;
-    while Instant::now() < deadline || (chaos.is_pending() && Instant::now() < overtime_ends) {
+    // A ramp beside an auto scaling group shows the group following the
+    // crowd out and back in. Draining an instance takes its deregistration
+    // delay, which on a busy machine can outlast the ramp's quiet end: a
+    // group that grew and has not shrunk yet gets the same overtime, with
+    // no shoppers left, to do it.
+    let group_still_out =
+        |instances: &[(f64, usize)]| cli.ramp && not_back_in_yet(instances, target.running());
+    while Instant::now() < deadline
+        || ((chaos.is_pending() || group_still_out(&instances)) && Instant::now() < overtime_ends)
+    {
         if Instant::now() >= next_sample {
             timeline.push(intact_now());
             instances.push(running_now());
@@ -508,8 +517,13 @@ async fn shop_through(
     };
     let elapsed = started.elapsed().as_secs_f64();
     let requests = Tally::get(&tally.requests);
+    // A ramp's shoppers are gone by `--duration`, whatever the overtime.
+    let shopping = match cli.ramp {
+        true => elapsed.min(cli.duration.as_secs_f64()),
+        false => elapsed,
+    };
     #[allow(clippy::cast_precision_loss)]
-    let requests_per_s = requests as f64 / elapsed.max(0.001);
+    let requests_per_s = requests as f64 / shopping.max(0.001);
     Ok(Report {
         stage: info.package.to_owned(),
         title: match zones {
@@ -548,9 +562,30 @@ async fn shop_through(
     })
 }
 
+/// Whether a group that grew over the run (`instances`, its samples of
+/// running instances) still runs as many as at its peak.
+fn not_back_in_yet(instances: &[(f64, usize)], running_now: usize) -> bool {
+    let first = instances.first().map_or(0, |&(_, running)| running);
+    let peak = instances
+        .iter()
+        .map(|&(_, running)| running)
+        .max()
+        .unwrap_or(0);
+    peak > first && running_now >= peak
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ramp_waits_for_a_group_that_grew_to_shrink() {
+        let grew = [(0.0, 1), (5.0, 3)];
+        assert!(not_back_in_yet(&grew, 3), "still at its peak");
+        assert!(!not_back_in_yet(&grew, 2), "one scaled in");
+        // A group that never grew has nothing to come back from.
+        assert!(!not_back_in_yet(&[(0.0, 1), (5.0, 1)], 1));
+    }
 
     #[test]
     fn a_ramp_grows_the_crowd_holds_it_and_shrinks_it_back() {
