@@ -191,15 +191,19 @@ impl CartStore for CookieCarts {
             _ => (self.codec.sign(&self.name, &cart, now), true),
         };
         let cookie = self.cookie(value);
-        let bytes = cookie.to_string().len();
-        if send && bytes > COOKIE_LIMIT {
+        let at_most = bytes_behind_tls(&cookie);
+        if send && at_most > COOKIE_LIMIT {
             return Err(CookieError::CartTooLargeForCookie {
-                bytes,
+                bytes: at_most,
                 limit: COOKIE_LIMIT,
             }
             .into());
         }
-        headers.insert(CART_COOKIE_BYTES, HeaderValue::from(bytes));
+        // The meter shows the header this instance sends.
+        headers.insert(
+            CART_COOKIE_BYTES,
+            HeaderValue::from(cookie.to_string().len()),
+        );
         let mut reply = CartReply::new(cart);
         reply.headers = headers;
         reply.notices = notices;
@@ -207,5 +211,34 @@ impl CartStore for CookieCarts {
             reply.cookies.push(cookie);
         }
         Ok(reply)
+    }
+}
+
+/// The length of the `Set-Cookie` a browser behind TLS receives, which is
+/// what the 4096-byte limit is checked against: the front middleware
+/// (`shop::http`) adds `; Secure` there after this store has answered.
+/// (RFC 6265 promises 4096 bytes of name, value *and* attributes; checking
+/// the header as this store sends it let a cart within 8 bytes of the limit
+/// reach a browser behind TLS over it. Over plain HTTP this is 8 bytes on
+/// the safe side.)
+fn bytes_behind_tls(cookie: &Cookie<'_>) -> usize {
+    let mut behind_tls = cookie.clone();
+    behind_tls.set_secure(true);
+    behind_tls.to_string().len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cookie_limit_counts_the_secure_that_tls_adds() {
+        let plain = Cookie::build(("cart", "v1.abc"))
+            .path("/")
+            .http_only(true)
+            .build();
+        assert_eq!(bytes_behind_tls(&plain), format!("{plain}; Secure").len());
+        let secure = Cookie::build(("cart", "v1.abc")).secure(true).build();
+        assert_eq!(bytes_behind_tls(&secure), secure.to_string().len());
     }
 }
